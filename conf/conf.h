@@ -1,0 +1,129 @@
+/* certmapd configuration: parsed once from an INI file into an immutable
+ * snapshot. Runtime code reads it only through `const struct conf *`.
+ * Keys, defaults and meanings are a contract (DESIGN.md, README.md). */
+#ifndef CM_CONF_H
+#define CM_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+enum cert_mode { CERT_IGNORE = 0, CERT_ACCEPT, CERT_REQUIRE };
+enum map_source { MAP_SOURCE_LDAP = 0, MAP_SOURCE_LDIF };
+enum map_enforcement { ENFORCE_DISABLED = 0, ENFORCE_COMPATIBILITY = 1, ENFORCE_FULL = 2 };
+enum map_method { METHOD_SID = 0, METHOD_ALTSECID, METHOD_UPN, METHOD_DNS, METHOD_MAX };
+
+#define CONF_MAX_LISTEN 16
+#define CONF_MAX_URIS 8
+#define CONF_MAX_LOCATIONS 64
+
+struct conf_listen {
+    char *text;                  /* as written: "0.0.0.0:443", "[::1]:8443" */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+};
+
+struct conf_location {
+    char *prefix;                /* path prefix from [location PATH] */
+    size_t prefix_len;
+    enum cert_mode client_certificate; /* defaults to [client_certificate] mode */
+    bool mapping;                /* default on */
+    int line;                    /* where the section started, for messages */
+};
+
+struct conf_backend_url {
+    bool https;
+    char *host;                  /* host name or address, without brackets */
+    char *port;                  /* service as text: "80", "443", "8080" */
+    char *host_header;           /* Host header value sent upstream when the client sent none */
+};
+
+struct conf {
+    char *path;                  /* the file this was loaded from */
+
+    /* [server] */
+    struct conf_listen listen[CONF_MAX_LISTEN];
+    size_t n_listen;
+    unsigned workers;            /* 0 in the file = one per core; resolved here to >= 1 */
+    char *user;                  /* NULL: no privilege drop */
+    char *access_log;            /* "stderr", "off" or a path */
+    int log_level;               /* enum log_level */
+    bool detailed_errors;
+    size_t max_request_head;
+    uint64_t header_timeout_ms;
+    uint64_t keepalive_timeout_ms;
+
+    /* [tls] */
+    char *certificate;
+    char *private_key;
+    int min_protocol;            /* TLS1_2_VERSION or TLS1_3_VERSION (numeric, no OpenSSL include here) */
+
+    /* [client_certificate] */
+    enum cert_mode cert_mode;
+    char *trust_anchors;
+    char *trusted_issuers;
+    char *crl_file;              /* NULL: no revocation checking */
+    unsigned verify_depth;
+    bool require_client_auth_eku;
+    bool negotiate_at_handshake;
+
+    /* [mapping] */
+    enum map_source map_source;
+    char *ldif_file;
+    enum map_method methods[METHOD_MAX];
+    size_t n_methods;
+    enum map_enforcement enforcement;
+    uint64_t cache_ttl_ms;
+    uint64_t negative_cache_ttl_ms;
+    size_t cache_entries;
+
+    /* [ldap] */
+    char *ldap_uri[CONF_MAX_URIS];
+    size_t n_ldap_uri;
+    char *base_dn;
+    char *bind_dn;
+    char *bind_password_file;
+    char *ldap_ca_file;
+    uint64_t ldap_timeout_ms;
+
+    /* [backend] */
+    char *backend_url_text;
+    struct conf_backend_url backend;
+    char *backend_ca_file;
+    uint64_t backend_connect_timeout_ms;
+    uint64_t backend_read_timeout_ms;
+    unsigned keepalive_connections;
+
+    /* [buffering] */
+    size_t upload_read_ahead_size;
+
+    /* [location PATH], in file order; see conf_location_for() */
+    struct conf_location locations[CONF_MAX_LOCATIONS];
+    size_t n_locations;
+
+    /* Which sections appeared, so that later stages know what was configured. */
+    bool has_mapping_section;
+    bool has_ldap_section;
+};
+
+/* Loads and validates <path>. On success returns a new snapshot in <*out> and 0.
+ * On failure returns -1 and writes "FILE:LINE: reason" (or "FILE: reason") to
+ * <err>. Checks that referenced files are readable; does not parse PEM. */
+int conf_load(const char *path, struct conf **out, char *err, size_t errlen);
+
+/* Frees a snapshot from conf_load(); NULL is fine. */
+void conf_free(struct conf *c);
+
+/* The location whose prefix is the longest prefix of <path> (length <len>),
+ * or NULL when none matches. */
+const struct conf_location *conf_location_for(const struct conf *c, const char *path, size_t len);
+
+/* Prints the key table (section, key, default, description) for --help-config. */
+void conf_print_keys(void *fp /* FILE * */);
+
+/* Parsers for values, exposed for unit tests. Return 0 or -1 with a reason in <why>. */
+int conf_parse_size(const char *s, size_t *out, const char **why);
+int conf_parse_duration_ms(const char *s, uint64_t *out, const char **why);
+
+#endif

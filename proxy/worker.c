@@ -1,0 +1,2 @@
+/* placeholder: being written */
+typedef int cm_placeholder_worker;

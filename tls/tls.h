@@ -1,0 +1,44 @@
+/* tls/: the server SSL_CTX built from configuration, the client-certificate
+ * policy, and extraction of certificate facts. Knows nothing of HTTP or LDAP.
+ * Callers hold SSL objects only to hand them to libevent; every decision about
+ * a certificate is made here. */
+#ifndef CM_TLS_H
+#define CM_TLS_H
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "common/reason.h"
+#include "conf/conf.h"
+#include "tls/facts.h"
+
+struct tls_ctx; /* opaque; immutable after tls_ctx_new(), shared by all workers */
+
+/* Builds the server context from <c>: certificate chain and key, protocol
+ * floor, trust anchors, trusted issuers, CRLs, depth. Returns NULL and a
+ * reason in <err> on failure (unreadable file, key mismatch, expired CRL...). */
+struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen);
+void tls_ctx_free(struct tls_ctx *t);
+
+/* A new server-side SSL for one accepted connection. The certificate is
+ * requested in the handshake when the configuration needs it there
+ * (mode accept/require, or negotiate_at_handshake). NULL on allocation failure. */
+SSL *tls_conn_new(struct tls_ctx *t);
+
+/* After the handshake completes: the verdict on the client certificate for a
+ * request that needs certificate mode <mode>. R_OK when the certificate is
+ * acceptable, or when none was sent and <mode> allows it. Runs on every
+ * connection, resumed ones included: validity and revocation are checked
+ * again against the current time and CRLs. On R_OK with a certificate,
+ * <*facts> receives a new facts struct (caller frees); otherwise NULL. */
+enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
+                             struct cert_facts **facts);
+
+/* Facts of <x> alone, without any policy. R_OK, or R_CERT_MALFORMED for a
+ * name with an embedded NUL or invalid UTF-8. <*out> is set only on R_OK. */
+enum reason tls_facts_from_x509(X509 *x, struct cert_facts **out);
+
+/* Protocol name of an established connection ("TLSv1.3"). */
+const char *tls_conn_protocol(SSL *ssl);
+
+#endif
