@@ -1,2 +1,396 @@
-/* placeholder: being written */
-typedef int cm_placeholder_ctx;
+/* The server SSL_CTX and the client-certificate trust material, built once
+ * from configuration and then shared read-only by every worker thread. */
+#include "tls/internal.h"
+#include "tls/tls.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "common/log.h"
+
+static const unsigned char session_id_ctx[] = "certmapd";
+
+/* Writes "<fmt...>: <OpenSSL reasons>" to <err>, draining OpenSSL's error
+ * queue oldest first: the oldest entry is the root cause ("No such file or
+ * directory"), later ones only say which layer gave up ("system lib"). */
+static void __attribute__((format(printf, 3, 4)))
+set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0) {
+        ERR_clear_error();
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    size_t used = n < 0 ? 0 : (size_t)n >= errlen ? errlen - 1 : (size_t)n;
+
+    unsigned long e;
+    while ((e = ERR_get_error()) != 0) {
+        const char *r = ERR_reason_error_string(e);
+        char code[32];
+        if (r == NULL) {
+            snprintf(code, sizeof code, "error:%08lX", e);
+            r = code;
+        }
+        if (strstr(err, r) != NULL)
+            continue;
+        n = snprintf(err + used, errlen - used, ": %s", r);
+        used = n < 0 ? used : used + (size_t)n >= errlen ? errlen - 1 : used + (size_t)n;
+    }
+}
+
+/* Reads every PEM object of <path>. Returns the X509_INFO stack (caller frees
+ * with sk_X509_INFO_pop_free) or NULL with a reason naming <what> and <path>. */
+static STACK_OF(X509_INFO) *read_pem(const char *what, const char *path, char *err, size_t errlen)
+{
+    STACK_OF(X509_INFO) *infos = NULL;
+    BIO *in = BIO_new_file(path, "r");
+    if (in == NULL) {
+        set_err(err, errlen, "%s %s: cannot open", what, path);
+        goto fail;
+    }
+    infos = PEM_X509_INFO_read_bio(in, NULL, NULL, NULL);
+    if (infos == NULL) {
+        set_err(err, errlen, "%s %s: cannot parse PEM", what, path);
+        goto fail;
+    }
+fail:
+    BIO_free(in);
+    return infos;
+}
+
+/* All certificates of <path> (at least one), with their extensions cached so
+ * that later reads from several threads never write to them. NULL + <err>. */
+static STACK_OF(X509) *load_certs(const char *what, const char *path, char *err, size_t errlen)
+{
+    STACK_OF(X509) *certs = NULL;
+    STACK_OF(X509_INFO) *infos = read_pem(what, path, err, errlen);
+    if (infos == NULL)
+        goto fail;
+    certs = sk_X509_new_null();
+    if (certs == NULL) {
+        set_err(err, errlen, "%s %s: out of memory", what, path);
+        goto fail;
+    }
+    for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
+        X509_INFO *info = sk_X509_INFO_value(infos, i);
+        if (info->x509 == NULL)
+            continue;
+        if (!sk_X509_push(certs, info->x509)) {
+            set_err(err, errlen, "%s %s: out of memory", what, path);
+            goto fail;
+        }
+        X509_check_purpose(info->x509, -1, 0);
+        info->x509 = NULL;
+    }
+    if (sk_X509_num(certs) == 0) {
+        set_err(err, errlen, "%s %s: no certificate found", what, path);
+        goto fail;
+    }
+    sk_X509_INFO_pop_free(infos, X509_INFO_free);
+    return certs;
+fail:
+    sk_X509_INFO_pop_free(infos, X509_INFO_free);
+    sk_X509_pop_free(certs, X509_free);
+    return NULL;
+}
+
+static void time_for_log(const ASN1_TIME *tm, char *buf, size_t len)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    int n = b != NULL && tm != NULL && ASN1_TIME_print(b, tm) == 1 ? BIO_read(b, buf, (int)len - 1)
+                                                                    : -1;
+    if (n < 0)
+        snprintf(buf, len, "(unknown time)");
+    else
+        buf[n] = '\0';
+    BIO_free(b);
+}
+
+/* The certificate among <certs> whose key signed <crl>; NULL when none. */
+static X509 *crl_signer_in(STACK_OF(X509) *certs, X509_CRL *crl)
+{
+    for (int i = 0; certs != NULL && i < sk_X509_num(certs); i++) {
+        X509 *x = sk_X509_value(certs, i);
+        EVP_PKEY *key = X509_get0_pubkey(x);
+        if (X509_NAME_cmp(X509_get_subject_name(x), X509_CRL_get_issuer(crl)) == 0 &&
+            key != NULL && X509_CRL_verify(crl, key) == 1)
+            return x;
+    }
+    ERR_clear_error();
+    return NULL;
+}
+
+/* Loads every CRL of <path> into the store and into t->crls, each tied to the
+ * anchor or trusted issuer that signed it. Stale CRLs are kept (they make
+ * certificates of their issuer "revocation status unknown") but warned of. */
+static int load_crls(struct tls_ctx *t, const char *path, char *err, size_t errlen)
+{
+    int rc = -1;
+    STACK_OF(X509_INFO) *infos = read_pem("client_certificate crl_file", path, err, errlen);
+    if (infos == NULL)
+        goto fail;
+    t->crls = calloc((size_t)sk_X509_INFO_num(infos) + 1, sizeof *t->crls);
+    if (t->crls == NULL) {
+        set_err(err, errlen, "client_certificate crl_file %s: out of memory", path);
+        goto fail;
+    }
+    for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
+        X509_INFO *info = sk_X509_INFO_value(infos, i);
+        X509_CRL *crl = info->crl;
+        if (crl == NULL)
+            continue;
+        if (X509_STORE_add_crl(t->store, crl) != 1) {
+            set_err(err, errlen, "client_certificate crl_file %s: cannot add CRL", path);
+            goto fail;
+        }
+        info->crl = NULL;
+        struct tls_crl *c = &t->crls[t->n_crls++];
+        c->crl = crl;
+        c->signer = crl_signer_in(t->issuers, crl);
+        if (c->signer == NULL)
+            c->signer = crl_signer_in(t->anchors, crl);
+
+        char issuer[512], when[64];
+        tls_name_for_log(X509_CRL_get_issuer(crl), issuer, sizeof issuer);
+        if (c->signer == NULL)
+            log_warn("crl_file %s: the CRL of %s is not signed by any trust anchor or trusted "
+                     "issuer; it cannot vouch for any certificate",
+                     path, issuer);
+        const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
+        if (next != NULL && X509_cmp_current_time(next) <= 0) {
+            time_for_log(next, when, sizeof when);
+            log_warn("crl_file %s: the CRL of %s expired at %s; certificates from that issuer "
+                     "are refused (cert_untrusted) until a current CRL is loaded",
+                     path, issuer, when);
+        }
+        if (X509_cmp_current_time(X509_CRL_get0_lastUpdate(crl)) > 0) {
+            time_for_log(X509_CRL_get0_lastUpdate(crl), when, sizeof when);
+            log_warn("crl_file %s: the CRL of %s is not valid before %s", path, issuer, when);
+        }
+    }
+    if (t->n_crls == 0) {
+        set_err(err, errlen, "client_certificate crl_file %s: no CRL found", path);
+        goto fail;
+    }
+    rc = 0;
+fail:
+    sk_X509_INFO_pop_free(infos, X509_INFO_free);
+    return rc;
+}
+
+/* An issuer that does not chain to an anchor makes every certificate it
+ * issued fail later with cert_untrusted; say so once, at start-up. */
+static void check_issuers_chain(struct tls_ctx *t, const char *path)
+{
+    X509_STORE_CTX *xs = X509_STORE_CTX_new();
+    for (int i = 0; xs != NULL && i < sk_X509_num(t->issuers); i++) {
+        X509 *x = sk_X509_value(t->issuers, i);
+        if (X509_STORE_CTX_init(xs, t->store, x, NULL) != 1)
+            break;
+        /* The issuer's own revocation is the root's business, and many sites
+         * do not publish the root's CRL: check the chain only. */
+        X509_VERIFY_PARAM_clear_flags(X509_STORE_CTX_get0_param(xs), X509_V_FLAG_CRL_CHECK);
+        if (X509_verify_cert(xs) != 1) {
+            char name[512];
+            tls_name_for_log(X509_get_subject_name(x), name, sizeof name);
+            log_warn("trusted_issuers %s: %s does not verify against the trust anchors: %s", path,
+                     name, X509_verify_cert_error_string(X509_STORE_CTX_get_error(xs)));
+        }
+        X509_STORE_CTX_cleanup(xs);
+    }
+    X509_STORE_CTX_free(xs);
+    ERR_clear_error();
+}
+
+/* Subject names sent in the CertificateRequest so that clients holding
+ * several certificates pick one we can accept. */
+static int set_client_ca_list(struct tls_ctx *t, char *err, size_t errlen)
+{
+    STACK_OF(X509) *from = t->issuers != NULL ? t->issuers : t->anchors;
+    STACK_OF(X509_NAME) *names = sk_X509_NAME_new_null();
+    if (names == NULL)
+        goto fail;
+    for (int i = 0; from != NULL && i < sk_X509_num(from); i++) {
+        const X509_NAME *n = X509_get_subject_name(sk_X509_value(from, i));
+        bool dup = false;
+        for (int j = 0; j < sk_X509_NAME_num(names) && !dup; j++)
+            dup = X509_NAME_cmp(sk_X509_NAME_value(names, j), n) == 0;
+        if (dup)
+            continue;
+        X509_NAME *copy = X509_NAME_dup(n);
+        if (copy == NULL || !sk_X509_NAME_push(names, copy)) {
+            X509_NAME_free(copy);
+            goto fail;
+        }
+    }
+    SSL_CTX_set_client_CA_list(t->ssl, names);
+    return 0;
+fail:
+    sk_X509_NAME_pop_free(names, X509_NAME_free);
+    set_err(err, errlen, "client CA list: out of memory");
+    return -1;
+}
+
+static bool wants_cert_in_handshake(const struct conf *c)
+{
+    if (c->cert_mode != CERT_IGNORE || c->negotiate_at_handshake)
+        return true;
+    /* Late requests (renegotiation, post-handshake auth) are not done yet, so
+     * a path that needs a certificate means asking for it up front. */
+    for (size_t i = 0; i < c->n_locations; i++)
+        if (c->locations[i].client_certificate != CERT_IGNORE)
+            return true;
+    return false;
+}
+
+static int setup_trust(struct tls_ctx *t, const struct conf *c, char *err, size_t errlen)
+{
+    t->store = X509_STORE_new();
+    if (t->store == NULL) {
+        set_err(err, errlen, "certificate store: out of memory");
+        return -1;
+    }
+    if (c->trust_anchors != NULL) {
+        t->anchors = load_certs("client_certificate trust_anchors", c->trust_anchors, err, errlen);
+        if (t->anchors == NULL)
+            return -1;
+        for (int i = 0; i < sk_X509_num(t->anchors); i++) {
+            if (X509_STORE_add_cert(t->store, sk_X509_value(t->anchors, i)) != 1) {
+                set_err(err, errlen, "client_certificate trust_anchors %s: cannot add certificate",
+                        c->trust_anchors);
+                return -1;
+            }
+        }
+    }
+    if (c->trusted_issuers != NULL) {
+        t->issuers =
+            load_certs("client_certificate trusted_issuers", c->trusted_issuers, err, errlen);
+        if (t->issuers == NULL)
+            return -1;
+    } else {
+        log_warn("client_certificate: no trusted_issuers set; a certificate from any CA under "
+                 "the trust anchors is accepted");
+    }
+    if (c->verify_depth > 0)
+        X509_STORE_set_depth(t->store, (int)c->verify_depth);
+    if (c->crl_file != NULL) {
+        if (load_crls(t, c->crl_file, err, errlen) != 0)
+            return -1;
+        /* Only the leaf's issuer must have a current CRL: CA certificates are
+         * covered by trusted_issuers, which the operator controls. */
+        X509_STORE_set_flags(t->store, X509_V_FLAG_CRL_CHECK);
+        t->crl_check = true;
+    }
+    if (t->issuers != NULL)
+        check_issuers_chain(t, c->trusted_issuers);
+    t->require_eku = c->require_client_auth_eku;
+    return 0;
+}
+
+struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
+{
+    ERR_clear_error();
+    struct tls_ctx *t = calloc(1, sizeof *t);
+    if (t == NULL) {
+        set_err(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (c->certificate == NULL || c->private_key == NULL) {
+        set_err(err, errlen, "tls: certificate and private_key are required");
+        goto fail;
+    }
+    t->ssl = SSL_CTX_new(TLS_server_method());
+    if (t->ssl == NULL) {
+        set_err(err, errlen, "cannot create the TLS context");
+        goto fail;
+    }
+    int min = c->min_protocol != 0 ? c->min_protocol : TLS1_2_VERSION;
+    if (SSL_CTX_set_min_proto_version(t->ssl, min) != 1 ||
+        SSL_CTX_set_max_proto_version(t->ssl, TLS1_3_VERSION) != 1) {
+        set_err(err, errlen, "tls min_protocol: unsupported protocol version 0x%x", min);
+        goto fail;
+    }
+    if (SSL_CTX_use_certificate_chain_file(t->ssl, c->certificate) != 1) {
+        set_err(err, errlen, "tls certificate %s", c->certificate);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(t->ssl, c->private_key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(t->ssl) != 1) {
+        set_err(err, errlen, "tls private_key %s (for certificate %s)", c->private_key,
+                c->certificate);
+        goto fail;
+    }
+
+    /* Idle keep-alive connections dominate a SEG's memory (EAS Ping holds
+     * them for up to an hour): give the record buffers back between reads. */
+    SSL_CTX_set_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
+    /* Resumption (session cache for TLS 1.2 ids, tickets for 1.2 and 1.3) is
+     * left on; a session id context is required once peers are verified. */
+    if (SSL_CTX_set_session_id_context(t->ssl, session_id_ctx, sizeof session_id_ctx - 1) != 1) {
+        set_err(err, errlen, "cannot set the session id context");
+        goto fail;
+    }
+    SSL_CTX_clear_options(t->ssl, SSL_OP_NO_TICKET);
+    /* Client-initiated renegotiation stays refused (OpenSSL 3.0 refuses it
+     * unless SSL_OP_ALLOW_CLIENT_RENEGOTIATION). SSL_OP_NO_RENEGOTIATION is
+     * deliberately not set: asking for a certificate late on TLS 1.2 needs
+     * server-initiated renegotiation. */
+    SSL_CTX_clear_options(t->ssl, SSL_OP_ALLOW_CLIENT_RENEGOTIATION | SSL_OP_NO_RENEGOTIATION);
+
+    bool want = wants_cert_in_handshake(c);
+    if (want && c->trust_anchors == NULL) {
+        set_err(err, errlen, "client_certificate: trust_anchors is required when client "
+                             "certificates are requested");
+        goto fail;
+    }
+    if (setup_trust(t, c, err, errlen) != 0)
+        goto fail;
+    if (want) {
+        if (set_client_ca_list(t, err, errlen) != 0)
+            goto fail;
+        /* Never SSL_VERIFY_FAIL_IF_NO_PEER_CERT and a callback that always
+         * accepts: refusals are HTTP 403 with a reason after the handshake,
+         * not TLS alerts that a device cannot show to its user. */
+        SSL_CTX_set_cert_verify_callback(t->ssl, tls_verify_cb, t);
+        SSL_CTX_set_verify(t->ssl, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(t->ssl, SSL_VERIFY_NONE, NULL);
+    }
+    return t;
+fail:
+    tls_ctx_free(t);
+    return NULL;
+}
+
+void tls_ctx_free(struct tls_ctx *t)
+{
+    if (t == NULL)
+        return;
+    SSL_CTX_free(t->ssl);
+    X509_STORE_free(t->store);
+    for (size_t i = 0; i < t->n_crls; i++)
+        X509_CRL_free(t->crls[i].crl);
+    free(t->crls);
+    sk_X509_pop_free(t->anchors, X509_free);
+    sk_X509_pop_free(t->issuers, X509_free);
+    free(t);
+}
+
+SSL *tls_conn_new(struct tls_ctx *t)
+{
+    return SSL_new(t->ssl);
+}
+
+const char *tls_conn_protocol(SSL *ssl)
+{
+    return SSL_get_version(ssl);
+}

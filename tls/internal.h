@@ -1,0 +1,45 @@
+/* tls/ private: the server context's layout, shared by ctx.c (building it)
+ * and verify.c (judging client certificates). Not for use outside tls/. */
+#ifndef CM_TLS_INTERNAL_H
+#define CM_TLS_INTERNAL_H
+
+#include <stdbool.h>
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "common/reason.h"
+
+/* A CRL together with the certificate whose key verified its signature at
+ * load time. Two CAs may share a subject name (a re-keyed or rogue CA), so a
+ * CRL is tied to its signer by key, never by name alone. */
+struct tls_crl {
+    X509_CRL *crl;
+    X509 *signer; /* borrowed from tls_ctx.anchors or tls_ctx.issuers; NULL: no known signer */
+};
+
+struct tls_ctx {
+    SSL_CTX *ssl;
+    X509_STORE *store;        /* trust anchors + CRLs + flags + depth; shared, read-only */
+    STACK_OF(X509) *anchors;  /* the trust anchors, as loaded */
+    STACK_OF(X509) *issuers;  /* trusted_issuers; NULL: any issuer under an anchor */
+    struct tls_crl *crls;     /* NULL when no crl_file */
+    size_t n_crls;
+    bool crl_check;
+    bool require_eku;
+};
+
+/* The cert_verify_callback installed on the server SSL_CTX; <arg> is the
+ * struct tls_ctx. Always returns 1 (the handshake completes) and leaves the
+ * outcome as an X509_V_* code in <xs>, which OpenSSL keeps in the SSL and its
+ * session, so the verdict survives resumption. */
+int tls_verify_cb(X509_STORE_CTX *xs, void *arg);
+
+/* The reason code for an X509_V_* verify result (X509_V_OK gives R_OK). */
+enum reason tls_reason_from_verify(long code);
+
+/* Writes <name> as an RFC 4514 string with control and non-ASCII bytes
+ * escaped, for log lines only (cut with "..." when longer than <len>). */
+void tls_name_for_log(const X509_NAME *name, char *buf, size_t len);
+
+#endif
