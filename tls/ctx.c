@@ -34,8 +34,9 @@ set_err(char *err, size_t errlen, const char *fmt, ...)
 
     unsigned long e;
     while ((e = ERR_get_error()) != 0) {
-        const char *r = ERR_reason_error_string(e);
-        char code[32];
+        char code[128];
+        const char *r = ERR_SYSTEM_ERROR(e) ? strerror_r(ERR_GET_REASON(e), code, sizeof code)
+                                            : ERR_reason_error_string(e);
         if (r == NULL) {
             snprintf(code, sizeof code, "error:%08lX", e);
             r = code;
@@ -107,7 +108,7 @@ static void time_for_log(const ASN1_TIME *tm, char *buf, size_t len)
 {
     BIO *b = BIO_new(BIO_s_mem());
     int n = b != NULL && tm != NULL && ASN1_TIME_print(b, tm) == 1 ? BIO_read(b, buf, (int)len - 1)
-                                                                    : -1;
+                                                                   : -1;
     if (n < 0)
         snprintf(buf, len, "(unknown time)");
     else
@@ -121,8 +122,8 @@ static X509 *crl_signer_in(STACK_OF(X509) *certs, X509_CRL *crl)
     for (int i = 0; certs != NULL && i < sk_X509_num(certs); i++) {
         X509 *x = sk_X509_value(certs, i);
         EVP_PKEY *key = X509_get0_pubkey(x);
-        if (X509_NAME_cmp(X509_get_subject_name(x), X509_CRL_get_issuer(crl)) == 0 &&
-            key != NULL && X509_CRL_verify(crl, key) == 1)
+        if (X509_NAME_cmp(X509_get_subject_name(x), X509_CRL_get_issuer(crl)) == 0 && key != NULL &&
+            X509_CRL_verify(crl, key) == 1)
             return x;
     }
     ERR_clear_error();
@@ -159,11 +160,18 @@ static int load_crls(struct tls_ctx *t, const char *path, char *err, size_t errl
         if (c->signer == NULL)
             c->signer = crl_signer_in(t->anchors, crl);
 
+        AUTHORITY_KEYID *akid = X509_CRL_get_ext_d2i(crl, NID_authority_key_identifier, NULL, NULL);
+        if (akid != NULL && akid->keyid != NULL)
+            c->akid = ASN1_OCTET_STRING_dup(akid->keyid);
+        AUTHORITY_KEYID_free(akid);
+        ERR_clear_error();
+
         char issuer[512], when[64];
         tls_name_for_log(X509_CRL_get_issuer(crl), issuer, sizeof issuer);
-        if (c->signer == NULL)
-            log_warn("crl_file %s: the CRL of %s is not signed by any trust anchor or trusted "
-                     "issuer; it cannot vouch for any certificate",
+        if (c->signer == NULL && c->akid == NULL)
+            log_warn("crl_file %s: the CRL of %s is signed by neither a trust anchor nor a "
+                     "trusted issuer and has no authority key identifier; it cannot vouch for "
+                     "resumed sessions",
                      path, issuer);
         const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
         if (next != NULL && X509_cmp_current_time(next) <= 0) {
@@ -348,8 +356,9 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
 
     bool want = wants_cert_in_handshake(c);
     if (want && c->trust_anchors == NULL) {
-        set_err(err, errlen, "client_certificate: trust_anchors is required when client "
-                             "certificates are requested");
+        set_err(err, errlen,
+                "client_certificate: trust_anchors is required when client "
+                "certificates are requested");
         goto fail;
     }
     if (setup_trust(t, c, err, errlen) != 0)
@@ -377,8 +386,10 @@ void tls_ctx_free(struct tls_ctx *t)
         return;
     SSL_CTX_free(t->ssl);
     X509_STORE_free(t->store);
-    for (size_t i = 0; i < t->n_crls; i++)
+    for (size_t i = 0; i < t->n_crls; i++) {
         X509_CRL_free(t->crls[i].crl);
+        ASN1_OCTET_STRING_free(t->crls[i].akid);
+    }
     free(t->crls);
     sk_X509_pop_free(t->anchors, X509_free);
     sk_X509_pop_free(t->issuers, X509_free);

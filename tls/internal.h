@@ -16,13 +16,15 @@
 struct tls_crl {
     X509_CRL *crl;
     X509 *signer; /* borrowed from tls_ctx.anchors or tls_ctx.issuers; NULL: no known signer */
+    ASN1_OCTET_STRING *akid; /* the CRL's authority key id; with no known signer (an
+                              * intermediate when trusted_issuers is unset), the only tie */
 };
 
 struct tls_ctx {
     SSL_CTX *ssl;
     X509_STORE *store;        /* trust anchors + CRLs + flags + depth; shared, read-only */
-    STACK_OF(X509) *anchors;  /* the trust anchors, as loaded */
-    STACK_OF(X509) *issuers;  /* trusted_issuers; NULL: any issuer under an anchor */
+    STACK_OF(X509) *anchors; /* the trust anchors, as loaded */
+    STACK_OF(X509) *issuers; /* trusted_issuers; NULL: any issuer under an anchor */
     struct tls_crl *crls;     /* NULL when no crl_file */
     size_t n_crls;
     bool crl_check;

@@ -176,18 +176,28 @@ static bool crl_current(X509_CRL *crl)
            (next == NULL || X509_cmp_current_time(next) > 0);
 }
 
-/* Revocation against the loaded CRLs now. Only CRLs whose signer issued
- * <leaf> count: matched by key identifier, or by signature when the leaf has
- * no authority key identifier, never by issuer name alone. */
+/* Whether <c> is a CRL of <leaf>'s issuer. Never by issuer name alone: two
+ * CAs may share one. By the signer found at load time (its key identifier,
+ * or its signature when the leaf has none); failing a known signer, by the
+ * authority key identifiers of both. */
+static bool crl_covers(const struct tls_crl *c, X509 *leaf)
+{
+    const ASN1_OCTET_STRING *leaf_akid = X509_get0_authority_key_id(leaf);
+    if (c->signer != NULL)
+        return X509_check_issued(c->signer, leaf) == X509_V_OK &&
+               (leaf_akid != NULL || X509_verify(leaf, X509_get0_pubkey(c->signer)) == 1);
+    return c->akid != NULL && leaf_akid != NULL && ASN1_OCTET_STRING_cmp(c->akid, leaf_akid) == 0 &&
+           X509_NAME_cmp(X509_CRL_get_issuer(c->crl), X509_get_issuer_name(leaf)) == 0;
+}
+
+/* Revocation against the loaded CRLs now: the handshake's check may be long
+ * past (keep-alive) or never ran here (resumption). */
 static int check_revocation_now(const struct tls_ctx *t, X509 *leaf)
 {
     bool have_current = false, have_stale = false;
     for (size_t i = 0; i < t->n_crls; i++) {
         const struct tls_crl *c = &t->crls[i];
-        if (c->signer == NULL || X509_check_issued(c->signer, leaf) != X509_V_OK)
-            continue;
-        if (X509_get0_authority_key_id(leaf) == NULL &&
-            X509_verify(leaf, X509_get0_pubkey(c->signer)) != 1)
+        if (!crl_covers(c, leaf))
             continue;
         if (!crl_current(c->crl)) {
             have_stale = true;
