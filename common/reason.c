@@ -4,7 +4,7 @@ static const struct {
     const char *name;
     int status;
 } reasons[R_MAX] = {
-    [R_OK] = {"", 200},
+    [R_NONE] = {"", 200},
     [R_CERT_REQUIRED] = {"cert_required", 403},
     [R_CERT_UNTRUSTED] = {"cert_untrusted", 403},
     [R_ISSUER_NOT_ALLOWED] = {"issuer_not_allowed", 403},

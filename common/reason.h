@@ -5,7 +5,7 @@
 #define CM_REASON_H
 
 enum reason {
-    R_OK = 0,
+    R_NONE = 0, /* accepted: no refusal reason (not R_OK: unistd.h owns that name) */
     R_CERT_REQUIRED,
     R_CERT_UNTRUSTED,
     R_ISSUER_NOT_ALLOWED,
@@ -27,10 +27,10 @@ enum reason {
     R_MAX
 };
 
-/* The reason's contract name ("cert_required", ...); "" for R_OK. Never NULL. */
+/* The reason's contract name ("cert_required", ...); "" for R_NONE. Never NULL. */
 const char *reason_name(enum reason r);
 
-/* The HTTP status a refusal with <r> is answered with (403, 503, ...); 200 for R_OK. */
+/* The HTTP status a refusal with <r> is answered with (403, 503, ...); 200 for R_NONE. */
 int reason_status(enum reason r);
 
 #endif

@@ -1,2 +1,571 @@
-/* placeholder: being written */
-typedef int cm_placeholder_conn;
+/* Client connections: TLS handshake, request parsing with llhttp, the
+ * certificate policy per request, and the request/response state machine.
+ *
+ * One request is in progress per connection at a time: the parser pauses when
+ * a request is complete and resumes when its response is done, so pipelined
+ * requests are answered in order. A connection owns its upstream connection
+ * for the duration of a request; proxy_conn_close() tears down both. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+
+#include "common/log.h"
+#include "proxy/proxy.h"
+#include "tls/tls.h"
+
+/* Above this many bytes queued towards one side, stop reading the other. */
+#define OUT_HIGH (256 * 1024)
+/* Most a client may have read ahead of the parser (pipelined requests). */
+#define IN_HIGH (64 * 1024)
+
+static void conn_feed(struct proxy_conn *c);
+static void conn_refuse(struct proxy_conn *c, enum reason r);
+
+static void timer_arm(struct proxy_conn *c, uint64_t ms)
+{
+    struct timeval tv = proxy_tv_ms(ms);
+    evtimer_add(c->timer, &tv);
+}
+
+static void req_reset(struct proxy_conn *c)
+{
+    struct proxy_req *r = &c->req;
+    struct proxy_head head = r->head; /* keeps its buffers for reuse */
+    if (r->upstream_head != NULL)
+        evbuffer_free(r->upstream_head);
+    memset(r, 0, sizeof *r);
+    r->head = head;
+    proxy_head_reset(&r->head, c->w->conf->max_request_head);
+}
+
+static void conn_free(struct proxy_conn *c)
+{
+    struct worker *w = c->w;
+    if (c->up != NULL) {
+        upstream_release(c->up, false);
+        c->up = NULL;
+    }
+    if (c->state == CS_BODY || c->state == CS_WAIT) {
+        /* The client went away mid-request: log it, as nginx's 499 does. */
+        c->req.status = 499;
+        accesslog_write(w->alog, c, &c->req);
+    }
+    if (c->req.upstream_head != NULL)
+        evbuffer_free(c->req.upstream_head);
+    proxy_head_purge(&c->req.head);
+    tls_facts_free(c->facts);
+    if (c->timer != NULL)
+        event_free(c->timer);
+    if (c->bev != NULL)
+        bufferevent_free(c->bev);
+    TAILQ_REMOVE(&w->conns, c, link);
+    w->n_conns--;
+    free(c);
+    proxy_worker_conn_gone(w);
+}
+
+void proxy_conn_close(struct proxy_conn *c)
+{
+    if (c->in_feed) {
+        c->dead = true; /* conn_feed frees it once its stack unwinds */
+        return;
+    }
+    conn_free(c);
+}
+
+bool proxy_conn_output_full(const struct proxy_conn *c)
+{
+    return evbuffer_get_length(bufferevent_get_output(c->bev)) > OUT_HIGH;
+}
+
+/* Stops after flushing what is queued for the client. */
+static void conn_close_after_flush(struct proxy_conn *c)
+{
+    c->state = CS_CLOSING;
+    bufferevent_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        proxy_conn_close(c);
+    else
+        timer_arm(c, 10000); /* a client that never reads its answer is dropped */
+}
+
+/* Answers the current request with the error for <r> and closes. */
+static void conn_refuse(struct proxy_conn *c, enum reason r)
+{
+    struct proxy_req *req = &c->req;
+    if (c->up != NULL) {
+        upstream_release(c->up, false);
+        c->up = NULL;
+    }
+    req->reason = r;
+    req->status = reason_status(r);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out);
+    proxy_http_error(out, r, c->w->conf->detailed_errors, req->head_method);
+    req->bytes_out += evbuffer_get_length(out) - before;
+    accesslog_write(c->w->alog, c, req);
+    conn_close_after_flush(c); /* CS_CLOSING: conn_free will not log it again */
+}
+
+/* ---- llhttp callbacks ---------------------------------------------------- */
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct proxy_conn *c = p->data;
+    req_reset(c);
+    proxy_now(&c->req.t_start);
+    c->state = CS_HEAD;
+    c->head_bytes = 0;
+    timer_arm(c, c->w->conf->header_timeout_ms);
+    return 0;
+}
+
+static int head_fail(struct proxy_conn *c, enum reason r)
+{
+    c->req.reason = r;
+    return -1;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct proxy_conn *c = p->data;
+    return proxy_head_url(&c->req.head, at, len) < 0 ? head_fail(c, R_HEAD_TOO_LARGE) : 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct proxy_conn *c = p->data;
+    return proxy_head_field(&c->req.head, at, len) < 0 ? head_fail(c, R_HEAD_TOO_LARGE) : 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct proxy_conn *c = p->data;
+    /* NUL, bare CR or LF inside a value: never forwarded, whatever the parser allows. */
+    for (size_t i = 0; i < len; i++)
+        if (at[i] == '\0' || at[i] == '\r' || at[i] == '\n')
+            return head_fail(c, R_BAD_REQUEST);
+    return proxy_head_value(&c->req.head, at, len) < 0 ? head_fail(c, R_HEAD_TOO_LARGE) : 0;
+}
+
+static bool header_value_is(const struct proxy_head *hd, size_t i, const char *v)
+{
+    size_t n = strlen(v);
+    return hd->h[i].val_len == n && strncasecmp(hd->buf + hd->h[i].val_off, v, n) == 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct proxy_conn *c = p->data;
+    struct proxy_req *r = &c->req;
+    r->method = llhttp_get_method(p);
+    r->http_major = llhttp_get_http_major(p);
+    r->http_minor = llhttp_get_http_minor(p);
+    r->keep_alive = llhttp_should_keep_alive(p);
+    r->chunked = (p->flags & F_CHUNKED) != 0;
+    r->has_body = r->chunked || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+    r->head_method = r->method == HTTP_HEAD;
+    r->idempotent = r->method == HTTP_GET || r->method == HTTP_HEAD ||
+                    r->method == HTTP_OPTIONS || r->method == HTTP_PUT ||
+                    r->method == HTTP_DELETE;
+    for (size_t i = 0; i < r->head.n; i++)
+        if (proxy_head_name_is(&r->head, i, "expect") && header_value_is(&r->head, i, "100-continue"))
+            r->expect_continue = true;
+    return HPE_PAUSED; /* decided in conn_start_request, outside the parser */
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct proxy_conn *c = p->data;
+    if (c->up == NULL)
+        return 0;
+    struct evbuffer *out = bufferevent_get_output(c->up->bev);
+    if (c->req.chunked) {
+        evbuffer_add_printf(out, "%zx\r\n", len);
+        evbuffer_add(out, at, len);
+        evbuffer_add(out, "\r\n", 2);
+    } else {
+        evbuffer_add(out, at, len);
+    }
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct proxy_conn *c = p->data;
+    c->req.body_done = true;
+    if (c->up != NULL && c->req.chunked)
+        evbuffer_add(bufferevent_get_output(c->up->bev), "0\r\n\r\n", 5);
+    if (c->state == CS_BODY) {
+        c->state = CS_WAIT;
+        evtimer_del(c->timer); /* a long poll may wait; the backend's read_timeout bounds it */
+    }
+    return HPE_PAUSED; /* nothing more is parsed until this response is done */
+}
+
+static const llhttp_settings_t request_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- request start: policy, upstream ----------------------------------------- */
+
+/* The certificate policy for this request's location. R_NONE or the refusal. */
+static enum reason conn_policy(struct proxy_conn *c, const char *path)
+{
+    const struct conf *cf = c->w->conf;
+    const struct conf_location *loc = conf_location_for(cf, path, strlen(path));
+    enum cert_mode mode = loc != NULL ? loc->client_certificate : cf->cert_mode;
+    c->req.cert_mode = mode;
+    if (mode == CERT_IGNORE)
+        return R_NONE;
+    if (c->cert_reason != R_NONE)
+        return c->cert_reason; /* a certificate was sent and it is not acceptable */
+    if (c->facts == NULL && mode == CERT_REQUIRE)
+        return R_CERT_REQUIRED;
+    return R_NONE;
+}
+
+static void conn_start_request(struct proxy_conn *c)
+{
+    struct proxy_req *r = &c->req;
+    if (r->method == HTTP_CONNECT) {
+        conn_refuse(c, R_BAD_REQUEST);
+        return;
+    }
+    char *path = proxy_http_policy_path(r->head.buf + r->head.url_off, r->head.url_len);
+    if (path == NULL) {
+        conn_refuse(c, R_BAD_REQUEST);
+        return;
+    }
+    enum reason why = conn_policy(c, path);
+    free(path);
+    if (why != R_NONE) {
+        conn_refuse(c, why);
+        return;
+    }
+
+    struct evbuffer *head = evbuffer_new();
+    if (head == NULL) {
+        proxy_conn_close(c);
+        return;
+    }
+    proxy_http_request_head(c, head);
+    c->up = upstream_acquire(c->w, c);
+    if (c->up == NULL) {
+        evbuffer_free(head);
+        conn_refuse(c, R_BACKEND_UNAVAILABLE);
+        return;
+    }
+    proxy_now(&r->t_upstream);
+    if (r->idempotent && !r->has_body) {
+        /* Kept until the response starts: a pooled connection that the backend
+         * had closed gets this request once more on a new connection. */
+        bufferevent_write(c->up->bev, evbuffer_pullup(head, -1), evbuffer_get_length(head));
+        r->upstream_head = head;
+    } else {
+        bufferevent_write_buffer(c->up->bev, head);
+        evbuffer_free(head);
+    }
+    if (r->has_body && r->expect_continue)
+        evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    c->state = CS_BODY;
+    timer_arm(c, c->w->conf->header_timeout_ms); /* body progress */
+}
+
+/* Re-sends the kept request head on a new upstream connection, once. */
+static bool conn_retry(struct proxy_conn *c)
+{
+    struct proxy_req *r = &c->req;
+    if (r->upstream_head == NULL || r->retried || c->up == NULL || !c->up->reused ||
+        c->up->resp_started)
+        return false;
+    r->retried = true;
+    upstream_release(c->up, false);
+    c->up = NULL;
+    upstream_pool_purge(c->w); /* its siblings are likely as stale */
+    c->up = upstream_acquire(c->w, c);
+    if (c->up == NULL)
+        return false;
+    bufferevent_write(c->up->bev, evbuffer_pullup(r->upstream_head, -1),
+                      evbuffer_get_length(r->upstream_head));
+    log_debug("%s: retrying %s on a new backend connection", c->peer,
+              llhttp_method_name((llhttp_method_t)r->method));
+    return true;
+}
+
+/* ---- feeding the parser ----------------------------------------------------- */
+
+static void conn_after_pause(struct proxy_conn *c)
+{
+    if (c->state == CS_HEAD) {
+        conn_start_request(c);
+        if (c->state != CS_BODY)
+            return;
+        llhttp_resume(&c->parser);
+        c->parser_paused = false;
+    }
+    /* Paused at message completion: stays paused until the response is done. */
+}
+
+static void conn_feed(struct proxy_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    bool kick = true; /* run the parser even without input: it may owe a callback */
+    c->in_feed = true;
+    while (!c->dead && !c->parser_paused && !c->read_blocked && c->state != CS_CLOSING) {
+        if (c->up != NULL && evbuffer_get_length(bufferevent_get_output(c->up->bev)) > OUT_HIGH) {
+            c->read_blocked = true; /* resumed by proxy_conn_upstream_writable() */
+            bufferevent_disable(c->bev, EV_READ);
+            break;
+        }
+        struct evbuffer_iovec v = {.iov_base = NULL, .iov_len = 0};
+        evbuffer_peek(in, -1, NULL, &v, 1);
+        if (v.iov_len == 0 && !kick)
+            break;
+        kick = false;
+        const char *data = v.iov_len ? v.iov_base : "";
+        enum llhttp_errno err = llhttp_execute(&c->parser, data, v.iov_len);
+        size_t used = v.iov_len;
+        if (err != HPE_OK)
+            used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        if (used > v.iov_len)
+            used = v.iov_len;
+        if (c->state == CS_HEAD || c->state == CS_IDLE) {
+            c->head_bytes += (uint32_t)used;
+            if (c->head_bytes > c->w->conf->max_request_head) {
+                conn_refuse(c, R_HEAD_TOO_LARGE);
+                break;
+            }
+        } else if (c->state == CS_BODY && used > 0) {
+            timer_arm(c, c->w->conf->header_timeout_ms);
+        }
+        c->req.bytes_in += used;
+        evbuffer_drain(in, used);
+        if (err == HPE_OK)
+            continue;
+        if (err == HPE_PAUSED) {
+            c->parser_paused = true;
+            conn_after_pause(c);
+            kick = true;
+            continue;
+        }
+        if (err == HPE_PAUSED_UPGRADE) {
+            /* Upgrade is never forwarded (hop-by-hop): carry on as plain HTTP. */
+            llhttp_resume_after_upgrade(&c->parser);
+            kick = true;
+            continue;
+        }
+        enum reason why = c->req.reason != R_NONE ? c->req.reason : R_BAD_REQUEST;
+        log_debug("%s: bad request: %s (%s)", c->peer, llhttp_errno_name(err),
+                  llhttp_get_error_reason(&c->parser));
+        if (c->state == CS_BODY || c->state == CS_WAIT) {
+            /* Head already forwarded: the backend must not see the rest. */
+            if (c->up != NULL) {
+                upstream_release(c->up, false);
+                c->up = NULL;
+            }
+        }
+        conn_refuse(c, why);
+        break;
+    }
+    c->in_feed = false;
+    if (c->dead)
+        conn_free(c);
+}
+
+/* ---- upstream events --------------------------------------------------------- */
+
+void proxy_conn_response_head(struct proxy_conn *c, struct evbuffer *head)
+{
+    proxy_now(&c->req.t_upstream_done);
+    c->req.bytes_out += evbuffer_get_length(head);
+    bufferevent_write_buffer(c->bev, head);
+    if (c->req.upstream_head != NULL) {
+        evbuffer_free(c->req.upstream_head);
+        c->req.upstream_head = NULL;
+    }
+}
+
+void proxy_conn_response_body(struct proxy_conn *c, const char *data, size_t len)
+{
+    c->req.bytes_out += len;
+    bufferevent_write(c->bev, data, len);
+}
+
+void proxy_conn_response_done(struct proxy_conn *c, bool upstream_reusable)
+{
+    struct proxy_req *r = &c->req;
+    struct upstream *u = c->up;
+    c->up = NULL;
+    upstream_release(u, upstream_reusable && r->body_done);
+    accesslog_write(c->w->alog, c, r);
+    if (!r->body_done || !r->keep_alive || c->w->draining) {
+        /* The backend answered before the whole body arrived, or the client or
+         * a shutdown asked for the end of the connection. */
+        c->state = CS_CLOSING;
+        conn_close_after_flush(c);
+        return;
+    }
+    c->state = CS_IDLE;
+    if (r->upstream_head != NULL) {
+        evbuffer_free(r->upstream_head);
+        r->upstream_head = NULL;
+    }
+    /* An idle connection keeps no head buffers. */
+    proxy_head_purge(&r->head);
+    timer_arm(c, c->w->conf->keepalive_timeout_ms);
+    llhttp_resume(&c->parser);
+    c->parser_paused = false;
+    conn_feed(c);
+}
+
+void proxy_conn_upstream_failed(struct proxy_conn *c, enum reason r)
+{
+    if (conn_retry(c))
+        return;
+    if (c->up != NULL && c->up->resp_started) {
+        /* Part of the answer is out: the client can only learn of it by the close. */
+        log_info("%s: backend connection lost mid-response", c->peer);
+        upstream_release(c->up, false);
+        c->up = NULL;
+        c->req.reason = r;
+        accesslog_write(c->w->alog, c, &c->req);
+        c->state = CS_CLOSING;
+        proxy_conn_close(c);
+        return;
+    }
+    conn_refuse(c, r);
+}
+
+void proxy_conn_upstream_writable(struct proxy_conn *c)
+{
+    if (!c->read_blocked)
+        return;
+    c->read_blocked = false;
+    bufferevent_enable(c->bev, EV_READ);
+    conn_feed(c);
+}
+
+/* ---- libevent callbacks ----------------------------------------------------- */
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    conn_feed(arg);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct proxy_conn *c = arg;
+    if (c->state == CS_CLOSING) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            proxy_conn_close(c);
+        return;
+    }
+    /* The client drained its answer: let the backend send more. */
+    if (c->up != NULL && !proxy_conn_output_full(c))
+        bufferevent_enable(c->up->bev, EV_READ);
+}
+
+static void conn_handshake_done(struct proxy_conn *c)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    /* The certificate verdict is computed once per connection (verification
+     * itself ran in the handshake, or, for a resumed session, not at all:
+     * tls_conn_verdict re-checks validity and revocation either way). */
+    c->cert_reason = tls_conn_verdict(c->w->tls, ssl, CERT_ACCEPT, &c->facts);
+    c->state = CS_IDLE;
+    log_debug("%s: %s handshake done, certificate %s", c->peer, tls_conn_protocol(ssl),
+              c->facts ? c->facts->subject : c->cert_reason ? reason_name(c->cert_reason) : "none");
+}
+
+static void conn_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+    struct proxy_conn *c = arg;
+    if (events & BEV_EVENT_CONNECTED) {
+        conn_handshake_done(c);
+        return;
+    }
+    if (c->state == CS_HANDSHAKE && (events & BEV_EVENT_ERROR)) {
+        unsigned long e = bufferevent_get_openssl_error(bev);
+        log_debug("%s: TLS handshake failed: %s", c->peer,
+                  e ? tls_error_text(e) : strerror(EVUTIL_SOCKET_ERROR()));
+    }
+    proxy_conn_close(c);
+}
+
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct proxy_conn *c = arg;
+    static const char *const what_timed_out[] = {
+        [CS_HANDSHAKE] = "handshake", [CS_IDLE] = "keep-alive", [CS_HEAD] = "request head",
+        [CS_BODY] = "request body", [CS_WAIT] = "response", [CS_CLOSING] = "final write",
+    };
+    log_debug("%s: %s timeout", c->peer, what_timed_out[c->state]);
+    proxy_conn_close(c);
+}
+
+void proxy_conn_accept(struct worker *w, int fd, const struct sockaddr *sa, int salen)
+{
+    struct proxy_conn *c = calloc(1, sizeof *c);
+    SSL *ssl = NULL;
+    if (c == NULL)
+        goto fail;
+    c->w = w;
+    if (getnameinfo(sa, (socklen_t)salen, c->peer, sizeof c->peer, NULL, 0, NI_NUMERICHOST) != 0)
+        snprintf(c->peer, sizeof c->peer, "?");
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    ssl = tls_conn_new(w->tls);
+    if (ssl == NULL)
+        goto fail;
+    c->bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                            BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (c->bev == NULL)
+        goto fail;
+    ssl = NULL; /* owned by the bufferevent now, and so is fd */
+    fd = -1;
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    c->timer = evtimer_new(w->base, conn_timer_cb, c);
+    if (c->timer == NULL)
+        goto fail;
+    llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
+    c->parser.data = c;
+    proxy_head_reset(&c->req.head, w->conf->max_request_head);
+    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, IN_HIGH);
+    bufferevent_setwatermark(c->bev, EV_WRITE, OUT_HIGH / 2, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    TAILQ_INSERT_TAIL(&w->conns, c, link);
+    w->n_conns++;
+    timer_arm(c, w->conf->header_timeout_ms); /* handshake and first head */
+    return;
+fail:
+    log_warn("cannot accept a connection: out of resources");
+    if (c != NULL) {
+        if (c->timer != NULL)
+            event_free(c->timer);
+        if (c->bev != NULL)
+            bufferevent_free(c->bev);
+        free(c);
+    }
+    tls_conn_free(ssl);
+    if (fd >= 0)
+        close(fd);
+}

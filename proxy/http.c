@@ -1,2 +1,362 @@
-/* placeholder: being written */
-typedef int cm_placeholder_http;
+/* HTTP/1.1 message pieces: received heads, the heads certmapd writes towards
+ * the backend and the client, error answers, and the path used for policy. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+
+#include "proxy/proxy.h"
+
+/* ---- received heads ---------------------------------------------------- */
+
+void proxy_head_reset(struct proxy_head *hd, size_t limit)
+{
+    hd->len = 0;
+    hd->n = 0;
+    hd->url_off = hd->url_len = 0;
+    hd->in_value = false;
+    hd->limit = limit;
+}
+
+void proxy_head_purge(struct proxy_head *hd)
+{
+    free(hd->buf);
+    free(hd->h);
+    memset(hd, 0, sizeof *hd);
+}
+
+static int head_append(struct proxy_head *hd, const char *at, size_t len)
+{
+    /* Each header also costs its ": " and CRLF on the wire: count them against the limit. */
+    if (len > hd->limit || hd->len + len + 4 * hd->n > hd->limit)
+        return -1;
+    if (hd->len + len > hd->cap) {
+        size_t cap = hd->cap ? hd->cap : 512;
+        while (cap < hd->len + len)
+            cap *= 2;
+        if (cap > hd->limit)
+            cap = hd->limit;
+        char *b = realloc(hd->buf, cap);
+        if (b == NULL)
+            return -1;
+        hd->buf = b;
+        hd->cap = cap;
+    }
+    memcpy(hd->buf + hd->len, at, len);
+    hd->len += len;
+    return 0;
+}
+
+int proxy_head_url(struct proxy_head *hd, const char *at, size_t len)
+{
+    if (hd->url_len == 0)
+        hd->url_off = (uint32_t)hd->len;
+    if (head_append(hd, at, len) < 0)
+        return -1;
+    hd->url_len += (uint32_t)len;
+    return 0;
+}
+
+int proxy_head_field(struct proxy_head *hd, const char *at, size_t len)
+{
+    if (hd->n == 0 || hd->in_value) {
+        if (hd->n == hd->cap_h) {
+            size_t cap = hd->cap_h ? hd->cap_h * 2 : 16;
+            struct proxy_hdr *h = realloc(hd->h, cap * sizeof *h);
+            if (h == NULL)
+                return -1;
+            hd->h = h;
+            hd->cap_h = cap;
+        }
+        hd->h[hd->n++] = (struct proxy_hdr){.name_off = (uint32_t)hd->len};
+        hd->in_value = false;
+    }
+    if (head_append(hd, at, len) < 0)
+        return -1;
+    hd->h[hd->n - 1].name_len += (uint32_t)len;
+    return 0;
+}
+
+int proxy_head_value(struct proxy_head *hd, const char *at, size_t len)
+{
+    if (hd->n == 0)
+        return -1;
+    struct proxy_hdr *h = &hd->h[hd->n - 1];
+    if (!hd->in_value) {
+        h->val_off = (uint32_t)hd->len;
+        hd->in_value = true;
+    }
+    if (head_append(hd, at, len) < 0)
+        return -1;
+    h->val_len += (uint32_t)len;
+    return 0;
+}
+
+bool proxy_head_name_is(const struct proxy_head *hd, size_t i, const char *name)
+{
+    size_t n = strlen(name);
+    return hd->h[i].name_len == n && strncasecmp(hd->buf + hd->h[i].name_off, name, n) == 0;
+}
+
+static bool name_has_prefix(const struct proxy_head *hd, size_t i, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return hd->h[i].name_len >= n && strncasecmp(hd->buf + hd->h[i].name_off, prefix, n) == 0;
+}
+
+/* Whether header <i>'s name is one of the comma-separated tokens of any
+ * Connection header in <hd> (those are hop-by-hop too, RFC 9110 7.6.1). */
+static bool named_by_connection(const struct proxy_head *hd, size_t i)
+{
+    const char *name = hd->buf + hd->h[i].name_off;
+    size_t nlen = hd->h[i].name_len;
+    for (size_t j = 0; j < hd->n; j++) {
+        if (!proxy_head_name_is(hd, j, "connection"))
+            continue;
+        const char *v = hd->buf + hd->h[j].val_off, *end = v + hd->h[j].val_len;
+        while (v < end) {
+            while (v < end && (*v == ',' || *v == ' ' || *v == '\t'))
+                v++;
+            const char *tok = v;
+            while (v < end && *v != ',' && *v != ' ' && *v != '\t')
+                v++;
+            if ((size_t)(v - tok) == nlen && strncasecmp(tok, name, nlen) == 0)
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Headers that describe one hop, or that certmapd itself sets. A client can
+ * never pass any of them through: identity headers in particular. */
+static bool request_header_dropped(const struct proxy_head *hd, size_t i)
+{
+    static const char *const names[] = {
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+        "transfer-encoding", "content-length", "expect", "proxy-authorization",
+        "x-forwarded-for", "x-forwarded-proto", "http2-settings",
+    };
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+        if (proxy_head_name_is(hd, i, names[k]))
+            return true;
+    if (name_has_prefix(hd, i, "x-client-cert-") || name_has_prefix(hd, i, "x-remote-user"))
+        return true;
+    if (proxy_head_name_is(hd, i, "host"))
+        return false;
+    return named_by_connection(hd, i);
+}
+
+static bool response_header_dropped(const struct proxy_head *hd, size_t i)
+{
+    static const char *const names[] = {
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+        "transfer-encoding", "content-length", "proxy-authenticate",
+    };
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+        if (proxy_head_name_is(hd, i, names[k]))
+            return true;
+    return named_by_connection(hd, i);
+}
+
+static void add_header_line(struct evbuffer *out, const struct proxy_head *hd, size_t i)
+{
+    evbuffer_add(out, hd->buf + hd->h[i].name_off, hd->h[i].name_len);
+    evbuffer_add(out, ": ", 2);
+    evbuffer_add(out, hd->buf + hd->h[i].val_off, hd->h[i].val_len);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+/* Adds "Name: value" where <value> comes from a certificate or the directory:
+ * control bytes are written as \xHH so a value can never end the header early. */
+static void add_identity_header(struct evbuffer *out, const char *name, const char *value)
+{
+    if (value == NULL)
+        return;
+    evbuffer_add_printf(out, "%s: ", name);
+    const char *run = value;
+    for (const char *p = value; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch < 0x20 || ch == 0x7f) {
+            evbuffer_add(out, run, (size_t)(p - run));
+            evbuffer_add_printf(out, "\\x%02X", ch);
+            run = p + 1;
+        }
+    }
+    evbuffer_add(out, run, strlen(run));
+    evbuffer_add(out, "\r\n", 2);
+}
+
+void proxy_http_request_head(const struct proxy_conn *c, struct evbuffer *out)
+{
+    const struct proxy_req *r = &c->req;
+    const struct proxy_head *hd = &r->head;
+    bool has_host = false;
+
+    evbuffer_add_printf(out, "%s ", llhttp_method_name((llhttp_method_t)r->method));
+    evbuffer_add(out, hd->buf + hd->url_off, hd->url_len);
+    evbuffer_add(out, " HTTP/1.1\r\n", 11);
+    for (size_t i = 0; i < hd->n; i++) {
+        if (request_header_dropped(hd, i))
+            continue;
+        if (proxy_head_name_is(hd, i, "host"))
+            has_host = true;
+        add_header_line(out, hd, i);
+    }
+    if (!has_host)
+        evbuffer_add_printf(out, "Host: %s\r\n", c->w->conf->backend.host_header);
+    if (r->chunked)
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    else if (r->has_body)
+        evbuffer_add_printf(out, "Content-Length: %llu\r\n",
+                            (unsigned long long)c->parser.content_length);
+    evbuffer_add_printf(out, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: https\r\n", c->peer);
+    if (c->facts != NULL) {
+        const struct cert_facts *f = c->facts;
+        add_identity_header(out, "X-Client-Cert-Subject", f->subject);
+        add_identity_header(out, "X-Client-Cert-Issuer", f->issuer);
+        add_identity_header(out, "X-Client-Cert-Serial", f->serial_hex);
+        add_identity_header(out, "X-Client-Cert-SHA256", f->sha256);
+    }
+    evbuffer_add(out, "\r\n", 2);
+}
+
+void proxy_http_response_head(const struct proxy_head *hd, int status, bool chunked,
+                              bool keep_alive, const char *content_length, struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "HTTP/1.1 %d ", status);
+    if (hd->url_len > 0)
+        evbuffer_add(out, hd->buf + hd->url_off, hd->url_len);
+    else
+        evbuffer_add_printf(out, "%s", proxy_http_status_text(status));
+    evbuffer_add(out, "\r\n", 2);
+    for (size_t i = 0; i < hd->n; i++)
+        if (!response_header_dropped(hd, i))
+            add_header_line(out, hd, i);
+    if (chunked)
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    else if (content_length != NULL)
+        evbuffer_add_printf(out, "Content-Length: %s\r\n", content_length);
+    evbuffer_add_printf(out, "Connection: %s\r\n\r\n", keep_alive ? "keep-alive" : "close");
+}
+
+const char *proxy_http_status_text(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 413: return "Payload Too Large";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return status < 400 ? "OK" : "Error";
+    }
+}
+
+void proxy_http_error(struct evbuffer *out, enum reason r, bool detailed, bool head_only)
+{
+    int status = reason_status(r);
+    const char *text = proxy_http_status_text(status);
+    char body[160];
+    int blen = detailed ? snprintf(body, sizeof body, "%d %s: %s\n", status, text, reason_name(r))
+                        : snprintf(body, sizeof body, "%d %s\n", status, text);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                        "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
+                        status, text, blen,
+                        r == R_DIRECTORY_UNAVAILABLE ? "Retry-After: 30\r\n" : "");
+    if (!head_only)
+        evbuffer_add(out, body, (size_t)blen);
+}
+
+/* ---- the path a location policy is decided on ----------------------------- */
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    ch = (char)tolower((unsigned char)ch);
+    return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+char *proxy_http_policy_path(const char *url, size_t len)
+{
+    /* absolute-form ("http://host/path"): the policy applies to its path. */
+    if (len > 7 && (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0)) {
+        const char *p = memchr(url + 8, '/', len - 8);
+        if (p == NULL)
+            return strdup("/");
+        len -= (size_t)(p - url);
+        url = p;
+    }
+    if (len == 1 && url[0] == '*')
+        return strdup("*");
+    if (len == 0 || url[0] != '/')
+        return NULL;
+    const char *q = memchr(url, '?', len);
+    if (q != NULL)
+        len = (size_t)(q - url);
+    const char *hash = memchr(url, '#', len);
+    if (hash != NULL)
+        len = (size_t)(hash - url);
+
+    char *out = malloc(len + 1);
+    if (out == NULL)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = url[i];
+        if (ch == '%') {
+            int hi = i + 2 < len ? hexval(url[i + 1]) : -1;
+            int lo = i + 2 < len ? hexval(url[i + 2]) : -1;
+            if (hi < 0 || lo < 0) {
+                free(out);
+                return NULL;
+            }
+            ch = (char)(hi * 16 + lo);
+            i += 2;
+            /* An encoded NUL or slash could make the backend see another path. */
+            if (ch == '\0' || ch == '/' || ch == '\\') {
+                free(out);
+                return NULL;
+            }
+        } else if (ch == '\\') {
+            ch = '/'; /* IIS treats a backslash as a slash */
+        }
+        out[o++] = ch;
+    }
+    out[o] = '\0';
+
+    /* Remove dot segments and empty segments (RFC 3986 5.2.4, plus "//"). */
+    size_t w = 0;
+    for (size_t r = 0; r < o;) {
+        /* out[r] == '/' here */
+        size_t s = r + 1;
+        while (s < o && out[s] != '/')
+            s++;
+        size_t seg = s - r - 1;
+        const char *sp = out + r + 1;
+        if (seg == 0 || (seg == 1 && sp[0] == '.')) {
+            /* skip */
+        } else if (seg == 2 && sp[0] == '.' && sp[1] == '.') {
+            while (w > 0 && out[--w] != '/')
+                ;
+        } else {
+            memmove(out + w, out + r, s - r);
+            w += s - r;
+        }
+        r = s;
+    }
+    if (w == 0 || (o > 0 && out[o - 1] == '/' && (w == 0 || out[w - 1] != '/')))
+        out[w++] = '/';
+    out[w] = '\0';
+    return out;
+}

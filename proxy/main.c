@@ -1,2 +1,177 @@
+/* certmapd: command line, start-up sequence, signals.
+ *
+ * Start-up order matters: the configuration is validated and every file
+ * loaded before anything listens; sockets are bound and keys loaded as root,
+ * then privileges are dropped, then the workers start. */
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
 #include <stdio.h>
-int main(void) { puts("certmapd: under construction"); return 0; }
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/thread.h>
+
+#include "common/log.h"
+#include "conf/conf.h"
+#include "proxy/proxy.h"
+#include "tls/tls.h"
+
+#define DEFAULT_CONF "/etc/certmapd/certmapd.conf"
+#define SHUTDOWN_GRACE_MS 30000
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: certmapd [-c FILE]            serve\n"
+            "       certmapd -t [-c FILE]         check the configuration and exit\n"
+            "       certmapd --help-config        list every configuration key\n"
+            "       certmapd --version | --help\n"
+            "\n"
+            "  -c, --config FILE   configuration file (default " DEFAULT_CONF ")\n"
+            "  -t, --test          validate the configuration and its files, then exit:\n"
+            "                      0 when valid, 1 with FILE:LINE: reason otherwise\n");
+}
+
+static int drop_privileges(const char *user)
+{
+    struct passwd *pw = getpwnam(user);
+    if (pw == NULL) {
+        log_error("[server] user: no such user \"%s\"", user);
+        return -1;
+    }
+    if (setgroups(0, NULL) < 0 || setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) < 0 ||
+        setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0) {
+        log_error("cannot drop privileges to \"%s\": %s", user, strerror(errno));
+        return -1;
+    }
+    if (setuid(0) == 0 && pw->pw_uid != 0) {
+        log_error("privileges could be regained after dropping them: refusing to run");
+        return -1;
+    }
+    return 0;
+}
+
+static int serve(const struct conf *c, struct tls_ctx *tls)
+{
+    struct proxy_shared sh = {.conf = c, .tls = tls};
+    struct worker *ws = NULL;
+    char err[512];
+    int rc = 1;
+
+    sh.alog = accesslog_open(c->access_log, err, sizeof err);
+    if (sh.alog == NULL) {
+        log_error("%s", err);
+        goto out;
+    }
+    if (c->backend.https) {
+        sh.backend_tls = tls_client_ctx_new(c, err, sizeof err);
+        if (sh.backend_tls == NULL) {
+            log_error("%s", err);
+            goto out;
+        }
+    }
+    if (proxy_backend_resolve(c, &sh.backend, err, sizeof err) < 0) {
+        log_error("%s", err);
+        goto out;
+    }
+    ws = calloc(c->workers, sizeof *ws);
+    if (ws == NULL || proxy_workers_bind(ws, c->workers, &sh, err, sizeof err) < 0) {
+        log_error("%s", ws ? err : "out of memory");
+        goto out;
+    }
+    if (c->user != NULL && drop_privileges(c->user) < 0)
+        goto out;
+
+    /* Signals are taken by this thread alone, with sigwait; workers inherit the mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (proxy_workers_start(ws, c->workers) < 0)
+        goto out; /* the started ones are stopped with the process */
+    for (size_t i = 0; i < c->n_listen; i++)
+        log_info("listening on %s (%u workers)", c->listen[i].text, c->workers);
+    int sig = 0;
+    for (;;) {
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            log_info("SIGHUP: configuration reload is not supported; restart to apply changes");
+            continue;
+        }
+        break;
+    }
+    log_info("%s: no longer accepting; finishing requests in flight", strsignal(sig));
+    proxy_workers_stop(ws, c->workers, SHUTDOWN_GRACE_MS);
+    log_info("stopped");
+    rc = 0;
+out:
+    free(ws);
+    accesslog_close(sh.alog);
+    tls_client_ctx_free(sh.backend_tls);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
+        {"help-config", no_argument, NULL, 'K'},  {NULL, 0, NULL, 0},
+    };
+    const char *path = DEFAULT_CONF;
+    bool test_only = false;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:thV", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': path = optarg; break;
+        case 't': test_only = true; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("certmapd %s\n", CERTMAPD_VERSION); return 0;
+        case 'K': conf_print_keys(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "certmapd: unexpected argument \"%s\"\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+
+    char err[1024];
+    struct conf *c = NULL;
+    if (conf_load(path, &c, err, sizeof err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    cm_log_set_level((enum log_level)c->log_level);
+    /* Build the TLS context now, in -t too: keys, certificates and CRLs are
+     * part of what a configuration check must prove. */
+    struct tls_ctx *tls = tls_ctx_new(c, err, sizeof err);
+    if (tls == NULL) {
+        fprintf(stderr, "%s: %s\n", path, err);
+        conf_free(c);
+        return 1;
+    }
+    if (test_only) {
+        printf("%s: configuration OK\n", path);
+        tls_ctx_free(tls);
+        conf_free(c);
+        return 0;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (evthread_use_pthreads() < 0) {
+        log_error("libevent has no pthreads support");
+        return 1;
+    }
+    int rc = serve(c, tls);
+    tls_ctx_free(tls);
+    conf_free(c);
+    return rc;
+}

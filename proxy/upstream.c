@@ -1,2 +1,364 @@
-/* placeholder: being written */
-typedef int cm_placeholder_upstream;
+/* Upstream connections to [backend] url: connecting (plain or TLS), relaying
+ * responses to the client with llhttp, and the per-worker keep-alive pool. */
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+
+#include "common/log.h"
+#include "proxy/proxy.h"
+#include "tls/tls.h"
+
+/* Response heads from the backend are bounded too. */
+#define RESPONSE_HEAD_LIMIT (64 * 1024)
+/* An idle pooled connection is closed after this long. */
+#define POOL_IDLE_MS 60000
+/* Towards the backend, queue at most this much before the client is paused. */
+#define UP_LOW_MARK (128 * 1024)
+
+int proxy_backend_resolve(const struct conf *c, struct backend_addr *out, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(c->backend.host, c->backend.port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "[backend] url: cannot resolve \"%s\": %s", c->backend.host,
+                 gai_strerror(rc));
+        return -1;
+    }
+    out->n = 0;
+    for (struct addrinfo *ai = res; ai != NULL && out->n < 8; ai = ai->ai_next) {
+        memcpy(&out->addr[out->n], ai->ai_addr, ai->ai_addrlen);
+        out->len[out->n] = ai->ai_addrlen;
+        out->n++;
+    }
+    freeaddrinfo(res);
+    return 0;
+}
+
+/* ---- response parsing --------------------------------------------------------- */
+
+static int on_status(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *u = p->data;
+    return proxy_head_url(&u->head, at, len);
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *u = p->data;
+    return proxy_head_field(&u->head, at, len);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *u = p->data;
+    for (size_t i = 0; i < len; i++)
+        if (at[i] == '\0' || at[i] == '\r' || at[i] == '\n')
+            return -1;
+    return proxy_head_value(&u->head, at, len);
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct upstream *u = p->data;
+    struct proxy_conn *c = u->client;
+    int status = p->status_code;
+    if (status >= 100 && status < 200) {
+        /* Interim answers (100 Continue, 102, 103) stay between certmapd and the
+         * backend: certmapd answers Expect itself. 101 would switch protocols. */
+        if (status == 101)
+            return -1;
+        u->skip = true;
+        return 0;
+    }
+    struct proxy_req *r = &c->req;
+    r->status = status;
+    bool bodyless = r->head_method || status == 204 || status == 304;
+    bool client_11 = r->http_major == 1 && r->http_minor >= 1;
+    char cl[32];
+    const char *content_length = NULL;
+    bool keep_alive = r->keep_alive && !u->w->draining;
+
+    u->chunked_out = false;
+    u->close_delimited = false;
+    if ((p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED)) {
+        snprintf(cl, sizeof cl, "%llu", (unsigned long long)p->content_length);
+        content_length = cl;
+    } else if (!bodyless) {
+        /* Chunked or delimited by the close: re-chunked for an HTTP/1.1 client,
+         * close-delimited for an HTTP/1.0 one. */
+        u->close_delimited = !(p->flags & F_CHUNKED);
+        if (client_11)
+            u->chunked_out = true;
+        else
+            keep_alive = false;
+    }
+    if (!keep_alive)
+        r->keep_alive = false;
+    struct evbuffer *head = evbuffer_new();
+    if (head == NULL)
+        return -1;
+    proxy_http_response_head(&u->head, status, u->chunked_out, keep_alive, content_length, head);
+    u->resp_started = true;
+    proxy_conn_response_head(c, head);
+    evbuffer_free(head);
+    proxy_head_purge(&u->head);
+    return r->head_method ? 1 : 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *u = p->data;
+    if (u->skip)
+        return 0;
+    u->body_out += len;
+    if (u->chunked_out) {
+        char size[24];
+        int n = snprintf(size, sizeof size, "%zx\r\n", len);
+        proxy_conn_response_body(u->client, size, (size_t)n);
+        proxy_conn_response_body(u->client, at, len);
+        proxy_conn_response_body(u->client, "\r\n", 2);
+    } else {
+        proxy_conn_response_body(u->client, at, len);
+    }
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct upstream *u = p->data;
+    if (u->skip) {
+        u->skip = false;
+        proxy_head_reset(&u->head, RESPONSE_HEAD_LIMIT);
+        return 0;
+    }
+    if (u->chunked_out)
+        proxy_conn_response_body(u->client, "0\r\n\r\n", 5);
+    u->resp_done = true;
+    return HPE_PAUSED; /* anything after the response is not ours to read */
+}
+
+static const llhttp_settings_t response_settings = {
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- active connections ------------------------------------------------------- */
+
+static void up_free(struct upstream *u)
+{
+    proxy_head_purge(&u->head);
+    if (u->bev != NULL)
+        bufferevent_free(u->bev);
+    free(u);
+}
+
+/* Ends the exchange in progress. Never touches <u> after handing over. */
+static void up_fail(struct upstream *u, enum reason r)
+{
+    struct proxy_conn *c = u->client;
+    u->failed = true;
+    proxy_conn_upstream_failed(c, r);
+}
+
+static void up_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct upstream *u = arg;
+    struct proxy_conn *c = u->client;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    for (;;) {
+        if (proxy_conn_output_full(c)) {
+            /* Resumed by the client's write callback once it drained. */
+            bufferevent_disable(bev, EV_READ);
+            return;
+        }
+        struct evbuffer_iovec v = {.iov_base = NULL, .iov_len = 0};
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+            return;
+        enum llhttp_errno err = llhttp_execute(&u->parser, v.iov_base, v.iov_len);
+        size_t used = v.iov_len;
+        if (err != HPE_OK)
+            used = (size_t)(llhttp_get_error_pos(&u->parser) - (const char *)v.iov_base);
+        evbuffer_drain(in, used);
+        if (err == HPE_OK)
+            continue;
+        if (err == HPE_PAUSED && u->resp_done) {
+            bool reusable = llhttp_should_keep_alive(&u->parser) && evbuffer_get_length(in) == 0;
+            proxy_conn_response_done(c, reusable); /* may free u */
+            return;
+        }
+        log_info("backend sent an invalid response: %s (%s)", llhttp_errno_name(err),
+                 llhttp_get_error_reason(&u->parser));
+        up_fail(u, R_BACKEND_UNAVAILABLE);
+        return;
+    }
+}
+
+static void up_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct upstream *u = arg;
+    if (u->client != NULL)
+        proxy_conn_upstream_writable(u->client);
+}
+
+static void up_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+    struct upstream *u = arg;
+    if (events & BEV_EVENT_CONNECTED) {
+        u->connected = true;
+        /* The connect timeout was a write timeout; from now on only reads are timed. */
+        struct timeval rd = proxy_tv_ms(u->w->conf->backend_read_timeout_ms);
+        bufferevent_set_timeouts(bev, &rd, NULL);
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        return;
+    }
+    if (events & BEV_EVENT_TIMEOUT) {
+        log_info("backend %s timed out", u->connected ? "response" : "connection");
+        up_fail(u, R_BACKEND_TIMEOUT);
+        return;
+    }
+    if ((events & BEV_EVENT_EOF) && u->close_delimited && u->resp_started) {
+        /* The close is the end of this response. */
+        llhttp_finish(&u->parser);
+        if (u->resp_done) {
+            proxy_conn_response_done(u->client, false);
+            return;
+        }
+    }
+    if (!u->connected) {
+        unsigned long e = bufferevent_get_openssl_error(bev);
+        log_info("backend connection failed: %s",
+                 e ? tls_error_text(e) : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    } else if (!u->reused || u->resp_started) {
+        log_info("backend closed the connection before the response was complete");
+    }
+    up_fail(u, R_BACKEND_UNAVAILABLE);
+}
+
+static struct upstream *up_connect(struct worker *w)
+{
+    struct upstream *u = calloc(1, sizeof *u);
+    SSL *ssl = NULL;
+    if (u == NULL)
+        return NULL;
+    u->w = w;
+    int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
+    if (w->backend_tls != NULL) {
+        ssl = tls_client_conn_new(w->backend_tls);
+        if (ssl == NULL)
+            goto fail;
+        u->bev = bufferevent_openssl_socket_new(w->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, opts);
+        if (u->bev == NULL)
+            goto fail;
+        ssl = NULL;
+        bufferevent_openssl_set_allow_dirty_shutdown(u->bev, 1);
+    } else {
+        u->bev = bufferevent_socket_new(w->base, -1, opts);
+        if (u->bev == NULL)
+            goto fail;
+    }
+    struct timeval ct = proxy_tv_ms(w->conf->backend_connect_timeout_ms);
+    bufferevent_set_timeouts(u->bev, NULL, &ct);
+    const struct backend_addr *ba = w->backend;
+    /* Connection refusals surface as an event, not here, except for local errors. */
+    if (bufferevent_socket_connect(u->bev, (const struct sockaddr *)&ba->addr[0],
+                                   (int)ba->len[0]) < 0) {
+        log_info("backend connect failed at once");
+        goto fail;
+    }
+    return u;
+fail:
+    tls_conn_free(ssl);
+    up_free(u);
+    return NULL;
+}
+
+struct upstream *upstream_acquire(struct worker *w, struct proxy_conn *c)
+{
+    struct upstream *u = TAILQ_FIRST(&w->pool);
+    if (u != NULL) {
+        TAILQ_REMOVE(&w->pool, u, link);
+        w->pool_size--;
+        u->reused = true;
+    } else {
+        u = up_connect(w);
+        if (u == NULL)
+            return NULL;
+        u->reused = false;
+    }
+    u->client = c;
+    u->resp_started = u->resp_done = u->skip = u->failed = false;
+    u->chunked_out = u->close_delimited = false;
+    u->body_out = 0;
+    llhttp_init(&u->parser, HTTP_RESPONSE, &response_settings);
+    u->parser.data = u;
+    proxy_head_reset(&u->head, RESPONSE_HEAD_LIMIT);
+    bufferevent_setcb(u->bev, up_read_cb, up_write_cb, up_event_cb, u);
+    bufferevent_setwatermark(u->bev, EV_WRITE, UP_LOW_MARK, 0);
+    if (u->connected) {
+        struct timeval rd = proxy_tv_ms(w->conf->backend_read_timeout_ms);
+        bufferevent_set_timeouts(u->bev, &rd, NULL);
+    }
+    bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+    return u;
+}
+
+/* ---- the idle pool ---------------------------------------------------------------- */
+
+static void pool_remove(struct upstream *u)
+{
+    TAILQ_REMOVE(&u->w->pool, u, link);
+    u->w->pool_size--;
+    up_free(u);
+}
+
+static void idle_read_cb(struct bufferevent *bev, void *arg)
+{
+    /* An idle backend connection has nothing to say: whatever it sends is a
+     * protocol error (or a stray late response), and the connection is unusable. */
+    pool_remove(arg);
+}
+
+static void idle_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+    pool_remove(arg);
+}
+
+void upstream_release(struct upstream *u, bool reusable)
+{
+    struct worker *w = u->w;
+    u->client = NULL;
+    if (!reusable || u->failed || !u->connected || w->draining ||
+        w->pool_size >= w->conf->keepalive_connections ||
+        evbuffer_get_length(bufferevent_get_output(u->bev)) > 0) {
+        up_free(u);
+        return;
+    }
+    proxy_head_purge(&u->head);
+    bufferevent_setcb(u->bev, idle_read_cb, NULL, idle_event_cb, u);
+    struct timeval idle = proxy_tv_ms(POOL_IDLE_MS);
+    bufferevent_set_timeouts(u->bev, &idle, NULL);
+    bufferevent_enable(u->bev, EV_READ);
+    /* Most recently used first: it is the least likely to have been closed. */
+    TAILQ_INSERT_HEAD(&w->pool, u, link);
+    w->pool_size++;
+}
+
+void upstream_pool_purge(struct worker *w)
+{
+    struct upstream *u;
+    while ((u = TAILQ_FIRST(&w->pool)) != NULL)
+        pool_remove(u);
+}

@@ -1,2 +1,202 @@
-/* placeholder: being written */
-typedef int cm_placeholder_worker;
+/* Workers: one thread and one event_base each, with their own listening
+ * sockets (SO_REUSEPORT: the kernel spreads connections), their own upstream
+ * pool and their own connections. Nothing is shared between workers but the
+ * read-only configuration, TLS contexts and the access log descriptor. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "common/log.h"
+#include "proxy/proxy.h"
+
+void proxy_now(struct timespec *ts)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+}
+
+double proxy_ms_between(const struct timespec *a, const struct timespec *b)
+{
+    return (double)(b->tv_sec - a->tv_sec) * 1e3 + (double)(b->tv_nsec - a->tv_nsec) / 1e6;
+}
+
+struct timeval proxy_tv_ms(uint64_t ms)
+{
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
+static int listen_socket(const struct conf_listen *l, char *err, size_t errlen)
+{
+    int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        goto fail;
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        goto fail;
+    if (l->addr.ss_family == AF_INET6 &&
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)
+        goto fail;
+    if (bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0 || listen(fd, 1024) < 0)
+        goto fail;
+    return fd;
+fail:
+    snprintf(err, errlen, "[server] listen %s: %s", l->text, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    struct worker *w = arg;
+    if (w->draining) {
+        close(fd);
+        return;
+    }
+    proxy_conn_accept(w, fd, sa, salen);
+}
+
+static void accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+    /* EMFILE and the like: log and go on; the listener stays enabled. */
+    log_warn("accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    log_warn("worker %u: %u connection(s) still busy at the end of the shutdown grace time",
+             w->id, w->n_conns);
+    event_base_loopbreak(w->base);
+}
+
+static void stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    w->draining = true;
+    for (size_t i = 0; i < w->n_listeners; i++) {
+        evconnlistener_free(w->listeners[i]);
+        w->listeners[i] = NULL;
+    }
+    w->n_listeners = 0;
+    upstream_pool_purge(w);
+    /* Idle connections and handshakes go now; requests in flight may finish. */
+    struct proxy_conn *c, *next;
+    for (c = TAILQ_FIRST(&w->conns); c != NULL; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (c->state == CS_IDLE || c->state == CS_HANDSHAKE)
+            proxy_conn_close(c);
+    }
+    if (w->n_conns == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+void proxy_worker_conn_gone(struct worker *w)
+{
+    if (w->draining && w->n_conns == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+int proxy_workers_bind(struct worker *ws, unsigned n, const struct proxy_shared *sh, char *err,
+                       size_t errlen)
+{
+    const struct conf *c = sh->conf;
+    for (unsigned i = 0; i < n; i++) {
+        struct worker *w = &ws[i];
+        memset(w, 0, sizeof *w);
+        w->id = i;
+        w->conf = c;
+        w->tls = sh->tls;
+        w->backend_tls = sh->backend_tls;
+        w->backend = &sh->backend;
+        w->alog = sh->alog;
+        TAILQ_INIT(&w->pool);
+        TAILQ_INIT(&w->conns);
+        w->base = event_base_new();
+        if (w->base == NULL) {
+            snprintf(err, errlen, "cannot create an event base");
+            return -1;
+        }
+        w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
+        w->grace_ev = evtimer_new(w->base, grace_cb, w);
+        if (w->stop_ev == NULL || w->grace_ev == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        for (size_t k = 0; k < c->n_listen; k++) {
+            int fd = listen_socket(&c->listen[k], err, errlen);
+            if (fd < 0)
+                return -1;
+            /* backlog 0: the socket already listens */
+            w->listeners[k] = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, 0, fd);
+            if (w->listeners[k] == NULL) {
+                close(fd);
+                snprintf(err, errlen, "cannot create a listener");
+                return -1;
+            }
+            evconnlistener_set_error_cb(w->listeners[k], accept_error_cb);
+            w->n_listeners++;
+        }
+    }
+    return 0;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+int proxy_workers_start(struct worker *ws, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        int rc = pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]);
+        if (rc != 0) {
+            log_error("cannot start worker %u: %s", i, strerror(rc));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void worker_purge(struct worker *w)
+{
+    struct proxy_conn *c;
+    while ((c = TAILQ_FIRST(&w->conns)) != NULL)
+        proxy_conn_close(c);
+    upstream_pool_purge(w);
+    for (size_t i = 0; i < w->n_listeners; i++)
+        if (w->listeners[i] != NULL)
+            evconnlistener_free(w->listeners[i]);
+    if (w->stop_ev != NULL)
+        event_free(w->stop_ev);
+    if (w->grace_ev != NULL)
+        event_free(w->grace_ev);
+    if (w->base != NULL)
+        event_base_free(w->base);
+}
+
+void proxy_workers_stop(struct worker *ws, unsigned n, uint64_t grace_ms)
+{
+    struct timeval grace = proxy_tv_ms(grace_ms);
+    for (unsigned i = 0; i < n; i++) {
+        /* Both calls are safe from this thread: evthread locking is on. */
+        evtimer_add(ws[i].grace_ev, &grace);
+        event_active(ws[i].stop_ev, 0, 0);
+    }
+    for (unsigned i = 0; i < n; i++)
+        pthread_join(ws[i].thread, NULL);
+    for (unsigned i = 0; i < n; i++)
+        worker_purge(&ws[i]);
+}

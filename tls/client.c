@@ -1,0 +1,89 @@
+/* TLS towards the backend: certificate and host name verification. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "tls/tls.h"
+
+struct tls_client_ctx {
+    SSL_CTX *ctx;
+    char *host;
+    bool host_is_ip;
+};
+
+struct tls_client_ctx *tls_client_ctx_new(const struct conf *c, char *err, size_t errlen)
+{
+    struct tls_client_ctx *t = calloc(1, sizeof *t);
+    if (t == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    t->ctx = SSL_CTX_new(TLS_client_method());
+    t->host = strdup(c->backend.host);
+    if (t->ctx == NULL || t->host == NULL) {
+        snprintf(err, errlen, "backend TLS: out of memory");
+        goto fail;
+    }
+    SSL_CTX_set_min_proto_version(t->ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(t->ctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER, NULL);
+    int ok = c->backend_ca_file != NULL
+                 ? SSL_CTX_load_verify_locations(t->ctx, c->backend_ca_file, NULL)
+                 : SSL_CTX_set_default_verify_paths(t->ctx);
+    if (ok != 1) {
+        snprintf(err, errlen, "[backend] ca_file: cannot load \"%s\": %s",
+                 c->backend_ca_file ? c->backend_ca_file : "(system store)",
+                 ERR_reason_error_string(ERR_peek_last_error()));
+        goto fail;
+    }
+    ASN1_OCTET_STRING *ip = a2i_IPADDRESS(t->host);
+    t->host_is_ip = ip != NULL;
+    ASN1_OCTET_STRING_free(ip);
+    ERR_clear_error();
+    return t;
+fail:
+    tls_client_ctx_free(t);
+    return NULL;
+}
+
+void tls_client_ctx_free(struct tls_client_ctx *t)
+{
+    if (t == NULL)
+        return;
+    SSL_CTX_free(t->ctx);
+    free(t->host);
+    free(t);
+}
+
+SSL *tls_client_conn_new(struct tls_client_ctx *t)
+{
+    SSL *ssl = SSL_new(t->ctx);
+    if (ssl == NULL)
+        return NULL;
+    if (t->host_is_ip) {
+        /* SNI must not carry an address; check the address against the SAN instead. */
+        if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), t->host) != 1)
+            goto fail;
+    } else if (SSL_set_tlsext_host_name(ssl, t->host) != 1 || SSL_set1_host(ssl, t->host) != 1) {
+        goto fail;
+    }
+    return ssl;
+fail:
+    SSL_free(ssl);
+    return NULL;
+}
+
+void tls_conn_free(SSL *ssl)
+{
+    SSL_free(ssl);
+}
+
+const char *tls_error_text(unsigned long e)
+{
+    const char *s = ERR_reason_error_string(e);
+    return s != NULL ? s : "unknown TLS error";
+}
