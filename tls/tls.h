@@ -26,19 +26,38 @@ void tls_ctx_free(struct tls_ctx *t);
 SSL *tls_conn_new(struct tls_ctx *t);
 
 /* After the handshake completes: the verdict on the client certificate for a
- * request that needs certificate mode <mode>. R_OK when the certificate is
+ * request that needs certificate mode <mode>. R_NONE when the certificate is
  * acceptable, or when none was sent and <mode> allows it. Runs on every
  * connection, resumed ones included: validity and revocation are checked
- * again against the current time and CRLs. On R_OK with a certificate,
+ * again against the current time and CRLs. On R_NONE with a certificate,
  * <*facts> receives a new facts struct (caller frees); otherwise NULL. */
 enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
                              struct cert_facts **facts);
 
-/* Facts of <x> alone, without any policy. R_OK, or R_CERT_MALFORMED for a
- * name with an embedded NUL or invalid UTF-8. <*out> is set only on R_OK. */
+/* Facts of <x> alone, without any policy. R_NONE, or R_CERT_MALFORMED for a
+ * name with an embedded NUL or invalid UTF-8. <*out> is set only on R_NONE. */
 enum reason tls_facts_from_x509(X509 *x, struct cert_facts **out);
+
+/* Frees an SSL that was never handed to libevent; NULL is fine. */
+void tls_conn_free(SSL *ssl);
+
+/* OpenSSL's text for error code <e> (as from bufferevent_get_openssl_error). */
+const char *tls_error_text(unsigned long e);
 
 /* Protocol name of an established connection ("TLSv1.3"). */
 const char *tls_conn_protocol(SSL *ssl);
+
+/* ---- backend side (tls/client.c) ---- */
+
+struct tls_client_ctx; /* opaque; for an https:// backend, shared by all workers */
+
+/* Client context for the backend: verifies the backend's certificate against
+ * [backend] ca_file (the system store when unset) and its name. NULL + <err>. */
+struct tls_client_ctx *tls_client_ctx_new(const struct conf *c, char *err, size_t errlen);
+void tls_client_ctx_free(struct tls_client_ctx *t);
+
+/* A new client SSL for one backend connection, with SNI and host name checks
+ * set to the backend's host. NULL on allocation failure. */
+SSL *tls_client_conn_new(struct tls_client_ctx *t);
 
 #endif
