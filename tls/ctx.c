@@ -45,6 +45,11 @@ set_err(char *err, size_t errlen, const char *fmt, ...)
             continue;
         n = snprintf(err + used, errlen - used, ": %s", r);
         used = n < 0 ? used : used + (size_t)n >= errlen ? errlen - 1 : used + (size_t)n;
+        if (ERR_SYSTEM_ERROR(e)) {
+            /* errno says it all; what follows is "system lib", "no such file" */
+            ERR_clear_error();
+            break;
+        }
     }
 }
 

@@ -37,7 +37,7 @@ struct tls_ctx {
  * session, so the verdict survives resumption. */
 int tls_verify_cb(X509_STORE_CTX *xs, void *arg);
 
-/* The reason code for an X509_V_* verify result (X509_V_OK gives R_OK). */
+/* The reason code for an X509_V_* verify result (X509_V_OK gives R_NONE). */
 enum reason tls_reason_from_verify(long code);
 
 /* Writes <name> as an RFC 4514 string with control and non-ASCII bytes

@@ -39,7 +39,7 @@ enum reason tls_reason_from_verify(long code)
 {
     switch (code) {
     case X509_V_OK:
-        return R_OK;
+        return R_NONE;
     case X509_V_ERR_CERT_HAS_EXPIRED:
     case X509_V_ERR_CERT_NOT_YET_VALID:
         return R_CERT_EXPIRED;
@@ -219,10 +219,10 @@ enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
 {
     *facts = NULL;
     if (mode == CERT_IGNORE)
-        return R_OK;
+        return R_NONE;
     X509 *leaf = SSL_get0_peer_certificate(ssl);
     if (leaf == NULL)
-        return mode == CERT_REQUIRE ? R_CERT_REQUIRED : R_OK;
+        return mode == CERT_REQUIRE ? R_CERT_REQUIRED : R_NONE;
 
     long stored = SSL_get_verify_result(ssl);
     if (stored != X509_V_OK) {
@@ -239,5 +239,13 @@ enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
         log_refusal(leaf, code, X509_verify_cert_error_string(code));
         return tls_reason_from_verify(code);
     }
-    return tls_facts_from_x509(leaf, facts);
+    enum reason r = tls_facts_from_x509(leaf, facts);
+    if (r != R_NONE) {
+        char subject[512];
+        tls_name_for_log(X509_get_subject_name(leaf), subject, sizeof subject);
+        log_info("client certificate refused (%s): subject %s: a name has an embedded NUL or "
+                 "is not valid UTF-8",
+                 reason_name(r), subject);
+    }
+    return r;
 }
