@@ -1,6 +1,7 @@
 /* tls/ctx.c + tls/verify.c: real TLS handshakes in memory (a BIO pair, one
  * thread) between an OpenSSL client presenting a test-PKI leaf and a server
  * SSL from tls_conn_new(), then the verdict tls_conn_verdict() gives. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -31,6 +32,7 @@ struct vcase {
     bool leaf_only;       /* the client sends no chain */
     const char *crl;      /* crl file of the PKI, or NULL */
     bool no_eku_required; /* require_client_auth_eku = no */
+    bool any_issuer;      /* trusted_issuers unset */
     enum cert_mode mode;
     int version; /* TLS1_2_VERSION or TLS1_3_VERSION */
     enum reason want;
@@ -79,6 +81,8 @@ static struct tls_ctx *server_for(const struct vcase *k)
     char err[512] = "";
     base_conf(&c, &p, k->crl);
     c.require_client_auth_eku = !k->no_eku_required;
+    if (k->any_issuer)
+        c.trusted_issuers = NULL;
     c.cert_mode = k->mode;
     struct tls_ctx *t = tls_ctx_new(&c, err, sizeof err);
     if (t == NULL)
@@ -215,8 +219,8 @@ static enum reason connect_once(struct tls_ctx *t, SSL_CTX *cctx, const struct v
 static void check_verdict(const struct vcase *k, enum reason got, struct cert_facts *f)
 {
     if (got != k->want)
-        fail_msg("%s: verdict %s (%d), want %s (%d)", k->name, reason_name(got), got,
-                 reason_name(k->want), k->want);
+        fail_msg("%s: verdict %s, want %s", k->name, got == R_NONE ? "accepted" : reason_name(got),
+                 k->want == R_NONE ? "accepted" : reason_name(k->want));
     if (k->want_upn == NULL) {
         assert_null(f);
         return;
@@ -339,6 +343,106 @@ static void test_recheck_revoked(void **state)
     recheck_after_resume("revoked", NULL, "crl.pem", R_CERT_REVOKED);
 }
 
+/* Without trusted_issuers any CA under an anchor may issue, and the CRL of
+ * an intermediate that is neither anchor nor trusted issuer (the look-alike)
+ * is tied to its leaves by authority key identifier. */
+static void test_any_issuer(void **state)
+{
+    static const int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+    static const char *const leaves[] = {"byroot", "otherissuer", "good", "revoked"};
+    for (size_t v = 0; v < 2; v++) {
+        for (size_t i = 0; i < sizeof leaves / sizeof leaves[0]; i++) {
+            struct vcase k = {.kind = LEAF_PKI,
+                              .leaf = leaves[i],
+                              .crl = "crl.pem",
+                              .any_issuer = true,
+                              .mode = CERT_REQUIRE,
+                              .version = versions[v]};
+            char upn[64];
+            snprintf(upn, sizeof upn, "%s@corp.example.test",
+                     strcmp(k.leaf, "good") == 0 ? "alice" : k.leaf);
+            snprintf(k.name, sizeof k.name, "%s, no trusted_issuers", k.leaf);
+            bool revoked = strcmp(k.leaf, "revoked") == 0;
+            k.want = revoked ? R_CERT_REVOKED : R_NONE;
+            k.want_upn = revoked ? NULL : upn;
+            struct tls_ctx *t = server_for(&k);
+            SSL_CTX *cctx = client_for(&k);
+            struct cert_facts *f = NULL;
+            enum reason r = connect_once(t, cctx, &k, NULL, NULL, NULL, &f);
+            check_verdict(&k, r, f);
+            tls_facts_free(f);
+            SSL_CTX_free(cctx);
+            tls_ctx_free(t);
+        }
+    }
+}
+
+/* One tls_ctx shared by several threads, as the workers share it: accepted
+ * and refused certificates at once must each get their own verdict. */
+struct worker {
+    pthread_t id;
+    struct tls_ctx *t;
+    SSL_CTX *cctx;
+    const struct vcase *k;
+    int failures;
+};
+
+static void *worker_run(void *arg)
+{
+    struct worker *w = arg;
+    for (int i = 0; i < 20; i++) {
+        SSL *cl = SSL_new(w->cctx);
+        SSL *sv = tls_conn_new(w->t);
+        struct cert_facts *f = NULL;
+        if (cl == NULL || sv == NULL || handshake(cl, sv) != 0 ||
+            tls_conn_verdict(w->t, sv, CERT_REQUIRE, &f) != w->k->want ||
+            (w->k->want_upn != NULL) != (f != NULL) ||
+            (f != NULL && (f->n_upn < 1 || strcmp(f->upn[0], w->k->want_upn) != 0)))
+            w->failures++;
+        tls_facts_free(f);
+        SSL_free(cl);
+        SSL_free(sv);
+    }
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    struct vcase kinds[2] = {
+        {.name = "good",
+         .kind = LEAF_PKI,
+         .leaf = "good",
+         .crl = "crl.pem",
+         .mode = CERT_REQUIRE,
+         .version = TLS1_3_VERSION,
+         .want = R_NONE,
+         .want_upn = ALICE},
+        {.name = "otherissuer",
+         .kind = LEAF_PKI,
+         .leaf = "otherissuer",
+         .crl = "crl.pem",
+         .mode = CERT_REQUIRE,
+         .version = TLS1_2_VERSION,
+         .want = R_ISSUER_NOT_ALLOWED},
+    };
+    struct tls_ctx *t = server_for(&kinds[0]);
+    SSL_CTX *cctx[2] = {client_for(&kinds[0]), client_for(&kinds[1])};
+    struct worker w[4];
+    for (size_t i = 0; i < 4; i++) {
+        w[i] = (struct worker){.t = t, .cctx = cctx[i % 2], .k = &kinds[i % 2]};
+        assert_int_equal(pthread_create(&w[i].id, NULL, worker_run, &w[i]), 0);
+    }
+    int failures = 0;
+    for (size_t i = 0; i < 4; i++) {
+        pthread_join(w[i].id, NULL);
+        failures += w[i].failures;
+    }
+    assert_int_equal(failures, 0);
+    SSL_CTX_free(cctx[0]);
+    SSL_CTX_free(cctx[1]);
+    tls_ctx_free(t);
+}
+
 struct spec {
     const char *label;
     enum leaf_kind kind;
@@ -362,7 +466,8 @@ static const struct spec verdicts[] = {
     {"revoked", LEAF_PKI, "revoked", false, "crl.pem", false, CERT_REQUIRE, R_CERT_REVOKED, NULL},
     {"revoked, no crl_file", LEAF_PKI, "revoked", false, NULL, false, CERT_REQUIRE, R_NONE,
      "revoked@corp.example.test"},
-    {"revoked, mode ignore", LEAF_PKI, "revoked", false, "crl.pem", false, CERT_IGNORE, R_NONE, NULL},
+    {"revoked, mode ignore", LEAF_PKI, "revoked", false, "crl.pem", false, CERT_IGNORE, R_NONE,
+     NULL},
     {"good, crl expired", LEAF_PKI, "good", false, "crl-expired.pem", false, CERT_REQUIRE,
      R_CERT_UNTRUSTED, NULL},
     {"good, crl missing", LEAF_PKI, "good", false, "crl-missing.pem", false, CERT_REQUIRE,
@@ -560,6 +665,7 @@ int main(void)
         cmocka_unit_test(test_badutf8_undecodable), cmocka_unit_test(test_no_request_when_ignored),
         cmocka_unit_test(test_recheck_control),     cmocka_unit_test(test_recheck_crl_expired),
         cmocka_unit_test(test_recheck_crl_missing), cmocka_unit_test(test_recheck_revoked),
+        cmocka_unit_test(test_any_issuer),          cmocka_unit_test(test_threads),
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         tests[t++] = fixed[i];
