@@ -77,7 +77,7 @@ fail:
  * that later reads from several threads never write to them. NULL + <err>. */
 static STACK_OF(X509) *load_certs(const char *what, const char *path, char *err, size_t errlen)
 {
-    STACK_OF(X509) *certs = NULL;
+    STACK_OF(X509) *certs = NULL, *ret = NULL;
     STACK_OF(X509_INFO) *infos = read_pem(what, path, err, errlen);
     if (infos == NULL)
         goto fail;
@@ -101,12 +101,12 @@ static STACK_OF(X509) *load_certs(const char *what, const char *path, char *err,
         set_err(err, errlen, "%s %s: no certificate found", what, path);
         goto fail;
     }
-    sk_X509_INFO_pop_free(infos, X509_INFO_free);
-    return certs;
+    ret = certs;
+    certs = NULL;
 fail:
     sk_X509_INFO_pop_free(infos, X509_INFO_free);
     sk_X509_pop_free(certs, X509_free);
-    return NULL;
+    return ret;
 }
 
 static void time_for_log(const ASN1_TIME *tm, char *buf, size_t len)
