@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""A real HTTP/1.1 backend for certmapd's tests and demo (stdlib only).
+
+It answers every request with JSON describing what it received (method,
+target, headers in order, body length and SHA-256) and appends the same
+record, one JSON object per line, to --log, so a test can prove what reached
+the backend and what did not.
+
+Behaviour is chosen per request with query parameters, which certmapd
+forwards untouched:
+  delay=S      wait S seconds (float) before answering (long polls)
+  size=N       answer with an N-byte deterministic body instead of JSON
+  chunked=1    send the body chunked (with size=N: in 64 KiB chunks)
+  close=1      answer with Connection: close and close
+  abort=1      close the connection without answering
+  status=N     answer with status N
+  nolength=1   no Content-Length, no chunking: the close ends the body
+It also keeps each connection alive (HTTP/1.1) and reports, in every
+answer, how many requests this connection has carried (X-Backend-Conn-Requests)
+and a connection id (X-Backend-Conn-Id).
+"""
+import argparse
+import hashlib
+import itertools
+import json
+import socket
+import socketserver
+import sys
+import threading
+import time
+import urllib.parse
+
+CONN_IDS = itertools.count(1)
+LOG_LOCK = threading.Lock()
+
+
+def pattern(n):
+    """n bytes of a deterministic pattern (tests compute the same)."""
+    block = bytes(range(256)) * 256
+    out = bytearray()
+    while len(out) < n:
+        out += block[: n - len(out)]
+    return bytes(out)
+
+
+class Handler(socketserver.StreamRequestHandler):
+    rbufsize = 65536
+
+    def read_head(self):
+        lines = []
+        while True:
+            line = self.rfile.readline(65537)
+            if not line:
+                return None
+            if line in (b"\r\n", b"\n"):
+                break
+            lines.append(line.rstrip(b"\r\n").decode("latin-1"))
+        return lines
+
+    def read_body(self, headers):
+        te = [v for k, v in headers if k.lower() == "transfer-encoding"]
+        cl = [v for k, v in headers if k.lower() == "content-length"]
+        h = hashlib.sha256()
+        total = 0
+        if te:
+            while True:
+                size_line = self.rfile.readline(1024).strip()
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                left = size
+                while left:
+                    chunk = self.rfile.read(min(left, 65536))
+                    if not chunk:
+                        raise ConnectionError("eof in chunk")
+                    h.update(chunk)
+                    total += len(chunk)
+                    left -= len(chunk)
+                self.rfile.readline(4)
+        elif cl:
+            left = int(cl[0])
+            while left:
+                chunk = self.rfile.read(min(left, 65536))
+                if not chunk:
+                    raise ConnectionError("eof in body")
+                h.update(chunk)
+                total += len(chunk)
+                left -= len(chunk)
+        return total, h.hexdigest(), bool(te)
+
+    def handle(self):
+        conn_id = next(CONN_IDS)
+        served = 0
+        while True:
+            try:
+                head = self.read_head()
+            except (ConnectionError, OSError):
+                return
+            if not head:
+                return
+            method, target, version = head[0].split(" ", 2)
+            headers = []
+            for line in head[1:]:
+                k, _, v = line.partition(":")
+                headers.append((k.strip(), v.strip()))
+            try:
+                body_len, body_sha, was_chunked = self.read_body(headers)
+            except (ConnectionError, OSError, ValueError):
+                return
+            served += 1
+            q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query))
+            record = {
+                "method": method, "target": target, "version": version,
+                "headers": headers, "body_len": body_len, "body_sha256": body_sha,
+                "chunked": was_chunked, "conn_id": conn_id, "conn_requests": served,
+                "time": time.time(),
+            }
+            if self.server.log_path:
+                with LOG_LOCK, open(self.server.log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if "delay" in q:
+                time.sleep(float(q["delay"]))
+            if q.get("abort") == "1":
+                return
+            status = int(q.get("status", "200"))
+            close = q.get("close") == "1" or q.get("nolength") == "1"
+            if "size" in q:
+                body = pattern(int(q["size"]))
+                ctype = "application/octet-stream"
+            else:
+                body = (json.dumps(record, indent=1) + "\n").encode()
+                ctype = "application/json"
+            if method == "HEAD":
+                send_body = False
+            else:
+                send_body = status not in (204, 304)
+            out = [f"HTTP/1.1 {status} Answer", f"Content-Type: {ctype}",
+                   f"X-Backend-Conn-Id: {conn_id}", f"X-Backend-Conn-Requests: {served}"]
+            chunked = q.get("chunked") == "1"
+            if q.get("nolength") == "1":
+                pass
+            elif chunked:
+                out.append("Transfer-Encoding: chunked")
+            else:
+                out.append(f"Content-Length: {len(body)}")
+            if close:
+                out.append("Connection: close")
+            try:
+                self.wfile.write(("\r\n".join(out) + "\r\n\r\n").encode())
+                if send_body:
+                    if chunked and q.get("nolength") != "1":
+                        for i in range(0, len(body), 65536):
+                            part = body[i:i + 65536]
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                        self.wfile.write(b"0\r\n\r\n")
+                    else:
+                        self.wfile.write(body)
+                self.wfile.flush()
+            except OSError:
+                return
+            if close:
+                return
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--log", default=None, help="append one JSON line per request here")
+    ap.add_argument("--port-file", default=None, help="write the bound port here once listening")
+    args = ap.parse_args()
+    srv = Server((args.host, args.port), Handler)
+    srv.log_path = args.log
+    port = srv.server_address[1]
+    if args.port_file:
+        with open(args.port_file + ".tmp", "w") as f:
+            f.write(str(port))
+        import os
+        os.replace(args.port_file + ".tmp", args.port_file)
+    print(f"backend listening on {args.host}:{port}", file=sys.stderr, flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
