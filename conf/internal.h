@@ -1,0 +1,71 @@
+/* conf/ private: the key table shared by the loader (conf.c) and the value
+ * parsers and --help-config printer (keys.c). Nothing outside conf/ includes it. */
+#ifndef CM_CONF_INTERNAL_H
+#define CM_CONF_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conf/conf.h"
+
+enum conf_section {
+    SEC_NONE = 0, /* before the first section header */
+    SEC_SERVER,
+    SEC_TLS,
+    SEC_CLIENT_CERT,
+    SEC_MAPPING,
+    SEC_LDAP,
+    SEC_BACKEND,
+    SEC_BUFFERING,
+    SEC_LOCATION, /* [location PATH]; its keys live in struct conf_location */
+    SEC_MAX
+};
+
+/* Row flags. */
+#define CK_REPEATABLE 0x1u /* may appear several times; each adds a value */
+#define CK_REQUIRED 0x2u   /* must be set (checked after the whole file is read) */
+#define CK_NO_APPLY 0x4u   /* <def> is only shown: the default is resolved later */
+
+struct conf_enum {
+    const char *name;
+    int value;
+};
+
+struct conf_key;
+
+/* Parses <val> (already trimmed) into the field <k> describes inside <base>
+ * (a struct conf, or a struct conf_location for SEC_LOCATION keys). Returns 0,
+ * or -1 with a reason (without the "FILE:LINE: [section] key: " prefix) in <msg>.
+ * Replaces and frees any previous value, except for repeatable keys, which append. */
+typedef int (*conf_parse_fn)(const struct conf_key *k, const char *val, void *base, char *msg,
+                             size_t msglen);
+
+struct conf_key {
+    enum conf_section sec;
+    const char *name;
+    conf_parse_fn parse;
+    size_t offset;                 /* of the field in struct conf / struct conf_location */
+    size_t width;                  /* sizeof the field, for integer parsers */
+    uint64_t min, max;             /* bounds, in the field's unit (bytes, ms, count) */
+    const struct conf_enum *names; /* for enum parsers */
+    const char *def;               /* default as written in a file; NULL: unset */
+    unsigned flags;                /* CK_* */
+    const char *help;              /* one line */
+    const char *iis;               /* the IIS / Windows setting it corresponds to */
+};
+
+/* Enough for the table; keys.c checks it at compile time. */
+#define CONF_KEYS_MAX 64
+
+extern const struct conf_key conf_keys[];
+extern const size_t conf_n_keys;
+
+/* Section name as written in brackets ("server", "location"); "" for SEC_NONE. */
+const char *conf_section_name(enum conf_section s);
+
+/* Writes <s> into <out> in double quotes, escaping bytes that are not printable
+ * ASCII as \xNN so that hostile values cannot forge terminal output. <out>
+ * always ends with a NUL; a value longer than <outlen> allows ends with "...". */
+void conf_quote(const char *s, char *out, size_t outlen);
+
+#endif
