@@ -132,13 +132,16 @@ mkroot() {
 }
 
 # issue CA NAME SUBJECT EXTFILE EXTSECTION [openssl ca options...]: NAME.key, NAME.crt.
+# Valid from an hour ago unless the options say otherwise (a later -startdate
+# wins): a test running in the second of issuance must not see "not yet valid".
 issue() {
     local who=$1 name=$2 subj=$3 extfile=$4 section=$5
     shift 5
     newkey "$name"
     openssl req -new -config req.cnf -key "$name.key" -subj "$subj" -multivalue-rdn \
         -out "$name.csr"
-    ca "$who" -in "$name.csr" -out "$name.crt" -extfile "$extfile" -extensions "$section" "$@"
+    ca "$who" -in "$name.csr" -out "$name.crt" -extfile "$extfile" -extensions "$section" \
+        -startdate "$(utc '-1 hour')" "$@"
 }
 
 # files NAME ISSUER: NAME.chain.pem (leaf + issuer) and NAME.bundle.pem (key + chain).
@@ -254,12 +257,13 @@ files meta issuing-ca
 
 # A UTF8String UPN holding a NUL: an OCTET STRING retagged as UTF8String (12),
 # because the UTF8 generator refuses a NUL.
-leafext nulupn "otherName = $UPN_OID;IMPLICIT:12U,FORMAT:HEX,OCTETSTRING:$(hex alice)00$(hex '@corp.example.test')"
+RETAG="otherName = $UPN_OID;IMPLICIT:12U,FORMAT:HEX,OCTETSTRING"
+leafext nulupn "$RETAG:$(hex alice)00$(hex '@corp.example.test')"
 issue issuing-ca nulupn "$BASE/OU=Users/CN=nulupn" nulupn.ext leaf
 files nulupn issuing-ca
 
 # Same trick for a UPN whose bytes are not UTF-8 (C3 28: a lead byte, then no continuation).
-leafext badutf8upn "otherName = $UPN_OID;IMPLICIT:12U,FORMAT:HEX,OCTETSTRING:$(hex ali)c328$(hex '@corp.example.test')"
+leafext badutf8upn "$RETAG:$(hex ali)c328$(hex '@corp.example.test')"
 issue issuing-ca badutf8upn "$BASE/OU=Users/CN=badutf8upn" badutf8upn.ext leaf
 files badutf8upn issuing-ca
 
@@ -308,7 +312,7 @@ chmod 0644 ./*.pem ./*.crt
 chmod 0600 ./*.key
 
 cat >README <<'EOF'
-Test PKI made by tests/pki/mkpki.sh (ECDSA P-256; openssl ca databases under db/, configs under cnf/).
+Test PKI made by tests/pki/mkpki.sh (ECDSA P-256; `openssl ca` databases in db/, configs in cnf/).
 root-ca.crt/.key             /DC=test/DC=example/DC=corp/CN=Corp Root CA, self-signed
 issuing-ca.crt/.key          /DC=test/DC=example/DC=corp/CN=Corp Issuing CA, issued by root-ca
 other-root-ca.crt/.key       /CN=Other Root CA, self-signed
@@ -317,13 +321,13 @@ trust-anchors.pem            root-ca + other-root-ca
 trusted-issuers.pem          issuing-ca only
 server.crt/.key              CN=localhost, SAN DNS:localhost,IP:127.0.0.1, serverAuth, by issuing-ca
 server-chain.pem             server.crt + issuing-ca.crt
-crl.pem                      current CRLs (next update +30 d) of all four CAs; issuing-ca's lists revoked
+crl.pem                      current CRLs (+30 d) of all four CAs; issuing-ca's lists revoked
 crl-expired.pem              as crl.pem, but issuing-ca's CRL expired 10 days ago
 crl-missing.pem              CRLs of root-ca, other-root-ca, other-issuing-ca; none of issuing-ca
-crl-<ca>.pem                 each CA's current CRL alone (crl-issuing-ca-expired.pem: the expired one)
-Each leaf NAME: NAME.crt (leaf), NAME.key, NAME.chain.pem (leaf + issuer), NAME.bundle.pem (key + leaf + issuer).
-Leaves are issued by issuing-ca, clientAuth, SAN UPN + e-mail CN@corp.example.test, unless said otherwise:
-good                         /DC=test/DC=example/DC=corp/OU=Users/CN=alice, serial 2B0000000011AC0000000012
+crl-<ca>.pem                 each CA's current CRL alone; crl-issuing-ca-expired.pem the expired one
+Each leaf NAME: NAME.crt, NAME.key, NAME.chain.pem (leaf + issuer), NAME.bundle.pem (key + chain).
+Leaves, unless said: by issuing-ca, valid since 1 h ago, clientAuth, UPN = e-mail = CN@corp...
+good                         /DC=test/DC=example/DC=corp/OU=Users/CN=alice, serial per LAB §4
 sid                          CN=sidalice, SID extension S-1-5-21-436880987-830612363-2677326092-1102
 expired                      notAfter yesterday
 notyet                       notBefore in 10 days
@@ -332,11 +336,11 @@ noeku                        EKU emailProtection only
 noekuext                     no EKU extension
 byroot                       issued directly by root-ca
 otherissuer                  issued by other-issuing-ca (trusted anchor, look-alike issuer name)
-meta                         CN=a*)(b\ , UPN *)(uid=*))(|(uid=*@corp.example.test, e-mail a(b)*@corp.example.test
+meta                         CN=a*)(b\ , UPN *)(uid=*))(|(uid=*@corp..., e-mail a(b)*@corp...
 nulupn                       UPN alice<NUL>@corp.example.test (UTF8String)
 badutf8upn                   UPN ali<C3 28>@corp.example.test (UTF8String, not UTF-8)
 nulcn                        CN alice<NUL>evil (UTF8String), re-signed by issuing-ca
-badutf8                      CN bad<C3 28>utf8 (UTF8String, not UTF-8), re-signed; OpenSSL 3.0 refuses to parse it
+badutf8                      CN bad<C3 28>utf8 (UTF8String, not UTF-8); OpenSSL 3.0 cannot parse it
 long                         20 RDNs, one OU of 4000 bytes, re-signed by issuing-ca
 EOF
 
