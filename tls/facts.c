@@ -1,2 +1,580 @@
-/* placeholder: being written */
-typedef int cm_placeholder_facts;
+/* Certificate facts: the plain-struct view of an X.509 certificate that
+ * mapping/ and proxy/ work from. Every string is checked here, once: a name
+ * with an embedded NUL or bytes that are not UTF-8 refuses the whole
+ * certificate (R_CERT_MALFORMED), so no later strcmp, LDAP filter or header
+ * can see a value cut short or re-interpreted.
+ *
+ * altSecurityIdentities form (subject_asi / issuer_asi), as Windows writes
+ * X509:<I>...<S>... strings: RDNs in encoded order, joined with "," and no
+ * space, values of a multi-valued RDN joined with "+", Windows short names
+ * (CN OU O L S C DC E STREET SERIALNUMBER T G SN I). Choices where Windows
+ * gives no vector:
+ *  - an attribute without a short name is written as its dotted OID, "1.2.3.4=value";
+ *  - a value that is not a character string (a SEQUENCE, ...) is written as
+ *    "#" and the hex of its DER, as RFC 4514 does;
+ *  - a value holding , + = " < > # ; CR or LF, or starting or ending with a
+ *    space, is put in double quotes with inner quotes doubled (CertNameToStr's
+ *    quoting), so that no value can pass for an RDN boundary.
+ *
+ * serial_hex is the DER content of the serial INTEGER, sign byte included when
+ * DER has one (serial 0x8001 is "008001"): the bytes Windows shows. OpenSSL's
+ * ASN1_INTEGER holds the magnitude without that byte, so the DER is used. */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/asn1.h>
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "common/log.h"
+#include "tls/tls.h"
+
+/* No certificate a TLS peer can send comes near this (OpenSSL's default
+ * max_cert_list is 100 KiB); anything longer is refused, never cut. */
+#define FACTS_MAX_STR (1024 * 1024)
+
+#define OID_SID_EXT "1.3.6.1.4.1.311.25.2"
+#define OID_SID_NAME "1.3.6.1.4.1.311.25.2.1"
+
+struct sbuf {
+    char *p;
+    size_t len;
+    size_t cap;
+};
+
+/* Appends <n> bytes; false on allocation failure or past FACTS_MAX_STR. */
+static bool sb_add(struct sbuf *b, const void *data, size_t n)
+{
+    if (n > FACTS_MAX_STR - b->len)
+        return false;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 128;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (p == NULL)
+            return false;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return true;
+}
+
+static bool sb_str(struct sbuf *b, const char *s)
+{
+    return sb_add(b, s, strlen(s));
+}
+
+/* The built string (never NULL: "" when nothing was added); <b> is emptied. */
+static char *sb_take(struct sbuf *b)
+{
+    char *p = b->p ? b->p : strdup("");
+    b->p = NULL;
+    b->len = b->cap = 0;
+    return p;
+}
+
+static void hex_into(char *dst, const unsigned char *p, size_t n, bool reverse)
+{
+    static const char digits[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = reverse ? p[n - 1 - i] : p[i];
+        dst[2 * i] = digits[c >> 4];
+        dst[2 * i + 1] = digits[c & 0xF];
+    }
+    dst[2 * n] = '\0';
+}
+
+static char *hex_dup(const unsigned char *p, size_t n, bool reverse)
+{
+    if (n > FACTS_MAX_STR / 2)
+        return NULL;
+    char *s = malloc(2 * n + 1);
+    if (s != NULL)
+        hex_into(s, p, n, reverse);
+    return s;
+}
+
+/* True when <p, n> is UTF-8 without NUL, overlong forms, surrogates or code
+ * points past U+10FFFF. */
+static bool utf8_clean(const unsigned char *p, size_t n)
+{
+    while (n > 0) {
+        unsigned long cp;
+        int k = UTF8_getc(p, n > INT32_MAX ? INT32_MAX : (int)n, &cp);
+        if (k <= 0 || cp == 0 || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        p += k;
+        n -= (size_t)k;
+    }
+    return true;
+}
+
+/* Types whose content is one byte per character from a 7-bit repertoire: a
+ * byte past 0x7F is not a character of theirs, whatever OpenSSL converts it to. */
+static bool is_ascii_type(int type)
+{
+    return type == V_ASN1_PRINTABLESTRING || type == V_ASN1_IA5STRING ||
+           type == V_ASN1_VISIBLESTRING || type == V_ASN1_NUMERICSTRING;
+}
+
+/* Character-string types: the ones ASN1_STRING_to_UTF8 can convert. */
+static bool is_char_type(int type)
+{
+    return is_ascii_type(type) || type == V_ASN1_UTF8STRING || type == V_ASN1_T61STRING ||
+           type == V_ASN1_BMPSTRING || type == V_ASN1_UNIVERSALSTRING;
+}
+
+/* <s> as a new NUL-terminated UTF-8 string in <*out> (malloc). False, with
+ * <*out> NULL, for a NUL, bytes that are not text of the string's type, a type
+ * that is not a character string, or no memory. */
+static bool string_utf8(const ASN1_STRING *s, char **out)
+{
+    const unsigned char *raw = ASN1_STRING_get0_data(s);
+    int rawlen = ASN1_STRING_length(s);
+    int type = ASN1_STRING_type(s);
+    unsigned char *u = NULL;
+    int n;
+
+    *out = NULL;
+    if (rawlen < 0 || rawlen > FACTS_MAX_STR)
+        return false;
+    /* Look at the bytes as sent before OpenSSL maps them: a UTF8String must
+     * already be clean UTF-8, an ASCII type plain ASCII. */
+    if (type == V_ASN1_UTF8STRING && !utf8_clean(raw, (size_t)rawlen))
+        return false;
+    if (is_ascii_type(type)) {
+        for (int i = 0; i < rawlen; i++)
+            if (raw[i] == 0 || raw[i] > 0x7F)
+                return false;
+    }
+    n = ASN1_STRING_to_UTF8(&u, s);
+    if (n < 0)
+        return false;
+    if (utf8_clean(u, (size_t)n)) {
+        *out = malloc((size_t)n + 1);
+        if (*out != NULL) {
+            memcpy(*out, u, (size_t)n);
+            (*out)[n] = '\0';
+        }
+    }
+    OPENSSL_free(u);
+    return *out != NULL;
+}
+
+/* Windows short name of an attribute, or NULL when it has none. */
+static const char *asi_short_name(int nid)
+{
+    static const struct {
+        int nid;
+        const char *name;
+    } names[] = {
+        {NID_commonName, "CN"},
+        {NID_organizationalUnitName, "OU"},
+        {NID_organizationName, "O"},
+        {NID_localityName, "L"},
+        {NID_stateOrProvinceName, "S"},
+        {NID_countryName, "C"},
+        {NID_domainComponent, "DC"},
+        {NID_pkcs9_emailAddress, "E"},
+        {NID_streetAddress, "STREET"},
+        {NID_serialNumber, "SERIALNUMBER"},
+        {NID_title, "T"},
+        {NID_givenName, "G"},
+        {NID_surname, "SN"},
+        {NID_initials, "I"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (names[i].nid == nid)
+            return names[i].name;
+    return NULL;
+}
+
+static bool asi_needs_quotes(const char *v)
+{
+    size_t n = strlen(v);
+    if (n > 0 && (v[0] == ' ' || v[n - 1] == ' '))
+        return true;
+    return strpbrk(v, ",+=\"<>#;\r\n") != NULL;
+}
+
+/* Appends "<type>=<value>" for one attribute. R_CERT_MALFORMED for a value
+ * with a NUL or bad text. */
+static enum reason asi_add_entry(struct sbuf *b, const X509_NAME_ENTRY *e)
+{
+    const ASN1_OBJECT *obj = X509_NAME_ENTRY_get_object(e);
+    ASN1_STRING *val = X509_NAME_ENTRY_get_data(e);
+    const char *sn = asi_short_name(OBJ_obj2nid(obj));
+    char oid[128];
+    char *text = NULL;
+    unsigned char *der = NULL;
+    enum reason r = R_CERT_MALFORMED;
+
+    if (sn == NULL) {
+        int n = OBJ_obj2txt(oid, sizeof(oid), obj, 1);
+        if (n <= 0 || (size_t)n >= sizeof(oid))
+            goto fail;
+        sn = oid;
+    }
+    if (!sb_str(b, sn) || !sb_add(b, "=", 1))
+        goto fail;
+
+    if (is_char_type(ASN1_STRING_type(val))) {
+        if (!string_utf8(val, &text))
+            goto fail;
+        if (asi_needs_quotes(text)) {
+            if (!sb_add(b, "\"", 1))
+                goto fail;
+            for (const char *c = text; *c != '\0'; c++)
+                if (!sb_add(b, c, 1) || (*c == '"' && !sb_add(b, "\"", 1)))
+                    goto fail;
+            if (!sb_add(b, "\"", 1))
+                goto fail;
+        } else if (!sb_str(b, text)) {
+            goto fail;
+        }
+    } else {
+        /* Not a character string: its DER, as RFC 4514 "#hex". The ASN1_TYPE
+         * wrapper is how OpenSSL itself re-encodes a name value. */
+        ASN1_TYPE t = {.type = ASN1_STRING_type(val), .value.asn1_string = val};
+        int n = i2d_ASN1_TYPE(&t, &der);
+        char *h = n > 0 ? hex_dup(der, (size_t)n, false) : NULL;
+        bool ok = h != NULL && sb_add(b, "#", 1) && sb_str(b, h);
+        free(h);
+        if (!ok)
+            goto fail;
+    }
+    r = R_NONE;
+fail:
+    free(text);
+    OPENSSL_free(der);
+    return r;
+}
+
+/* The altSecurityIdentities form of <name> (see the top of this file). */
+static enum reason name_asi(const X509_NAME *name, char **out)
+{
+    struct sbuf b = {0};
+    int count = X509_NAME_entry_count(name);
+    int prev_set = -1;
+    enum reason r = R_CERT_MALFORMED;
+
+    for (int i = 0; i < count; i++) {
+        const X509_NAME_ENTRY *e = X509_NAME_get_entry(name, i);
+        int set = X509_NAME_ENTRY_set(e);
+        if (i > 0 && !sb_add(&b, set == prev_set ? "+" : ",", 1))
+            goto fail;
+        prev_set = set;
+        r = asi_add_entry(&b, e);
+        if (r != R_NONE)
+            goto fail;
+    }
+    *out = sb_take(&b);
+    return *out != NULL ? R_NONE : R_CERT_MALFORMED;
+fail:
+    free(b.p);
+    return R_CERT_MALFORMED;
+}
+
+/* RFC 4514 form of <name>, UTF-8 kept as UTF-8 (not escaped byte by byte).
+ * Every value is checked first: OpenSSL's printer would escape a NUL as \00,
+ * but such a name is refused, not displayed. */
+static enum reason name_rfc4514(const X509_NAME *name, char **out)
+{
+    BIO *bio = NULL;
+    char *data;
+    long n;
+    enum reason r = R_CERT_MALFORMED;
+
+    *out = NULL;
+    for (int i = 0; i < X509_NAME_entry_count(name); i++) {
+        ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i));
+        char *text;
+        if (!is_char_type(ASN1_STRING_type(v)))
+            continue; /* printed as #hex: nothing to misread */
+        if (!string_utf8(v, &text))
+            goto fail;
+        free(text);
+    }
+    bio = BIO_new(BIO_s_mem());
+    if (bio == NULL ||
+        X509_NAME_print_ex(bio, name, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) < 0)
+        goto fail;
+    n = BIO_get_mem_data(bio, &data);
+    if (n < 0 || n > FACTS_MAX_STR || memchr(data, 0, (size_t)n) != NULL)
+        goto fail;
+    *out = malloc((size_t)n + 1);
+    if (*out == NULL)
+        goto fail;
+    memcpy(*out, data, (size_t)n);
+    (*out)[n] = '\0';
+    r = R_NONE;
+fail:
+    BIO_free(bio);
+    return r;
+}
+
+/* Appends a copy of <s> to the list <*list, *n>. */
+static bool list_add(char ***list, size_t *n, char *s)
+{
+    char **l = realloc(*list, (*n + 1) * sizeof(*l));
+    if (l == NULL)
+        return false;
+    l[(*n)++] = s;
+    *list = l;
+    return true;
+}
+
+/* UPN, rfc822Name and dNSName values of the subjectAltName extension. */
+static enum reason facts_san(X509 *x, struct cert_facts *f)
+{
+    int crit = -1;
+    GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, &crit, NULL);
+    enum reason r = R_CERT_MALFORMED;
+
+    if (gens == NULL)
+        return crit == -1 ? R_NONE : R_CERT_MALFORMED; /* -2: twice; >= 0: undecodable */
+
+    for (int i = 0; i < sk_GENERAL_NAME_num(gens); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+        ASN1_OBJECT *oid;
+        ASN1_TYPE *val;
+        char *s = NULL;
+        char ***list;
+        size_t *count;
+
+        if (g->type == GEN_OTHERNAME) {
+            GENERAL_NAME_get0_otherName(g, &oid, &val);
+            /* Only a UTF8String is a UPN (as AD CS writes it); anything else
+             * under that OID is not one and is not used. */
+            if (OBJ_obj2nid(oid) != NID_ms_upn || val->type != V_ASN1_UTF8STRING)
+                continue;
+            if (!string_utf8(val->value.utf8string, &s))
+                goto fail;
+            list = &f->upn;
+            count = &f->n_upn;
+        } else if (g->type == GEN_EMAIL || g->type == GEN_DNS) {
+            const ASN1_IA5STRING *ia5 = g->type == GEN_EMAIL ? g->d.rfc822Name : g->d.dNSName;
+            if (ASN1_STRING_type(ia5) != V_ASN1_IA5STRING || !string_utf8(ia5, &s))
+                goto fail;
+            list = g->type == GEN_EMAIL ? &f->rfc822 : &f->dns;
+            count = g->type == GEN_EMAIL ? &f->n_rfc822 : &f->n_dns;
+        } else {
+            continue;
+        }
+        if (!list_add(list, count, s)) {
+            free(s);
+            goto fail;
+        }
+    }
+    r = R_NONE;
+fail:
+    GENERAL_NAMES_free(gens);
+    return r;
+}
+
+/* "S-1-<authority>(-<subauthority>)+": at most 15 sub-authorities of 32 bits,
+ * an authority of 48 bits, plain decimal (no sign, no leading zero): the one
+ * spelling objectSid is printed in, so that comparing strings compares SIDs. */
+static bool sid_valid(const char *s, size_t n)
+{
+    size_t parts = 0;
+    size_t i = 4;
+
+    if (n < 4 || memcmp(s, "S-1-", 4) != 0)
+        return false;
+    while (i < n) {
+        uint64_t v = 0;
+        size_t digits = 0;
+        if (i + 1 < n && s[i] == '0' && s[i + 1] >= '0' && s[i + 1] <= '9')
+            return false;
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            if (++digits > 15)
+                return false;
+            v = v * 10 + (uint64_t)(s[i++] - '0');
+        }
+        if (digits == 0 || v > (parts == 0 ? 0xFFFFFFFFFFFFull : 0xFFFFFFFFull))
+            return false;
+        parts++;
+        if (i < n && (s[i++] != '-' || i == n))
+            return false;
+    }
+    return parts >= 2 && parts <= 16;
+}
+
+/* The SID from extension 1.3.6.1.4.1.311.25.2: GeneralNames holding an
+ * otherName 1.3.6.1.4.1.311.25.2.1 whose value is the SID as an OCTET STRING
+ * of ASCII. OpenSSL has no type for it. Absent: R_NONE, <sid> NULL. Present but
+ * unreadable, repeated, or without a valid SID: R_CERT_MALFORMED. */
+static enum reason facts_sid(X509 *x, struct cert_facts *f)
+{
+    ASN1_OBJECT *ext_oid = OBJ_txt2obj(OID_SID_EXT, 1);
+    ASN1_OBJECT *name_oid = OBJ_txt2obj(OID_SID_NAME, 1);
+    GENERAL_NAMES *gens = NULL;
+    const ASN1_OCTET_STRING *os;
+    const unsigned char *p;
+    long len;
+    int pos;
+    enum reason r = R_CERT_MALFORMED;
+
+    if (ext_oid == NULL || name_oid == NULL)
+        goto fail;
+    pos = X509_get_ext_by_OBJ(x, ext_oid, -1);
+    if (pos < 0) {
+        r = R_NONE;
+        goto fail;
+    }
+    if (X509_get_ext_by_OBJ(x, ext_oid, pos) >= 0)
+        goto fail;
+
+    os = X509_EXTENSION_get_data(X509_get_ext(x, pos));
+    p = ASN1_STRING_get0_data(os);
+    len = ASN1_STRING_length(os);
+    gens = d2i_GENERAL_NAMES(NULL, &p, len);
+    if (gens == NULL || p != ASN1_STRING_get0_data(os) + len)
+        goto fail; /* undecodable, or bytes after the GeneralNames */
+
+    for (int i = 0; i < sk_GENERAL_NAME_num(gens); i++) {
+        ASN1_OBJECT *oid;
+        ASN1_TYPE *val;
+        if (!GENERAL_NAME_get0_otherName(sk_GENERAL_NAME_value(gens, i), &oid, &val) ||
+            OBJ_cmp(oid, name_oid) != 0)
+            continue;
+        if (f->sid != NULL || val->type != V_ASN1_OCTET_STRING)
+            goto fail; /* two SIDs, or one that is not an OCTET STRING */
+        const char *s = (const char *)ASN1_STRING_get0_data(val->value.octet_string);
+        size_t n = (size_t)ASN1_STRING_length(val->value.octet_string);
+        if (n > 256 || !sid_valid(s, n))
+            goto fail;
+        f->sid = strndup(s, n);
+        if (f->sid == NULL)
+            goto fail;
+    }
+    if (f->sid != NULL)
+        r = R_NONE;
+fail:
+    GENERAL_NAMES_free(gens);
+    ASN1_OBJECT_free(ext_oid);
+    ASN1_OBJECT_free(name_oid);
+    return r;
+}
+
+/* serial_hex and serial_rev from the serial's DER content bytes. */
+static enum reason facts_serial(X509 *x, struct cert_facts *f)
+{
+    unsigned char *der = NULL;
+    const unsigned char *p;
+    long len;
+    int tag, cls;
+    int n = i2d_ASN1_INTEGER(X509_get0_serialNumber(x), &der);
+    enum reason r = R_CERT_MALFORMED;
+
+    if (n <= 0)
+        goto fail;
+    p = der;
+    if (ASN1_get_object(&p, &len, &tag, &cls, n) & 0x80 || tag != V_ASN1_INTEGER || len <= 0)
+        goto fail;
+    f->serial_hex = hex_dup(p, (size_t)len, false);
+    f->serial_rev = hex_dup(p, (size_t)len, true);
+    if (f->serial_hex != NULL && f->serial_rev != NULL)
+        r = R_NONE;
+fail:
+    OPENSSL_free(der);
+    return r;
+}
+
+static bool time_of(const ASN1_TIME *t, time_t *out)
+{
+    struct tm tm;
+    if (t == NULL || !ASN1_TIME_to_tm(t, &tm))
+        return false;
+    *out = timegm(&tm);
+    return true;
+}
+
+/* Digests and key identifiers: fixed-size hex fields, and the SKI. */
+static enum reason facts_digests(X509 *x, struct cert_facts *f)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n;
+    const ASN1_OCTET_STRING *ski;
+
+    if (!X509_digest(x, EVP_sha256(), md, &n) || n != 32)
+        return R_CERT_MALFORMED;
+    hex_into(f->sha256, md, n, false);
+    if (!X509_digest(x, EVP_sha1(), md, &n) || n != 20)
+        return R_CERT_MALFORMED;
+    hex_into(f->sha1, md, n, false);
+    if (!X509_pubkey_digest(x, EVP_sha1(), md, &n) || n != 20)
+        return R_CERT_MALFORMED;
+    hex_into(f->pubkey_sha1, md, n, false);
+    ski = X509_get0_subject_key_id(x);
+    if (ski != NULL) {
+        f->ski = hex_dup(ASN1_STRING_get0_data(ski), (size_t)ASN1_STRING_length(ski), false);
+        if (f->ski == NULL)
+            return R_CERT_MALFORMED;
+    }
+    return R_NONE;
+}
+
+enum reason tls_facts_from_x509(X509 *x, struct cert_facts **out)
+{
+    struct cert_facts *f = NULL;
+    enum reason r = R_CERT_MALFORMED;
+
+    if (x == NULL || out == NULL)
+        goto fail;
+    f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        goto fail;
+    if ((r = name_rfc4514(X509_get_subject_name(x), &f->subject)) != R_NONE ||
+        (r = name_rfc4514(X509_get_issuer_name(x), &f->issuer)) != R_NONE ||
+        (r = name_asi(X509_get_subject_name(x), &f->subject_asi)) != R_NONE ||
+        (r = name_asi(X509_get_issuer_name(x), &f->issuer_asi)) != R_NONE ||
+        (r = facts_serial(x, f)) != R_NONE || (r = facts_digests(x, f)) != R_NONE ||
+        (r = facts_san(x, f)) != R_NONE || (r = facts_sid(x, f)) != R_NONE)
+        goto fail;
+    r = R_CERT_MALFORMED;
+    if (!time_of(X509_get0_notBefore(x), &f->not_before) ||
+        !time_of(X509_get0_notAfter(x), &f->not_after))
+        goto fail;
+    *out = f;
+    return R_NONE;
+fail:
+    tls_facts_free(f);
+    return r;
+}
+
+static void list_free(char **list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
+void tls_facts_free(struct cert_facts *f)
+{
+    if (f == NULL)
+        return;
+    free(f->subject);
+    free(f->issuer);
+    free(f->subject_asi);
+    free(f->issuer_asi);
+    free(f->serial_hex);
+    free(f->serial_rev);
+    free(f->ski);
+    list_free(f->upn, f->n_upn);
+    list_free(f->rfc822, f->n_rfc822);
+    list_free(f->dns, f->n_dns);
+    free(f->sid);
+    free(f);
+}
