@@ -18,7 +18,10 @@
  *
  * serial_hex is the DER content of the serial INTEGER, sign byte included when
  * DER has one (serial 0x8001 is "008001"): the bytes Windows shows. OpenSSL's
- * ASN1_INTEGER holds the magnitude without that byte, so the DER is used. */
+ * ASN1_INTEGER holds the magnitude without that byte, so the DER is used.
+ *
+ * Running out of memory also answers R_CERT_MALFORMED: there is no better code,
+ * and a certificate that cannot be examined is refused (fail closed). */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,7 +35,6 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#include "common/log.h"
 #include "tls/tls.h"
 
 /* No certificate a TLS peer can send comes near this (OpenSSL's default
