@@ -21,13 +21,13 @@ struct loader {
     FILE *fp;
     char *buf; /* getline() buffer */
     size_t cap;
-    int line;                      /* number of the line inih is handling */
-    enum conf_section sec;         /* current section, SEC_NONE before the first */
-    struct conf_location *loc;     /* current location when sec == SEC_LOCATION */
-    int sec_line[SEC_MAX];         /* first header of each section kind, 0: none */
-    int key_line[CONF_KEYS_MAX];   /* where each non-location key was set, 0: not set */
+    int line;                    /* number of the line inih is handling */
+    enum conf_section sec;       /* current section, SEC_NONE before the first */
+    struct conf_location *loc;   /* current location when sec == SEC_LOCATION */
+    int sec_line[SEC_MAX];       /* first header of each section kind, 0: none */
+    int key_line[CONF_KEYS_MAX]; /* where each non-location key was set, 0: not set */
     int loc_key_line[CONF_MAX_LOCATIONS][CONF_KEYS_MAX];
-    int err_line;                  /* line of the first error of ours, 0: none */
+    int err_line; /* line of the first error of ours, 0: none */
     bool failed;
     char err[MSG_MAX + 4096 + 32]; /* room for the file name and a message */
     struct conf *c;
@@ -98,7 +98,8 @@ static void location_begin(struct loader *ld, const char *path)
 
     conf_quote(path, q, sizeof(q));
     if (*path == '\0') {
-        fail_at(ld, ld->line, "[location] needs a path, e.g. [location /Microsoft-Server-ActiveSync]");
+        fail_at(ld, ld->line,
+                "[location] needs a path, e.g. [location /Microsoft-Server-ActiveSync]");
         return;
     }
     if (path[0] != '/') {

@@ -279,8 +279,7 @@ static int kp_user(const struct conf_key *k, const char *val, void *base, char *
     return set_str(k, base, val, msg, n);
 }
 
-static int kp_access_log(const struct conf_key *k, const char *val, void *base, char *msg,
-                         size_t n)
+static int kp_access_log(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
 {
     if (*val == '\0') {
         snprintf(msg, n, "empty value (expected stderr, off or a file path)");
@@ -343,13 +342,13 @@ static int kp_uint(const struct conf_key *k, const char *val, void *base, char *
 
     conf_quote(val, q, sizeof(q));
     if (parse_digits(val, &v, &end, &why) < 0 || *end != '\0') {
-        snprintf(msg, n, "%s is not a number (expected %llu..%llu)", q,
-                 (unsigned long long)k->min, (unsigned long long)k->max);
+        snprintf(msg, n, "%s is not a number (expected %llu..%llu)", q, (unsigned long long)k->min,
+                 (unsigned long long)k->max);
         return -1;
     }
     if (v < k->min || v > k->max) {
-        snprintf(msg, n, "%s is out of range (expected %llu..%llu)", q,
-                 (unsigned long long)k->min, (unsigned long long)k->max);
+        snprintf(msg, n, "%s is out of range (expected %llu..%llu)", q, (unsigned long long)k->min,
+                 (unsigned long long)k->max);
         return -1;
     }
     store_uint(k, base, v);
@@ -377,8 +376,7 @@ static int kp_size(const struct conf_key *k, const char *val, void *base, char *
     return 0;
 }
 
-static int kp_duration(const struct conf_key *k, const char *val, void *base, char *msg,
-                       size_t n)
+static int kp_duration(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
 {
     char q[VAL_MAX * 4 + 8], lo[32], hi[32];
     const char *why = "";
@@ -397,6 +395,17 @@ static int kp_duration(const struct conf_key *k, const char *val, void *base, ch
     }
     store_uint(k, base, v);
     return 0;
+}
+
+/* Host name or IPv4 address characters only. */
+static bool host_chars_ok(const char *h, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)h[i];
+        if (!isalnum(ch) && ch != '.' && ch != '-' && ch != '_')
+            return false;
+    }
+    return len > 0;
 }
 
 /* Port as decimal text, 1..65535. */
@@ -450,6 +459,11 @@ static int kp_listen(const struct conf_key *k, const char *val, void *base, char
     }
     if (host[0] == '\0') {
         snprintf(msg, n, "%s has no host (use 0.0.0.0:PORT or [::]:PORT for all addresses)", q);
+        goto fail;
+    }
+    /* junk never reaches the resolver */
+    if (hints.ai_family == AF_UNSPEC && !host_chars_ok(host, strlen(host))) {
+        snprintf(msg, n, "%s: not a valid host name or address", q);
         goto fail;
     }
     if (check_port(port) < 0) {
@@ -605,23 +619,12 @@ static int kp_dn(const struct conf_key *k, const char *val, void *base, char *ms
     if (*val != '\0') {
         if (ldap_str2dn(val, &dn, LDAP_DN_FORMAT_LDAPV3) != LDAP_SUCCESS) {
             conf_quote(val, q, sizeof(q));
-            snprintf(msg, n, "%s is not a distinguished name (e.g. DC=corp,DC=example,DC=test)",
-                     q);
+            snprintf(msg, n, "%s is not a distinguished name (e.g. DC=corp,DC=example,DC=test)", q);
             return -1;
         }
         ldap_dnfree(dn);
     }
     return set_str(k, base, val, msg, n);
-}
-
-static bool host_chars_ok(const char *h, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)h[i];
-        if (!isalnum(ch) && ch != '.' && ch != '-' && ch != '_')
-            return false;
-    }
-    return len > 0;
 }
 
 /* [backend] url: http(s)://HOST[:PORT][/], HOST a name, IPv4 or [IPv6]. */
@@ -725,7 +728,8 @@ static const struct conf_enum log_levels[] = {{"error", CM_LOG_ERROR},
                                               {"info", CM_LOG_INFO},
                                               {"debug", CM_LOG_DEBUG},
                                               {NULL, 0}};
-static const struct conf_enum tls_versions[] = {{"TLSv1.2", 0x0303}, {"TLSv1.3", 0x0304}, {NULL, 0}};
+static const struct conf_enum tls_versions[] = {
+    {"TLSv1.2", 0x0303}, {"TLSv1.3", 0x0304}, {NULL, 0}};
 static const struct conf_enum cert_modes[] = {
     {"ignore", CERT_IGNORE}, {"accept", CERT_ACCEPT}, {"require", CERT_REQUIRE}, {NULL, 0}};
 static const struct conf_enum sources[] = {
@@ -796,8 +800,8 @@ const struct conf_key conf_keys[] = {
     {SEC_CLIENT_CERT, "verify_depth", kp_uint, F(verify_depth), .min = 1, .max = 16, .def = "4",
      .help = "longest accepted chain below the trust anchor",
      .iis = "none (CryptoAPI chain engine)"},
-    {SEC_CLIENT_CERT, "require_client_auth_eku", kp_bool, F(require_client_auth_eku),
-     .def = "yes", .help = "refuse certificates without the Client Authentication EKU",
+    {SEC_CLIENT_CERT, "require_client_auth_eku", kp_bool, F(require_client_auth_eku), .def = "yes",
+     .help = "refuse certificates without the Client Authentication EKU",
      .iis = "Schannel client authentication EKU check"},
     {SEC_CLIENT_CERT, "negotiate_at_handshake", kp_bool, F(negotiate_at_handshake), .def = "no",
      .help = "yes: ask for a certificate in every handshake; no: ask late where a path needs one",
@@ -838,9 +842,8 @@ const struct conf_key conf_keys[] = {
      .help = "file holding the bind password", .iis = "none"},
     {SEC_LDAP, "ca_file", kp_file, F(ldap_ca_file),
      .help = "PEM CA for ldaps:// and StartTLS; unset: system store", .iis = "none"},
-    {SEC_LDAP, "timeout", kp_duration, F(ldap_timeout_ms), .min = 1, .max = 5 * MIN,
-     .def = "5s", .help = "limit for each directory operation (connect, bind, search)",
-     .iis = "none"},
+    {SEC_LDAP, "timeout", kp_duration, F(ldap_timeout_ms), .min = 1, .max = 5 * MIN, .def = "5s",
+     .help = "limit for each directory operation (connect, bind, search)", .iis = "none"},
 
     /* [backend] */
     {SEC_BACKEND, "url", kp_backend_url, F(backend_url_text), .flags = CK_REQUIRED,
@@ -884,9 +887,14 @@ _Static_assert(sizeof(enum map_enforcement) == sizeof(int), "enum fields are wri
 const char *conf_section_name(enum conf_section s)
 {
     static const char *const names[SEC_MAX] = {
-        [SEC_NONE] = "",         [SEC_SERVER] = "server",   [SEC_TLS] = "tls",
-        [SEC_CLIENT_CERT] = "client_certificate",           [SEC_MAPPING] = "mapping",
-        [SEC_LDAP] = "ldap",     [SEC_BACKEND] = "backend", [SEC_BUFFERING] = "buffering",
+        [SEC_NONE] = "",
+        [SEC_SERVER] = "server",
+        [SEC_TLS] = "tls",
+        [SEC_CLIENT_CERT] = "client_certificate",
+        [SEC_MAPPING] = "mapping",
+        [SEC_LDAP] = "ldap",
+        [SEC_BACKEND] = "backend",
+        [SEC_BUFFERING] = "buffering",
         [SEC_LOCATION] = "location",
     };
     return (unsigned)s < SEC_MAX ? names[s] : "";
