@@ -1,0 +1,29 @@
+/* ldap/: the asynchronous Active Directory client (prefix dir_, since ldap_
+ * belongs to libldap). Searches run on the worker's event_base and never
+ * block it; connecting, TLS and binding happen off the loop. Exposes itself
+ * to mapping/ as a struct map_source. */
+#ifndef CM_LDAP_DIR_H
+#define CM_LDAP_DIR_H
+
+#include <event2/event.h>
+
+#include "conf/conf.h"
+#include "mapping/mapping.h"
+
+struct dir;
+
+/* A directory client for one worker. Starts connecting in the background.
+ * Returns NULL + reason in <err> on a configuration problem (unreadable
+ * password file...). */
+struct dir *dir_new(struct event_base *base, const struct conf *c, char *err, size_t errlen);
+void dir_free(struct dir *d);
+
+/* The map_source view of <d> (owned by <d>). */
+struct map_source *dir_source(struct dir *d);
+
+/* Connects and binds once, synchronously, for start-up checks and
+ * `certmapd map`: 0, or -1 with a clear reason (wrong password, TLS failure,
+ * unreachable) in <err>. Never called on a worker's loop once serving. */
+int dir_check(const struct conf *c, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,150 @@
+/* mapping/: certificate facts → directory lookups → an account, as Active
+ * Directory maps certificates (MS-PKCA, KB5014754). Pure logic and the shared
+ * identity cache: no I/O here. Directory access goes through struct
+ * map_source (LDAP in ldap/, or an LDIF file in mapping/ldif.c). */
+#ifndef CM_MAPPING_H
+#define CM_MAPPING_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "common/reason.h"
+#include "conf/conf.h"
+#include "tls/facts.h"
+
+enum map_strength { MAP_STRONG = 0, MAP_WEAK };
+
+/* An AD account as mapping needs it: plain data, filled by a source. */
+struct map_entry {
+    char *dn;
+    char *upn;                   /* userPrincipalName, NULL if absent */
+    char *sam;                   /* sAMAccountName */
+    char *sid;                   /* objectSid as "S-1-5-21-…" */
+    uint32_t uac;                /* userAccountControl */
+    uint32_t uac_computed;       /* msDS-User-Account-Control-Computed */
+    bool has_uac_computed;
+    int64_t account_expires;     /* FILETIME (100 ns since 1601); 0 or INT64_MAX = never */
+    time_t when_created;         /* 0 if unknown */
+    char **altsecids;            /* altSecurityIdentities values */
+    size_t n_altsecids;
+    bool is_computer;            /* objectClass includes computer */
+    char *dns_host_name;
+};
+
+/* One directory lookup: entries whose <attr> equals one of <values>
+ * (AD's matching: case-insensitive, spaces significant; objectSid binary). */
+struct map_lookup {
+    enum map_method method;
+    const char *kind;            /* "sid", "altsecid", "upn", "dns" */
+    const char *attr;            /* "objectSid", "altSecurityIdentities", "userPrincipalName", "dNSHostName" */
+    char **values;               /* as stored in AD, e.g. "X509:<I>DC=test,…<SR>1200…" */
+    enum map_strength *strength; /* per value */
+    const char **labels;         /* per value: "altsecid:issuer-serial", "upn", … */
+    size_t n_values;
+    char *filter;                /* the LDAP filter, every value escaped by libldap */
+};
+
+/* The lookups for one certificate, in [mapping] methods order. */
+struct map_plan {
+    struct map_lookup *lookups;
+    size_t n;
+};
+
+/* The outcome of mapping one certificate. */
+struct map_result {
+    enum reason reason;          /* R_NONE: mapped */
+    char *upn, *dn, *sid, *sam;  /* the account (sam already "NETBIOS\\sam" where known) */
+    char *method;                /* the label that matched, e.g. "altsecid:issuer-serial" */
+    char *detail;                /* one line for logs and `certmapd map` */
+};
+
+/* Builds the plan for <f> under <c>. Returns 0, or -1 (out of memory / a value
+ * that cannot be escaped). */
+int map_plan_build(const struct conf *c, const struct cert_facts *f, struct map_plan *out);
+void map_plan_purge(struct map_plan *p);
+
+/* Judges the answers: <answers>[i] holds the entries found for lookup i
+ * (n_answers[i] of them). Fills <res> (caller purges). <netbios> may be NULL. */
+void map_judge(const struct conf *c, const struct cert_facts *f, const struct map_plan *p,
+               struct map_entry *const *answers, const size_t *n_answers, const char *netbios,
+               time_t now, struct map_result *res);
+
+void map_result_purge(struct map_result *r);
+int map_result_copy(struct map_result *dst, const struct map_result *src);
+void map_entry_purge(struct map_entry *e);
+
+/* ---- sources ----------------------------------------------------------------- */
+
+/* Called exactly once per search, never from inside source->search().
+ * <ok> false: the directory is unavailable or timed out (fail closed).
+ * <entries> belong to the source; valid only during the call. */
+typedef void (*map_search_cb)(void *arg, bool ok, struct map_entry *entries, size_t n);
+
+struct map_source {
+    void *ctx;
+    /* Starts looking up <l>; returns a handle, or NULL if it could not start (cb not called). */
+    void *(*search)(void *ctx, const struct map_lookup *l, map_search_cb cb, void *arg);
+    /* Cancels a search that has not called back; its cb is never called. */
+    void (*cancel)(void *ctx, void *handle);
+    /* "CORP", or NULL when unknown. */
+    const char *(*netbios)(void *ctx);
+};
+
+/* ---- the identity cache (shared by all workers) -------------------------------- */
+
+struct map_cache;
+
+struct map_cache *map_cache_new(size_t entries, uint64_t ttl_ms, uint64_t negative_ttl_ms);
+void map_cache_free(struct map_cache *mc);
+
+enum map_cache_state { MC_HIT, MC_MISS_OWNER, MC_WAIT };
+
+/* A request parked behind another request's lookup of the same certificate. */
+struct map_waiter {
+    void (*wake)(struct map_waiter *w); /* called from the resolving thread: must only hand over */
+    struct map_result result;           /* filled before wake */
+    struct map_waiter *next;            /* cache-internal */
+};
+
+/* Looks up <key> (the certificate's SHA-256, hex). MC_HIT: copy in <out>.
+ * MC_MISS_OWNER: the caller resolves and must call map_cache_put (or _abandon).
+ * MC_WAIT: another request resolves it; <w> is woken with the result. */
+enum map_cache_state map_cache_get(struct map_cache *mc, const char *key, struct map_result *out,
+                                   struct map_waiter *w);
+/* Stores the owner's result (not cached when R_DIRECTORY_UNAVAILABLE) and wakes waiters. */
+void map_cache_put(struct map_cache *mc, const char *key, const struct map_result *r);
+/* Removes a waiter that gave up (its client went away); false if it was already woken. */
+bool map_cache_unwait(struct map_cache *mc, const char *key, struct map_waiter *w);
+
+/* ---- resolving one certificate ------------------------------------------------ */
+
+/* Per-worker mapper: the source, the shared cache, the configuration. */
+struct mapper;
+struct mapper *mapper_new(const struct conf *c, struct map_source *src, struct map_cache *mc);
+void mapper_free(struct mapper *m);
+
+/* One step of the decision, for `certmapd map`: lookup i, its filter, what came back. */
+typedef void (*map_trace_cb)(void *arg, const struct map_lookup *l, bool ok,
+                             const struct map_entry *entries, size_t n);
+
+typedef void (*map_done_cb)(void *arg, const struct map_result *res);
+struct map_job;
+
+/* Maps <f>. Answered at once (cache hit, or nothing to look up): fills <now>
+ * and returns NULL. Otherwise returns a job whose <cb> is called once, later.
+ * <trace> may be NULL. <f> must outlive the job. */
+struct map_job *map_job_start(struct mapper *m, const struct cert_facts *f, map_done_cb cb,
+                              void *arg, map_trace_cb trace, struct map_result *now);
+/* Abandons a job whose cb has not been called; cb is never called after. */
+void map_job_cancel(struct map_job *j);
+
+/* ---- LDIF source (mapping/ldif.c) --------------------------------------------- */
+
+/* Loads AD-shaped entries from an LDIF file with libldap's LDIF reader.
+ * NULL + "FILE:LINE: reason" in <err> on failure. */
+struct map_source *map_ldif_open(const char *path, char *err, size_t errlen);
+void map_ldif_close(struct map_source *s);
+
+#endif
