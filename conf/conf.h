@@ -53,6 +53,7 @@ struct conf {
     size_t max_request_head;
     uint64_t header_timeout_ms;
     uint64_t keepalive_timeout_ms;
+    uint64_t body_timeout_ms;      /* inactivity while receiving a request body */
 
     /* [tls] */
     char *certificate;

@@ -772,6 +772,9 @@ const struct conf_key conf_keys[] = {
      .max = 24 * HOUR, .def = "65m",
      .help = "idle time allowed between requests on a client connection",
      .iis = "connectionTimeout (site limits)"},
+    {SEC_SERVER, "body_timeout", kp_duration, F(body_timeout_ms), .min = 1, .max = HOUR,
+     .def = "60s", .help = "inactivity allowed while receiving a request body",
+     .iis = "http.sys EntityBody timeout"},
 
     /* [tls] */
     {SEC_TLS, "certificate", kp_file, F(certificate), .flags = CK_REQUIRED,

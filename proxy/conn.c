@@ -286,7 +286,7 @@ static void conn_start_request(struct proxy_conn *c)
     if (r->has_body && r->expect_continue)
         evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
     c->state = CS_BODY;
-    timer_arm(c, c->w->conf->header_timeout_ms); /* body progress */
+    timer_arm(c, c->w->conf->body_timeout_ms); /* body progress */
 }
 
 /* Re-sends the kept request head on a new upstream connection, once. */
@@ -354,7 +354,7 @@ static void conn_feed(struct proxy_conn *c)
                 break;
             }
         } else if (c->state == CS_BODY && used > 0) {
-            timer_arm(c, c->w->conf->header_timeout_ms);
+            timer_arm(c, c->w->conf->body_timeout_ms);
         }
         c->req.bytes_in += used;
         evbuffer_drain(in, used);
