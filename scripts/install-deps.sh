@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages certmapd needs to build, test, run its demo
+# and its benchmarks. Skips apt entirely when everything is already there.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  build-essential cmake pkg-config libssl-dev libevent-dev libldap-dev libinih-dev
+  node-llhttp libcmocka-dev
+  # tests: real clients, a real directory, real peers
+  python3 curl openssl ldap-utils samba samba-ad-dc krb5-user nginx haproxy procps
+  # benchmarks
+  gnuplot-nox apache2-utils
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# krb5-user asks for a default realm: answer non-interactively.
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# The distribution's own nginx and samba services are not ours: tests start their own.
+for svc in nginx samba-ad-dc smbd nmbd winbind; do
+  $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+done
