@@ -253,12 +253,20 @@ fail:
     return -1;
 }
 
+/* Whether the first handshake asks for a certificate: the global mode needs
+ * one, or the operator asked for it everywhere (IIS SSLAlwaysNegoClientCert). */
 static bool wants_cert_in_handshake(const struct conf *c)
 {
-    if (c->cert_mode != CERT_IGNORE || c->negotiate_at_handshake)
+    return c->cert_mode != CERT_IGNORE || c->negotiate_at_handshake;
+}
+
+/* Whether any request may need a certificate: then the trust set-up is made,
+ * even when only a location asks for it (later, by renegotiation or
+ * post-handshake authentication, see tls/late.c). */
+static bool wants_cert_anywhere(const struct conf *c)
+{
+    if (wants_cert_in_handshake(c))
         return true;
-    /* Late requests (renegotiation, post-handshake auth) are not done yet, so
-     * a path that needs a certificate means asking for it up front. */
     for (size_t i = 0; i < c->n_locations; i++)
         if (c->locations[i].client_certificate != CERT_IGNORE)
             return true;
@@ -359,7 +367,7 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
      * server-initiated renegotiation. */
     SSL_CTX_clear_options(t->ssl, SSL_OP_ALLOW_CLIENT_RENEGOTIATION | SSL_OP_NO_RENEGOTIATION);
 
-    bool want = wants_cert_in_handshake(c);
+    bool want = wants_cert_anywhere(c);
     if (want && c->trust_anchors == NULL) {
         set_err(err, errlen,
                 "client_certificate: trust_anchors is required when client "
@@ -373,11 +381,19 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
             goto fail;
         /* Never SSL_VERIFY_FAIL_IF_NO_PEER_CERT and a callback that always
          * accepts: refusals are HTTP 403 with a reason after the handshake,
-         * not TLS alerts that a device cannot show to its user. */
+         * not TLS alerts that a device cannot show to its user. The callback
+         * also judges certificates obtained late (tls/late.c). */
         SSL_CTX_set_cert_verify_callback(t->ssl, tls_verify_cb, t);
-        SSL_CTX_set_verify(t->ssl, SSL_VERIFY_PEER, NULL);
-    } else {
-        SSL_CTX_set_verify(t->ssl, SSL_VERIFY_NONE, NULL);
+        SSL_CTX_set_app_data(t->ssl, t);
+        SSL_CTX_set_info_callback(t->ssl, tls_late_info_cb);
+    }
+    t->cert_at_handshake = wants_cert_in_handshake(c);
+    SSL_CTX_set_verify(t->ssl, want && t->cert_at_handshake ? SSL_VERIFY_PEER : SSL_VERIFY_NONE,
+                       NULL);
+    t->late_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, tls_late_free);
+    if (t->late_idx < 0) {
+        set_err(err, errlen, "out of memory");
+        goto fail;
     }
     return t;
 fail:

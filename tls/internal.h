@@ -29,7 +29,16 @@ struct tls_ctx {
     size_t n_crls;
     bool crl_check;
     bool require_eku;
+    bool cert_at_handshake;  /* the first handshake asks for a certificate */
+    int late_idx;            /* SSL ex_data index of a pending late request (tls/late.c) */
 };
+
+/* The info callback of the server SSL_CTX: notices the end of a handshake
+ * that a late certificate request started (tls/late.c). */
+void tls_late_info_cb(const SSL *ssl, int where, int ret);
+
+/* ex_data free function of late_idx: a pending request goes with its SSL. */
+void tls_late_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp);
 
 /* The cert_verify_callback installed on the server SSL_CTX; <arg> is the
  * struct tls_ctx. Always returns 1 (the handshake completes) and leaves the

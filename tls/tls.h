@@ -47,6 +47,30 @@ const char *tls_error_text(unsigned long e);
 /* Protocol name of an established connection ("TLSv1.3"). */
 const char *tls_conn_protocol(SSL *ssl);
 
+/* ---- late client certificates (tls/late.c) ---- */
+
+enum tls_late {
+    TLS_LATE_RENEGOTIATE,  /* TLS 1.2: HelloRequest sent */
+    TLS_LATE_PHA,          /* TLS 1.3: CertificateRequest sent */
+    TLS_LATE_ASKED_ALREADY, /* the handshake asked already: asking again is pointless */
+    TLS_LATE_NO_PHA,       /* TLS 1.3 client that did not offer post-handshake auth */
+    TLS_LATE_FAILED,
+};
+
+/* Whether <ssl>'s client has been asked for a certificate (in the handshake or later). */
+bool tls_conn_cert_asked(struct tls_ctx *t, SSL *ssl);
+
+/* Asks the client of an established <ssl> for a certificate now. On
+ * TLS_LATE_RENEGOTIATE / TLS_LATE_PHA, <done>(<arg>) is called exactly once,
+ * from inside OpenSSL's processing of the client's answer on the connection's
+ * read path (so it must only schedule work), unless tls_conn_late_cancel() is
+ * called first; tls_conn_verdict() then judges what the client sent. */
+enum tls_late tls_conn_request_cert(struct tls_ctx *t, SSL *ssl, void (*done)(void *arg),
+                                    void *arg);
+
+/* Forgets a pending late request of <ssl> (the connection is going away). */
+void tls_conn_late_cancel(struct tls_ctx *t, SSL *ssl);
+
 /* ---- backend side (tls/client.c) ---- */
 
 struct tls_client_ctx; /* opaque; for an https:// backend, shared by all workers */
