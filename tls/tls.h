@@ -34,6 +34,12 @@ SSL *tls_conn_new(struct tls_ctx *t);
 enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
                              struct cert_facts **facts);
 
+/* The whole certificate policy for <leaf> with the intermediates <chain>
+ * (may be NULL), outside any handshake (`certmapd map`): chain, trusted
+ * issuer, EKU, validity, revocation, names. On R_NONE <*facts> is set. */
+enum reason tls_check_cert(struct tls_ctx *t, X509 *leaf, STACK_OF(X509) *chain,
+                           struct cert_facts **facts);
+
 /* Facts of <x> alone, without any policy. R_NONE, or R_CERT_MALFORMED for a
  * name with an embedded NUL or invalid UTF-8. <*out> is set only on R_NONE. */
 enum reason tls_facts_from_x509(X509 *x, struct cert_facts **out);

@@ -214,6 +214,28 @@ static int check_revocation_now(const struct tls_ctx *t, X509 *leaf)
     return have_stale ? X509_V_ERR_CRL_HAS_EXPIRED : X509_V_ERR_UNABLE_TO_GET_CRL;
 }
 
+/* What holds now for a certificate whose chain verified: validity,
+ * revocation, then its facts (names with NUL bytes or bad UTF-8 refused). */
+static enum reason verdict_now(struct tls_ctx *t, X509 *leaf, struct cert_facts **facts)
+{
+    int code = check_validity_now(leaf);
+    if (code == X509_V_OK && t->crl_check)
+        code = check_revocation_now(t, leaf);
+    if (code != X509_V_OK) {
+        log_refusal(leaf, code, X509_verify_cert_error_string(code));
+        return tls_reason_from_verify(code);
+    }
+    enum reason r = tls_facts_from_x509(leaf, facts);
+    if (r != R_NONE) {
+        char subject[512];
+        tls_name_for_log(X509_get_subject_name(leaf), subject, sizeof subject);
+        log_info("client certificate refused (%s): subject %s: a name has an embedded NUL or "
+                 "is not valid UTF-8",
+                 reason_name(r), subject);
+    }
+    return r;
+}
+
 enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
                              struct cert_facts **facts)
 {
@@ -232,20 +254,23 @@ enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
                   X509_verify_cert_error_string(stored));
         return tls_reason_from_verify(stored);
     }
-    int code = check_validity_now(leaf);
-    if (code == X509_V_OK && t->crl_check)
-        code = check_revocation_now(t, leaf);
-    if (code != X509_V_OK) {
-        log_refusal(leaf, code, X509_verify_cert_error_string(code));
+    return verdict_now(t, leaf, facts);
+}
+
+enum reason tls_check_cert(struct tls_ctx *t, X509 *leaf, STACK_OF(X509) *chain,
+                           struct cert_facts **facts)
+{
+    *facts = NULL;
+    X509_STORE_CTX *xs = X509_STORE_CTX_new();
+    if (xs == NULL || X509_STORE_CTX_init(xs, t->store, leaf, chain) != 1) {
+        X509_STORE_CTX_free(xs);
+        return R_CERT_UNTRUSTED;
+    }
+    /* The same judgement as in a handshake, by the same callback. */
+    tls_verify_cb(xs, t);
+    long code = X509_STORE_CTX_get_error(xs);
+    X509_STORE_CTX_free(xs);
+    if (code != X509_V_OK)
         return tls_reason_from_verify(code);
-    }
-    enum reason r = tls_facts_from_x509(leaf, facts);
-    if (r != R_NONE) {
-        char subject[512];
-        tls_name_for_log(X509_get_subject_name(leaf), subject, sizeof subject);
-        log_info("client certificate refused (%s): subject %s: a name has an embedded NUL or "
-                 "is not valid UTF-8",
-                 reason_name(r), subject);
-    }
-    return r;
+    return verdict_now(t, leaf, facts);
 }
