@@ -152,6 +152,15 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct proxy_conn *c = p->data;
+    /* llhttp accepts obs-fold and hands the continuation line over as a second
+     * piece of the value, starting at its leading whitespace: a piece right after
+     * a line feed is one. Folding is refused (RFC 9112 5.2 lets a server answer it with 400). */
+    const char *b = at;
+    while (b > c->feed_start && (b[-1] == ' ' || b[-1] == '\t'))
+        b--; /* after an empty first line, the piece starts past the fold's whitespace */
+    char before = b > c->feed_start ? b[-1] : c->feed_prev;
+    if (before == '\n')
+        return head_fail(c, R_BAD_REQUEST);
     /* NUL, bare CR or LF inside a value: never forwarded, whatever the parser allows. */
     for (size_t i = 0; i < len; i++)
         if (at[i] == '\0' || at[i] == '\r' || at[i] == '\n')
@@ -188,7 +197,8 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct proxy_conn *c = p->data;
-    if (c->up == NULL)
+    /* llhttp may report an empty piece; re-chunked, it would end the body early. */
+    if (c->up == NULL || len == 0)
         return 0;
     struct evbuffer *out = bufferevent_get_output(c->up->bev);
     if (c->req.chunked) {
@@ -341,12 +351,19 @@ static void conn_feed(struct proxy_conn *c)
             break;
         kick = false;
         const char *data = v.iov_len ? v.iov_base : "";
+        c->feed_start = data;
         enum llhttp_errno err = llhttp_execute(&c->parser, data, v.iov_len);
         size_t used = v.iov_len;
         if (err != HPE_OK)
             used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
         if (used > v.iov_len)
             used = v.iov_len;
+        for (size_t i = used; i > 0; i--) {
+            if (data[i - 1] != ' ' && data[i - 1] != '\t') {
+                c->feed_prev = data[i - 1]; /* last byte before any trailing whitespace */
+                break;
+            }
+        }
         if (c->state == CS_HEAD || c->state == CS_IDLE) {
             c->head_bytes += (uint32_t)used;
             if (c->head_bytes > c->w->conf->max_request_head) {

@@ -145,6 +145,8 @@ struct proxy_conn {
     struct proxy_req req;
     enum conn_state state;
     uint32_t head_bytes;             /* bytes of the current head fed to the parser */
+    const char *feed_start;          /* the buffer llhttp_execute is parsing */
+    char feed_prev;                  /* the byte parsed just before feed_start */
     bool parser_paused;
     bool read_blocked;               /* backpressure: upstream output is full */
     bool in_feed;                    /* inside conn_feed: defer frees */

@@ -116,8 +116,8 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct upstream *u = p->data;
-    if (u->skip)
-        return 0;
+    if (u->skip || len == 0)
+        return 0; /* an empty piece, re-chunked, would end the body early */
     u->body_out += len;
     if (u->chunked_out) {
         char size[24];
