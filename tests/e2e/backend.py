@@ -15,6 +15,10 @@ forwards untouched:
   abort=1      close the connection without answering
   status=N     answer with status N
   nolength=1   no Content-Length, no chunking: the close ends the body
+With --tls-cert/--tls-key it serves HTTPS instead of plain HTTP. With
+--events it appends one JSON line per connection end ({"event": "closed",
+"conn_id", "requests", "how": "eof" | "eof_in_body" | ...}) so a test can prove
+that certmapd closed its backend connection.
 It also keeps each connection alive (HTTP/1.1) and reports, in every
 answer, how many requests this connection has carried (X-Backend-Conn-Requests)
 and a connection id (X-Backend-Conn-Id).
@@ -90,16 +94,28 @@ class Handler(socketserver.StreamRequestHandler):
                 left -= len(chunk)
         return total, h.hexdigest(), bool(te)
 
+    def event(self, conn_id, served, how):
+        if self.server.events_path:
+            rec = {"event": "closed", "conn_id": conn_id, "requests": served, "how": how,
+                   "time": time.time()}
+            with LOG_LOCK, open(self.server.events_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
     def handle(self):
         conn_id = next(CONN_IDS)
+        served = [0]
+        how = self.serve(conn_id, served)
+        self.event(conn_id, served[0], how)
+
+    def serve(self, conn_id, counter):
         served = 0
         while True:
             try:
                 head = self.read_head()
             except (ConnectionError, OSError):
-                return
+                return "error"
             if not head:
-                return
+                return "eof"
             method, target, version = head[0].split(" ", 2)
             headers = []
             for line in head[1:]:
@@ -108,8 +124,9 @@ class Handler(socketserver.StreamRequestHandler):
             try:
                 body_len, body_sha, was_chunked = self.read_body(headers)
             except (ConnectionError, OSError, ValueError):
-                return
+                return "eof_in_body"
             served += 1
+            counter[0] = served
             q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query))
             record = {
                 "method": method, "target": target, "version": version,
@@ -123,7 +140,7 @@ class Handler(socketserver.StreamRequestHandler):
             if "delay" in q:
                 time.sleep(float(q["delay"]))
             if q.get("abort") == "1":
-                return
+                return "abort"
             status = int(q.get("status", "200"))
             close = q.get("close") == "1" or q.get("nolength") == "1"
             if "size" in q:
@@ -159,14 +176,32 @@ class Handler(socketserver.StreamRequestHandler):
                         self.wfile.write(body)
                 self.wfile.flush()
             except OSError:
-                return
+                return "write_error"
             if close:
-                return
+                return "close"
 
 
 class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
+    tls = None  # an ssl.SSLContext for HTTPS
+
+    def finish_request(self, request, client_address):
+        # The TLS handshake runs in the connection's own thread, never in the accept loop.
+        if self.tls is not None:
+            try:
+                request.settimeout(10)
+                request = self.tls.wrap_socket(request, server_side=True)
+                request.settimeout(None)
+            except (OSError, ValueError):
+                return
+            try:
+                self.RequestHandlerClass(request, client_address, self)
+            finally:
+                request.close()
+            return
+        self.RequestHandlerClass(request, client_address, self)
 
 
 def main():
@@ -175,9 +210,18 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--log", default=None, help="append one JSON line per request here")
     ap.add_argument("--port-file", default=None, help="write the bound port here once listening")
+    ap.add_argument("--events", default=None, help="append one JSON line per closed connection here")
+    ap.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve HTTPS")
+    ap.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
     args = ap.parse_args()
     srv = Server((args.host, args.port), Handler)
     srv.log_path = args.log
+    srv.events_path = args.events
+    if args.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        srv.tls = ctx
     port = srv.server_address[1]
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as f:

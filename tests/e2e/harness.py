@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -62,11 +63,18 @@ class Backend:
         self.proc = None
         self.port = None
 
-    def start(self, port=None):
+    def start(self, port=None, tls=False):
+        """tls=True serves HTTPS with the PKI's server certificate (localhost, 127.0.0.1)."""
         open(self.log, "w").close()
-        args = [PYTHON, BACKEND, "--log", self.log, "--port-file", self.port_file]
+        self.events_path = self.log + ".events"
+        open(self.events_path, "w").close()
+        self.tls = tls
+        args = [PYTHON, BACKEND, "--log", self.log, "--port-file", self.port_file,
+                "--events", self.events_path]
         if port:
             args += ["--port", str(port)]
+        if tls:
+            args += ["--tls-cert", pki("server-chain.pem"), "--tls-key", pki("server.key")]
         self.proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while not os.path.exists(self.port_file):
@@ -89,9 +97,23 @@ class Backend:
     def clear(self):
         open(self.log, "w").close()
 
+    def events(self):
+        """Connections the backend saw end: dicts with conn_id, requests, how."""
+        with open(self.events_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def wait_events(self, pred, timeout=5.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            got = [e for e in self.events() if pred(e)]
+            if got:
+                return got
+            time.sleep(0.05)
+        return []
+
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if getattr(self, 'tls', False) else 'http'}://127.0.0.1:{self.port}"
 
 
 class Certmapd:
@@ -203,6 +225,143 @@ def curl(url, cert=None, args=(), data=None, timeout=30):
     return status, p.stdout, p.stderr.decode("latin-1")
 
 
+def tls_connect(port, cert="good", timeout=10.0):
+    """A Python TLS client connection to certmapd, with client certificate <cert> (or None)."""
+    ctx = ssl.create_default_context(cafile=pki("root-ca.crt"))
+    if cert:
+        ctx.load_cert_chain(pki(f"{cert}.chain.pem"), pki(f"{cert}.key"))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+class Response:
+    def __init__(self, status, reason, headers, body):
+        self.status, self.reason, self.headers, self.body = status, reason, headers, body
+
+    def header(self, name):
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class Reader:
+    """Reads HTTP/1.1 responses from a socket, strictly: any framing error raises."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.eof = False
+
+    def _fill(self):
+        try:
+            data = self.sock.recv(65536)
+        except (ssl.SSLEOFError, ConnectionResetError):
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            if not self._fill():
+                raise EOFError("connection closed")
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def exactly(self, n):
+        while len(self.buf) < n:
+            if not self._fill():
+                raise EOFError("connection closed in a body")
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def response(self, head_request=False, interim=None):
+        """The next final response; 1xx interim responses are appended to <interim>."""
+        while True:
+            status_line = self.line().decode("latin-1")
+            m = re.match(r"HTTP/1\.[01] (\d{3}) ?(.*)$", status_line)
+            if not m:
+                raise ValueError(f"bad status line {status_line!r}")
+            headers = []
+            while True:
+                h = self.line()
+                if not h:
+                    break
+                k, _, v = h.decode("latin-1").partition(":")
+                headers.append((k.strip(), v.strip()))
+            status = int(m.group(1))
+            if 100 <= status < 200:
+                if interim is not None:
+                    interim.append(status)
+                continue
+            r = Response(status, m.group(2), headers, b"")
+            break
+        if head_request or status in (204, 304):
+            return r
+        te = r.header("transfer-encoding")
+        cl = r.header("content-length")
+        if te is not None:
+            if te.lower() != "chunked":
+                raise ValueError(f"unexpected Transfer-Encoding {te!r}")
+            parts = []
+            while True:
+                size = int(self.line().split(b";")[0], 16)
+                if size == 0:
+                    while self.line():
+                        pass
+                    break
+                parts.append(self.exactly(size))
+                if self.exactly(2) != b"\r\n":
+                    raise ValueError("chunk not followed by CRLF")
+            r.body = b"".join(parts)
+        elif cl is not None:
+            r.body = self.exactly(int(cl))
+        else:
+            while self._fill():
+                pass
+            r.body, self.buf = self.buf, b""
+        return r
+
+    def closed(self, timeout=5.0):
+        """True when the peer closes the connection (with nothing more sent) within <timeout>."""
+        self.sock.settimeout(timeout)
+        try:
+            while self._fill():
+                pass
+        except (socket.timeout, TimeoutError):
+            return False
+        except OSError:
+            return True
+        return True
+
+
+def request_bytes(method, target, headers=(), body=b""):
+    """A request in wire form: Host is added first unless <headers> has one."""
+    lines = [f"{method} {target} HTTP/1.1"]
+    if not any(k.lower() == "host" for k, _ in headers):
+        lines.append("Host: localhost")
+    lines += [f"{k}: {v}" for k, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def check(cond, msg):
     if not cond:
         raise AssertionError(msg)
@@ -221,8 +380,8 @@ class Env:
         self.backends = []
         self.daemons = []
 
-    def backend(self):
-        b = Backend(self.dir).start()
+    def backend(self, tls=False):
+        b = Backend(self.dir).start(tls=tls)
         self.backends.append(b)
         return b
 
