@@ -10,7 +10,8 @@
 #include <sys/socket.h>
 
 enum cert_mode { CERT_IGNORE = 0, CERT_ACCEPT, CERT_REQUIRE };
-enum map_source { MAP_SOURCE_LDAP = 0, MAP_SOURCE_LDIF };
+/* not "map_source": enum and struct tags share one namespace (mapping.h) */
+enum map_source_kind { MAP_SOURCE_LDAP = 0, MAP_SOURCE_LDIF };
 enum map_enforcement { ENFORCE_DISABLED = 0, ENFORCE_COMPATIBILITY = 1, ENFORCE_FULL = 2 };
 enum map_method { METHOD_SID = 0, METHOD_ALTSECID, METHOD_UPN, METHOD_DNS, METHOD_MAX };
 
@@ -70,7 +71,7 @@ struct conf {
     bool negotiate_at_handshake;
 
     /* [mapping] */
-    enum map_source map_source;
+    enum map_source_kind map_source;
     char *ldif_file;
     enum map_method methods[METHOD_MAX];
     size_t n_methods;

@@ -884,7 +884,7 @@ const size_t conf_n_keys = sizeof(conf_keys) / sizeof(conf_keys[0]);
 
 _Static_assert(sizeof(conf_keys) / sizeof(conf_keys[0]) <= CONF_KEYS_MAX, "raise CONF_KEYS_MAX");
 _Static_assert(sizeof(enum cert_mode) == sizeof(int), "enum fields are written as int");
-_Static_assert(sizeof(enum map_source) == sizeof(int), "enum fields are written as int");
+_Static_assert(sizeof(enum map_source_kind) == sizeof(int), "enum fields are written as int");
 _Static_assert(sizeof(enum map_enforcement) == sizeof(int), "enum fields are written as int");
 
 const char *conf_section_name(enum conf_section s)
