@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <time.h>
 
+#include <event2/event.h>
+
 #include "common/reason.h"
 #include "conf/conf.h"
 #include "tls/facts.h"
@@ -39,7 +41,9 @@ struct map_lookup {
     enum map_method method;
     const char *kind;            /* "sid", "altsecid", "upn", "dns" */
     const char *attr;            /* "objectSid", "altSecurityIdentities", "userPrincipalName", "dNSHostName" */
-    char **values;               /* as stored in AD, e.g. "X509:<I>DC=test,…<SR>1200…" */
+    char **values;               /* as stored in AD, e.g. "X509:<I>DC=test,…<SR>1200…";
+                                  * for objectSid the "S-1-…" text (the binary form can hold
+                                  * NULs), the filter carries the binary */
     enum map_strength *strength; /* per value */
     const char **labels;         /* per value: "altsecid:issuer-serial", "upn", … */
     size_t n_values;
@@ -55,8 +59,8 @@ struct map_plan {
 /* The outcome of mapping one certificate. */
 struct map_result {
     enum reason reason;          /* R_NONE: mapped */
-    char *upn, *dn, *sid, *sam;  /* the account (sam already "NETBIOS\\sam" where known) */
-    char *method;                /* the label that matched, e.g. "altsecid:issuer-serial" */
+    char *upn, *dn, *sid, *sam;  /* the account, R_NONE only (sam "NETBIOS\\sam" where known) */
+    char *method;                /* R_NONE only: the label that matched, "altsecid:issuer-serial" */
     char *detail;                /* one line for logs and `certmapd map` */
 };
 
@@ -109,7 +113,8 @@ struct map_waiter {
 };
 
 /* Looks up <key> (the certificate's SHA-256, hex). MC_HIT: copy in <out>.
- * MC_MISS_OWNER: the caller resolves and must call map_cache_put (or _abandon).
+ * MC_MISS_OWNER: the caller resolves and must call map_cache_put, always (even
+ * when its client went away: waiters are parked behind it).
  * MC_WAIT: another request resolves it; <w> is woken with the result. */
 enum map_cache_state map_cache_get(struct map_cache *mc, const char *key, struct map_result *out,
                                    struct map_waiter *w);
@@ -122,8 +127,16 @@ bool map_cache_unwait(struct map_cache *mc, const char *key, struct map_waiter *
 
 /* Per-worker mapper: the source, the shared cache, the configuration. */
 struct mapper;
+/* <mc> may be NULL (no cache). Returns NULL when out of memory. */
 struct mapper *mapper_new(const struct conf *c, struct map_source *src, struct map_cache *mc);
 void mapper_free(struct mapper *m);
+
+/* How a job parked behind another worker's lookup gets back to its own loop:
+ * <post> must run fn(fn_arg) soon on the mapper's thread (the proxy uses
+ * event_active). It is called from the resolving thread, and may not touch
+ * fn_arg itself. Unset: fn runs directly on the resolving thread (one thread only). */
+void mapper_set_post(struct mapper *m, void (*post)(void *post_arg, void (*fn)(void *), void *fn_arg),
+                     void *post_arg);
 
 /* One step of the decision, for `certmapd map`: lookup i, its filter, what came back. */
 typedef void (*map_trace_cb)(void *arg, const struct map_lookup *l, bool ok,
@@ -134,17 +147,23 @@ struct map_job;
 
 /* Maps <f>. Answered at once (cache hit, or nothing to look up): fills <now>
  * and returns NULL. Otherwise returns a job whose <cb> is called once, later.
- * <trace> may be NULL. <f> must outlive the job. */
+ * <trace> may be NULL. What the job needs of <f> is copied: <f> may go after the call. */
 struct map_job *map_job_start(struct mapper *m, const struct cert_facts *f, map_done_cb cb,
                               void *arg, map_trace_cb trace, struct map_result *now);
-/* Abandons a job whose cb has not been called; cb is never called after. */
+/* Abandons a job whose cb has not been called; cb is never called after. A
+ * lookup already running goes on and its result is still cached (and given to
+ * requests waiting for it); only <cb> is suppressed. */
 void map_job_cancel(struct map_job *j);
 
 /* ---- LDIF source (mapping/ldif.c) --------------------------------------------- */
 
 /* Loads AD-shaped entries from an LDIF file with libldap's LDIF reader.
+ * Searches answer from <base>'s loop (an activated event drains the pending
+ * searches), never from inside search(): one source per worker thread.
+ * <netbios> (may be NULL) is what netbios() answers; it is copied.
  * NULL + "FILE:LINE: reason" in <err> on failure. */
-struct map_source *map_ldif_open(const char *path, char *err, size_t errlen);
+struct map_source *map_ldif_open(const char *path, const char *netbios, struct event_base *base,
+                                 char *err, size_t errlen);
 void map_ldif_close(struct map_source *s);
 
 #endif

@@ -1,0 +1,47 @@
+/* mapping/ private: helpers shared by plan.c, judge.c, ldif.c, cache.c and
+ * resolve.c. Unit tests may include it; nothing outside mapping/ does. */
+#ifndef CM_MAPPING_INTERNAL_H
+#define CM_MAPPING_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mapping/mapping.h"
+
+/* KB5014754 "Certificate Backdating Registry Key" (CertificateBackdatingCompensation):
+ * without it the KDC allows 10 minutes, the time AD CS backdates notBefore by. */
+#define MAP_BACKDATING_ALLOWANCE_S 600
+
+/* "S-1-5-21-…" for the binary SID <p, n>: revision 1, sub-authority count,
+ * 48-bit big-endian authority, little-endian 32-bit sub-authorities. Returns
+ * a malloc'ed string, or NULL when <p, n> is not such a SID (or no memory). */
+char *map_sid_to_text(const unsigned char *p, size_t n);
+
+/* The binary form of the SID text <s> into <out> (at least 68 bytes); its
+ * length, or 0 when <s> is not "S-1-<authority>(-<sub>){1,15}" in decimal. */
+size_t map_sid_from_text(const char *s, unsigned char *out);
+
+/* Deep copy of <src> into <dst>; 0, or -1 (no memory: <dst> is left empty). */
+int map_entry_copy(struct map_entry *dst, const struct map_entry *src);
+
+/* True when <e> has a value that equals one of <l>'s values by AD's rules
+ * (case-insensitive, spaces significant; dNSHostName only on computers).
+ * <*strongest> gets the index of the strongest matching value. */
+bool map_entry_matches(const struct map_lookup *l, const struct map_entry *e, size_t *strongest);
+
+/* Whether the answer to lookup <i> settles the verdict, so that the lookups
+ * after it need not run: a strong match, an accepted weak one, or an
+ * ambiguous one. False when it found nothing or only a refused weak match. */
+bool map_judge_settles(const struct conf *c, const struct cert_facts *f, const struct map_plan *p,
+                       size_t i, const struct map_entry *entries, size_t n, time_t now);
+
+/* A cache with <shards> shards (1..16) and a clock in milliseconds (<clock>
+ * NULL: CLOCK_MONOTONIC), for tests that need to see eviction and expiry. */
+struct map_cache *map_cache_new_custom(size_t entries, uint64_t ttl_ms, uint64_t negative_ttl_ms,
+                                       size_t shards, uint64_t (*clock)(void *), void *clock_arg);
+
+/* Ready entries held (pending ones are not counted). */
+size_t map_cache_count(struct map_cache *mc);
+
+#endif
