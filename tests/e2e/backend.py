@@ -15,6 +15,8 @@ forwards untouched:
   abort=1      close the connection without answering
   status=N     answer with status N
   nolength=1   no Content-Length, no chunking: the close ends the body
+  hop=1        add hop-by-hop headers to the answer (Keep-Alive, Proxy-Connection,
+               a header named by Connection), which certmapd must drop
 With --tls-cert/--tls-key it serves HTTPS instead of plain HTTP. With
 --events it appends one JSON line per connection end ({"event": "closed",
 "conn_id", "requests", "how": "eof" | "eof_in_body" | ...}) so a test can prove
@@ -49,6 +51,7 @@ def pattern(n):
 
 class Handler(socketserver.StreamRequestHandler):
     rbufsize = 65536
+    disable_nagle_algorithm = True  # head and body are separate writes
 
     def read_head(self):
         lines = []
@@ -162,8 +165,13 @@ class Handler(socketserver.StreamRequestHandler):
                 out.append("Transfer-Encoding: chunked")
             else:
                 out.append(f"Content-Length: {len(body)}")
+            if q.get("hop") == "1":
+                out += ["Keep-Alive: timeout=99", "Proxy-Connection: keep-alive",
+                        "X-Hop-Secret: 1", "X-End-To-End: 1"]
             if close:
                 out.append("Connection: close")
+            if q.get("hop") == "1":
+                out.append("Connection: X-Hop-Secret")
             try:
                 self.wfile.write(("\r\n".join(out) + "\r\n\r\n").encode())
                 if send_body:
