@@ -472,6 +472,7 @@ void conf_free(struct conf *c)
     free(c->trusted_issuers);
     free(c->crl_file);
     free(c->ldif_file);
+    free(c->netbios_domain);
     for (size_t i = 0; i < c->n_ldap_uri; i++)
         free(c->ldap_uri[i]);
     free(c->base_dn);

@@ -79,6 +79,7 @@ struct conf {
     uint64_t cache_ttl_ms;
     uint64_t negative_cache_ttl_ms;
     size_t cache_entries;
+    char *netbios_domain;        /* NULL: the source's own (LDAP), or none (ldif) */
 
     /* [ldap] */
     char *ldap_uri[CONF_MAX_URIS];

@@ -830,6 +830,9 @@ const struct conf_key conf_keys[] = {
      .iis = "none"},
     {SEC_MAPPING, "cache_entries", kp_uint, F(cache_entries), .min = 1, .max = 100000000,
      .def = "100000", .help = "most identities kept in the cache", .iis = "none"},
+    {SEC_MAPPING, "netbios_domain", kp_string, F(netbios_domain),
+     .help = "NetBIOS domain for X-Remote-User-Sam (DOMAIN\\sam) when the source cannot tell",
+     .iis = "none (the domain's NetBIOS name)"},
 
     /* [ldap] */
     {SEC_LDAP, "uri", kp_uris, F(ldap_uri), .flags = CK_REPEATABLE,
