@@ -15,6 +15,9 @@ forwards untouched:
   abort=1      close the connection without answering
   status=N     answer with status N
   nolength=1   no Content-Length, no chunking: the close ends the body
+  dropnext=1   answer, then close this connection without answering when its
+               next request arrives (a server closing an idle connection just
+               as a client reuses it)
   hop=1        add hop-by-hop headers to the answer (Keep-Alive, Proxy-Connection,
                a header named by Connection), which certmapd must drop
 With --tls-cert/--tls-key it serves HTTPS instead of plain HTTP. With
@@ -112,6 +115,7 @@ class Handler(socketserver.StreamRequestHandler):
 
     def serve(self, conn_id, counter):
         served = 0
+        drop_next = False
         while True:
             try:
                 head = self.read_head()
@@ -119,6 +123,8 @@ class Handler(socketserver.StreamRequestHandler):
                 return "error"
             if not head:
                 return "eof"
+            if drop_next:
+                return "dropped"
             method, target, version = head[0].split(" ", 2)
             headers = []
             for line in head[1:]:
@@ -144,6 +150,7 @@ class Handler(socketserver.StreamRequestHandler):
                 time.sleep(float(q["delay"]))
             if q.get("abort") == "1":
                 return "abort"
+            drop_next = q.get("dropnext") == "1"
             status = int(q.get("status", "200"))
             close = q.get("close") == "1" or q.get("nolength") == "1"
             if "size" in q:

@@ -63,8 +63,9 @@ class Backend:
         self.proc = None
         self.port = None
 
-    def start(self, port=None, tls=False):
-        """tls=True serves HTTPS with the PKI's server certificate (localhost, 127.0.0.1)."""
+    def start(self, port=None, tls=False, host=None):
+        """tls=True serves HTTPS with the PKI's server certificate (localhost, 127.0.0.1);
+        <host> is another loopback address to listen on (default 127.0.0.1)."""
         open(self.log, "w").close()
         self.events_path = self.log + ".events"
         open(self.events_path, "w").close()
@@ -73,6 +74,8 @@ class Backend:
                 "--events", self.events_path]
         if port:
             args += ["--port", str(port)]
+        if host:
+            args += ["--host", host]
         if tls:
             args += ["--tls-cert", pki("server-chain.pem"), "--tls-key", pki("server.key")]
         self.proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
@@ -380,8 +383,8 @@ class Env:
         self.backends = []
         self.daemons = []
 
-    def backend(self, tls=False):
-        b = Backend(self.dir).start(tls=tls)
+    def backend(self, tls=False, host=None):
+        b = Backend(self.dir).start(tls=tls, host=host)
         self.backends.append(b)
         return b
 

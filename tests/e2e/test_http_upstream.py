@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""The upstream side end to end: backend down (502), backend too slow (504 on
+time), a pooled connection the backend closed (retried once for an idempotent
+request, never for a POST), and an https backend verified against
+[backend] ca_file and its name."""
+import time
+
+from harness import Reader, check, curl, eq, free_port, pki, request_bytes, run, tls_connect
+
+
+def test_backend_down_502(env):
+    d = env.certmapd(backend_url=f"http://127.0.0.1:{free_port()}")
+    status, body, _ = curl(d.base + "/x", cert="good")
+    eq(status, 502, "status")
+    log = d.wait_access(1)
+    eq(log[0]["reason"], "backend_unavailable", "reason")
+    eq(log[0]["status"], "502", "access log status")
+
+
+def test_read_timeout_504_on_time(env):
+    b = env.backend()
+    d = env.certmapd(b, {"backend": {"read_timeout": "1s"}})
+    t0 = time.time()
+    status, _, _ = curl(d.base + "/slow?delay=3", cert="good")
+    took = time.time() - t0
+    eq(status, 504, "status")
+    check(0.9 <= took < 2.5, f"504 after {took:.2f}s with read_timeout = 1s")
+    log = d.wait_access(1)
+    eq(log[0]["reason"], "backend_timeout", "reason")
+    # The timed-out backend connection is not reused: the next request gets a fresh one.
+    status, body, _ = curl(d.base + "/fast", cert="good")
+    eq(status, 200, "a request after the timeout")
+
+
+def test_stale_pooled_connection_retried(env):
+    b = env.backend()
+    d = env.certmapd(b, {"server": {"workers": "1"}})
+    s = tls_connect(d.port)
+    rd = Reader(s)
+    s.sendall(request_bytes("GET", "/first?dropnext=1"))
+    eq(rd.response().status, 200, "first request")
+    # The pooled connection now drops the next request it gets, without an answer.
+    s.sendall(request_bytes("GET", "/second"))
+    r = rd.response()
+    eq(r.status, 200, "the request sent on the stale connection, retried")
+    eq(r.json()["target"], "/second", "retried request")
+    reqs = b.requests()
+    eq([x["target"] for x in reqs], ["/first?dropnext=1", "/second"], "at the backend, once each")
+    check(reqs[0]["conn_id"] != reqs[1]["conn_id"], "retried on a new backend connection")
+    eq(len(d.wait_access(2)), 2, "access log lines")
+
+
+def test_stale_pooled_connection_post_not_retried(env):
+    b = env.backend()
+    d = env.certmapd(b, {"server": {"workers": "1"}})
+    s = tls_connect(d.port)
+    rd = Reader(s)
+    s.sendall(request_bytes("GET", "/first?dropnext=1"))
+    eq(rd.response().status, 200, "first request")
+    s.sendall(request_bytes("POST", "/second", [("Content-Length", "3")], b"abc"))
+    eq(rd.response().status, 502, "a POST is never sent twice")
+    eq([x["target"] for x in b.requests()], ["/first?dropnext=1"], "at the backend")
+
+
+def test_backend_restart_pool_recovers(env):
+    b = env.backend()
+    d = env.certmapd(b, {"server": {"workers": "1"}})
+    s = tls_connect(d.port)
+    rd = Reader(s)
+    s.sendall(request_bytes("GET", "/one"))
+    eq(rd.response().status, 200, "before the restart")
+    port = b.port
+    b.stop()  # closes the pooled connection
+    time.sleep(0.2)
+    b.start(port=port)
+    s.sendall(request_bytes("GET", "/two"))
+    eq(rd.response().status, 200, "after the restart")
+    eq([x["target"] for x in b.requests()], ["/two"], "at the restarted backend")
+
+
+def test_https_backend(env):
+    b = env.backend(tls=True)
+    d = env.certmapd(backend_url=f"https://localhost:{b.port}",
+                     sections={"backend": {"ca_file": pki("root-ca.crt")}})
+    s = tls_connect(d.port)
+    rd = Reader(s)
+    for i in range(3):
+        s.sendall(request_bytes("POST", f"/tls{i}", [("Content-Length", "4")], b"data"))
+        r = rd.response()
+        eq(r.status, 200, f"request {i}")
+        eq(r.json()["body_len"], 4, f"request {i}: body")
+    eq(len({x["conn_id"] for x in b.requests()}), 1, "one pooled TLS connection")
+    status, body, _ = curl(d.base + "/big?size=3000000", cert="good")
+    eq((status, len(body)), (200, 3000000), "a large answer over TLS both ways")
+
+
+def test_https_backend_wrong_ca_502(env):
+    b = env.backend(tls=True)
+    d = env.certmapd(backend_url=f"https://localhost:{b.port}",
+                     sections={"backend": {"ca_file": pki("other-root-ca.crt")}})
+    status, _, _ = curl(d.base + "/x", cert="good")
+    eq(status, 502, "status with a backend certificate from another CA")
+    check("certificate verify failed" in d.stderr(), "refused for its certificate")
+    eq(d.wait_access(1)[0]["reason"], "backend_unavailable", "reason")
+    eq(b.requests(), [], "nothing reached the backend")
+
+
+def test_https_backend_wrong_name_502(env):
+    # The certificate is for localhost and 127.0.0.1, not for 127.0.0.2 (loopback too).
+    b = env.backend(tls=True, host="127.0.0.2")
+    d = env.certmapd(backend_url=f"https://127.0.0.2:{b.port}",
+                     sections={"backend": {"ca_file": pki("root-ca.crt")}})
+    status, _, _ = curl(d.base + "/x", cert="good")
+    eq(status, 502, "status with a backend certificate for another name")
+    check("certificate verify failed" in d.stderr(), "refused for its certificate")
+    eq(b.requests(), [], "nothing reached the backend")
+
+
+if __name__ == "__main__":
+    run([v for k, v in sorted(globals().items()) if k.startswith("test_")])
