@@ -1,0 +1,4 @@
+# sourced by bench/run
+bench_mapping() {
+    put certmapd map_not_measured "pending"
+}

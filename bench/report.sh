@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# report.sh RESULTS.tsv OUTDIR MACHINE VERSIONS SIZES SMOKE: writes OUTDIR/latest.md
+# and OUTDIR/latest.png (gnuplot) from the "front figure value" lines bench/run
+# collected. Figures that are missing are shown as "—" and their goal as "not
+# measured", never guessed.
+set -euo pipefail
+RES=$1 OUT=$2 MACHINE=$3 VERSIONS=$4 SIZES=$5 SMOKE=$6
+
+get() { awk -F'\t' -v f="$1" -v k="$2" '$1 == f && $2 == k {v = $3} END {print v}' "$RES"; }
+# ratio A B: A/B with two decimals, or empty
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a != "" && b != "" && b + 0 > 0) printf "%.2f", a / b}'; }
+min2() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "") print b; else if (b == "") print a; else print (a + 0 < b + 0 ? a : b)}'; }
+show() { if [ -n "$1" ]; then printf '%s' "$1"; else printf '—'; fi; }
+
+MD=$OUT/latest.md
+DAT=$OUT/latest.dat
+{
+    echo "# certmapd vs nginx vs HAProxy: mutual-TLS front benchmark"
+    echo
+    [ "$SMOKE" = 1 ] && echo "**Smoke run: tiny counts, the figures mean nothing.**" && echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- Machine: $MACHINE"
+    echo "- Versions: $VERSIONS"
+    echo "- Set-up: each front with one worker pinned to core 0, bench/loadgen pinned to core 1"
+    echo "  (with the nginx \`return 200\` backend); ECDSA P-256 certificates from tests/pki/mkpki.sh,"
+    echo "  TLS 1.3, client chain leaf + issuing CA verified up to the root by every front."
+    echo "- Counts: $SIZES."
+    echo "- Server CPU = utime + stime of the front's processes from /proc/PID/stat over the phase,"
+    echo "  divided by the requests completed; RSS from /proc/PID/status. See bench/README.md."
+    echo
+    echo "## Server cost (lower is better)"
+    echo
+    echo "| figure | certmapd | nginx | HAProxy | certmapd/nginx | certmapd/HAProxy | goal (vs the better peer) | met |"
+    echo "|---|---|---|---|---|---|---|---|"
+} >"$MD"
+: >"$DAT"
+
+row() { # KEY LABEL GOAL(ratio or empty) PLOTLABEL
+    local c n h rn rh best rb goal met
+    c=$(get certmapd "$1") n=$(get nginx "$1") h=$(get haproxy "$1")
+    rn=$(ratio "$c" "$n") rh=$(ratio "$c" "$h")
+    best=$(min2 "$n" "$h")
+    rb=$(ratio "$c" "$best")
+    if [ -z "$3" ]; then
+        goal="—" met="—"
+    else
+        goal="≤ $3×"
+        if [ -z "$rb" ]; then
+            met="not measured"
+        elif awk -v r="$rb" -v g="$3" 'BEGIN {exit !(r <= g)}'; then
+            met="**yes** ($rb×)"
+        else
+            met="**no** ($rb×)"
+        fi
+    fi
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$2" "$(show "$c")" "$(show "$n")" \
+        "$(show "$h")" "$(show "$rn")" "$(show "$rh")" "$goal" "$met" >>"$MD"
+    printf '"%s" %s %s %s\n' "$4" "${rn:-0}" "${rh:-0}" "${3:-0}" >>"$DAT"
+}
+row hs_cpu_us "server CPU per full mTLS handshake + 1 proxied request (µs)" 0.5 "full handshake"
+row res_cpu_us "server CPU per resumed handshake + 1 proxied request (µs)" "" "resumed handshake"
+row ka_cpu_us "server CPU per keep-alive proxied request (µs)" 0.7 "keep-alive request"
+row idle_kib "RSS per idle mTLS connection (KiB)" 0.33 "idle connection RSS"
+
+MAP=$(get certmapd map_per_s)
+MAPWHY=$(get certmapd map_not_measured)
+{
+    echo
+    if [ -n "$MAP" ]; then
+        echo "New certificates mapped per second against Samba AD (each a cache miss, certmapd only):"
+        echo "**$MAP/s** over $(get certmapd map_requests) distinct certificates," \
+            "server CPU $(show "$(get certmapd map_cpu_us)") µs each," \
+            "latency p50 $(show "$(get certmapd map_p50_us)") µs, p99 $(show "$(get certmapd map_p99_us)") µs."
+    else
+        echo "New certificates mapped per second against Samba AD: not measured: ${MAPWHY:-no result}."
+    fi
+    echo
+    echo "## What the client saw (bench/loadgen on one core; it may be the bottleneck)"
+    echo
+    echo "| phase | front | requests | req/s | p50 µs | p99 µs | errors | resumed |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for ph in hs res ka; do
+        for f in certmapd nginx haproxy; do
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$ph" "$f" \
+                "$(show "$(get $f ${ph}_requests)")" "$(show "$(get $f ${ph}_rps)")" \
+                "$(show "$(get $f ${ph}_p50_us)")" "$(show "$(get $f ${ph}_p99_us)")" \
+                "$(show "$(get $f ${ph}_errors)")" "$(show "$(get $f ${ph}_resumed)")"
+        done
+    done
+    echo
+    echo "Idle connections: RSS before → while held (KiB):"
+    for f in certmapd nginx haproxy; do
+        echo "- $f: $(show "$(get $f idle_rss_base_kib)") → $(show "$(get $f idle_rss_held_kib)")" \
+            "with $(show "$(get $f idle_conns)") connections"
+    done
+    echo
+    echo "Chart: [latest.png](latest.png) (certmapd's ratios to each peer; below the goal line is a goal met)."
+} >>"$MD"
+
+if command -v gnuplot >/dev/null; then
+    gnuplot <<EOF || echo "report.sh: gnuplot failed, no chart" >&2
+set terminal pngcairo size 900,500 font "sans,10"
+set output "$OUT/latest.png"
+set title "certmapd relative to nginx and HAProxy (1.0 = same; lower is better)"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set boxwidth 0.9
+set yrange [0:*]
+set grid ytics
+set ylabel "certmapd / peer"
+set key top left
+plot "$DAT" using 2:xtic(1) title "certmapd / nginx" lc rgb "#4a7fb5", \
+     "" using 3 title "certmapd / HAProxy" lc rgb "#e08a2c", \
+     "" using (\$4 > 0 ? \$4 : 1/0) with points pt 7 ps 1.5 lc rgb "#c0392b" title "goal (vs the better peer)"
+EOF
+fi
