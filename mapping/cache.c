@@ -49,12 +49,16 @@ static uint64_t monotonic_ms(void *arg)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* FNV-1a: keys are hex digests already, any spreading hash will do. */
+/* FNV-1a, then a 64-bit finalizer so that keys differing in their last
+ * characters still spread over shards (high bits) and buckets (low bits). */
 static uint64_t key_hash(const char *key)
 {
     uint64_t h = 1469598103934665603ull;
     for (; *key != '\0'; key++)
         h = (h ^ (unsigned char)*key) * 1099511628211ull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
     return h;
 }
 
