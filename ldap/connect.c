@@ -1,0 +1,263 @@
+/* Connecting to a domain controller: TCP, TLS (LDAPS, or StartTLS on ldap://,
+ * never a bind in clear), server certificate verified against [ldap] ca_file,
+ * simple bind as the service account. Synchronous: runs in dir.c's connector
+ * thread and in dir_check(), never on a worker's loop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "ldap/dir.h"
+#include "ldap/internal.h"
+
+/* A password file is a few dozen bytes; anything large is a wrong path. */
+#define PASSWORD_FILE_MAX 4096
+
+char *dir_password_read(const char *path, size_t *len, char *err, size_t errlen)
+{
+    int fd = -1;
+    char *buf = NULL;
+    size_t n = 0;
+    struct stat st;
+
+    if (path == NULL || *path == '\0') {
+        snprintf(err, errlen, "[ldap] bind_password_file is not set");
+        goto fail;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "[ldap] bind_password_file \"%s\": %s", path, strerror(errno));
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "[ldap] bind_password_file \"%s\": not a regular file", path);
+        goto fail;
+    }
+    buf = malloc(PASSWORD_FILE_MAX + 1);
+    if (buf == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (;;) {
+        ssize_t r = read(fd, buf + n, PASSWORD_FILE_MAX + 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            snprintf(err, errlen, "[ldap] bind_password_file \"%s\": %s", path, strerror(errno));
+            goto fail;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+        if (n > PASSWORD_FILE_MAX) {
+            snprintf(err, errlen, "[ldap] bind_password_file \"%s\": longer than %d bytes", path,
+                     PASSWORD_FILE_MAX);
+            goto fail;
+        }
+    }
+    /* Editors add a newline; the password never ends with one. */
+    if (n > 0 && buf[n - 1] == '\n')
+        n--;
+    if (n > 0 && buf[n - 1] == '\r')
+        n--;
+    /* An empty password turns a simple bind into an anonymous one (RFC 4513 5.1.2). */
+    if (n == 0) {
+        snprintf(err, errlen, "[ldap] bind_password_file \"%s\": empty", path);
+        goto fail;
+    }
+    if (memchr(buf, '\0', n) != NULL) {
+        snprintf(err, errlen, "[ldap] bind_password_file \"%s\": NUL byte in the password", path);
+        goto fail;
+    }
+    buf[n] = '\0';
+    close(fd);
+    *len = n;
+    return buf;
+fail:
+    if (buf != NULL)
+        dir_password_free(buf, PASSWORD_FILE_MAX + 1);
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+void dir_password_free(char *pw, size_t len)
+{
+    if (pw == NULL)
+        return;
+    explicit_bzero(pw, len);
+    free(pw);
+}
+
+void dir_ld_error(LDAP *ld, int rc, const char *what, char *err, size_t errlen)
+{
+    char *diag = NULL;
+    if (ld != NULL)
+        ldap_get_option(ld, LDAP_OPT_DIAGNOSTIC_MESSAGE, &diag);
+    snprintf(err, errlen, "%s: %s (%d)%s%s", what, ldap_err2string(rc), rc,
+             diag != NULL && *diag != '\0' ? "; " : "", diag != NULL ? diag : "");
+    ldap_memfree(diag);
+}
+
+/* Options every connection gets; the TLS context is built from them last. */
+static int set_options(LDAP *ld, const struct conf *c, const char *uri, char *err, size_t errlen)
+{
+    int v3 = LDAP_VERSION3, hard = LDAP_OPT_X_TLS_HARD, tls12 = LDAP_OPT_X_TLS_PROTOCOL_TLS1_2;
+    int client = 0, idle = 60, probes = 3, interval = 10;
+    uint64_t ms = c->ldap_timeout_ms ? c->ldap_timeout_ms : 5000;
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    const char *what = "";
+
+    /* Referrals would make libldap bind anonymously to other servers, blocking. */
+    if (ldap_set_option(ld, LDAP_OPT_PROTOCOL_VERSION, &v3) != LDAP_OPT_SUCCESS ||
+        ldap_set_option(ld, LDAP_OPT_REFERRALS, LDAP_OPT_OFF) != LDAP_OPT_SUCCESS ||
+        ldap_set_option(ld, LDAP_OPT_NETWORK_TIMEOUT, &tv) != LDAP_OPT_SUCCESS ||
+        ldap_set_option(ld, LDAP_OPT_TIMEOUT, &tv) != LDAP_OPT_SUCCESS) {
+        what = "protocol options";
+        goto fail;
+    }
+    /* dir.c unregisters the socket from its loop before libldap closes it. */
+    if (ldap_set_option(ld, LDAP_OPT_KEEPCONN, LDAP_OPT_ON) != LDAP_OPT_SUCCESS) {
+        what = "keep connection option";
+        goto fail;
+    }
+    /* A DC that vanished without a FIN is noticed within a few minutes of idleness. */
+    ldap_set_option(ld, LDAP_OPT_X_KEEPALIVE_IDLE, &idle);
+    ldap_set_option(ld, LDAP_OPT_X_KEEPALIVE_PROBES, &probes);
+    ldap_set_option(ld, LDAP_OPT_X_KEEPALIVE_INTERVAL, &interval);
+    if (c->ldap_ca_file != NULL &&
+        ldap_set_option(ld, LDAP_OPT_X_TLS_CACERTFILE, c->ldap_ca_file) != LDAP_OPT_SUCCESS) {
+        what = "ca_file";
+        goto fail;
+    }
+    if (ldap_set_option(ld, LDAP_OPT_X_TLS_REQUIRE_CERT, &hard) != LDAP_OPT_SUCCESS ||
+        ldap_set_option(ld, LDAP_OPT_X_TLS_PROTOCOL_MIN, &tls12) != LDAP_OPT_SUCCESS) {
+        what = "TLS options";
+        goto fail;
+    }
+    if (ldap_set_option(ld, LDAP_OPT_X_TLS_NEWCTX, &client) != LDAP_OPT_SUCCESS) {
+        snprintf(err, errlen, "ldap: %s: cannot set up TLS (is [ldap] ca_file \"%s\" a PEM file?)",
+                 uri, c->ldap_ca_file ? c->ldap_ca_file : "(libldap default)");
+        return -1;
+    }
+    return 0;
+fail:
+    snprintf(err, errlen, "ldap: %s: cannot set %s", uri, what);
+    return -1;
+}
+
+LDAP *dir_connect_bind(const struct conf *c, const char *uri, const char *pw, size_t pwlen,
+                       char *err, size_t errlen)
+{
+    LDAP *ld = NULL;
+    char what[512];
+    int rc;
+
+    if (strncasecmp(uri, "ldaps://", 8) != 0 && strncasecmp(uri, "ldap://", 7) != 0) {
+        snprintf(err, errlen, "ldap: %s: not an ldaps:// or ldap:// URI", uri);
+        goto fail;
+    }
+    rc = ldap_initialize(&ld, uri);
+    if (rc != LDAP_SUCCESS) {
+        snprintf(err, errlen, "ldap: %s: %s (%d)", uri, ldap_err2string(rc), rc);
+        goto fail;
+    }
+    if (set_options(ld, c, uri, err, errlen) != 0)
+        goto fail;
+    /* Connects, and for ldaps:// completes the TLS handshake and name check. */
+    rc = ldap_connect(ld);
+    if (rc != LDAP_SUCCESS) {
+        snprintf(what, sizeof what, "ldap: cannot connect to %s", uri);
+        dir_ld_error(ld, rc, what, err, errlen);
+        goto fail;
+    }
+    if (strncasecmp(uri, "ldap://", 7) == 0) {
+        rc = ldap_start_tls_s(ld, NULL, NULL);
+        if (rc != LDAP_SUCCESS) {
+            snprintf(what, sizeof what, "ldap: StartTLS with %s failed", uri);
+            dir_ld_error(ld, rc, what, err, errlen);
+            goto fail;
+        }
+    }
+    struct berval cred = {.bv_len = pwlen, .bv_val = (char *)(uintptr_t)pw};
+    rc = ldap_sasl_bind_s(ld, c->bind_dn, LDAP_SASL_SIMPLE, &cred, NULL, NULL, NULL);
+    if (rc != LDAP_SUCCESS) {
+        snprintf(what, sizeof what, "ldap: bind as %s failed", c->bind_dn ? c->bind_dn : "");
+        dir_ld_error(ld, rc, what, err, errlen);
+        size_t used = strlen(err);
+        if (used < errlen)
+            snprintf(err + used, errlen - used, " (%s)", uri);
+        goto fail;
+    }
+    return ld;
+fail:
+    if (ld != NULL)
+        ldap_unbind_ext(ld, NULL, NULL);
+    return NULL;
+}
+
+LDAP *dir_connect_any(const struct conf *c, const char *pw, size_t pwlen, size_t *which,
+                      char *err, size_t errlen)
+{
+    size_t used = 0;
+    char one[1024];
+
+    if (errlen > 0)
+        err[0] = '\0';
+    for (size_t i = 0; i < c->n_ldap_uri; i++) {
+        LDAP *ld = dir_connect_bind(c, c->ldap_uri[i], pw, pwlen, one, sizeof one);
+        if (ld != NULL) {
+            *which = i;
+            return ld;
+        }
+        if (used < errlen) {
+            int n = snprintf(err + used, errlen - used, "%s%s", used ? "; " : "", one);
+            used += n > 0 ? (size_t)n : 0;
+        }
+    }
+    if (c->n_ldap_uri == 0)
+        snprintf(err, errlen, "ldap: no [ldap] uri");
+    return NULL;
+}
+
+int dir_check(const struct conf *c, char *err, size_t errlen)
+{
+    char *pw = NULL;
+    size_t pwlen = 0, which = 0;
+    LDAP *ld = NULL;
+    int ret = -1;
+
+    if (c->bind_dn == NULL || c->base_dn == NULL) {
+        snprintf(err, errlen, "ldap: [ldap] bind_dn and base_dn are required");
+        goto fail;
+    }
+    pw = dir_password_read(c->bind_password_file, &pwlen, err, errlen);
+    if (pw == NULL)
+        goto fail;
+    ld = dir_connect_any(c, pw, pwlen, &which, err, errlen);
+    if (ld == NULL)
+        goto fail;
+    /* A wrong base_dn would otherwise show up later as "no mapping" for everyone. */
+    char *attrs[] = {LDAP_NO_ATTRS, NULL};
+    LDAPMessage *res = NULL;
+    int rc = ldap_search_ext_s(ld, c->base_dn, LDAP_SCOPE_BASE, "(objectClass=*)", attrs, 0, NULL,
+                               NULL, NULL, 1, &res);
+    ldap_msgfree(res);
+    if (rc != LDAP_SUCCESS) {
+        char what[600];
+        snprintf(what, sizeof what, "ldap: base_dn \"%s\" on %s", c->base_dn, c->ldap_uri[which]);
+        dir_ld_error(ld, rc, what, err, errlen);
+        goto fail;
+    }
+    ret = 0;
+fail:
+    if (ld != NULL)
+        ldap_unbind_ext(ld, NULL, NULL);
+    dir_password_free(pw, pwlen);
+    return ret;
+}
