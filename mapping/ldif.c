@@ -42,13 +42,14 @@ struct ldif_src {
     struct pending *head, *tail;
 };
 
-static void fail_at(char *err, size_t errlen, const char *path, unsigned long line,
-                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static void fail_at(char *err, size_t errlen, const char *path, unsigned long line,
-                    const char *fmt, ...)
+static void fail_at(char *err, size_t errlen, const char *path, unsigned long line, const char *fmt,
+                    ...) __attribute__((format(printf, 5, 6)));
+static void fail_at(char *err, size_t errlen, const char *path, unsigned long line, const char *fmt,
+                    ...)
 {
     va_list ap;
-    int n = line ? snprintf(err, errlen, "%s:%lu: ", path, line) : snprintf(err, errlen, "%s: ", path);
+    int n =
+        line ? snprintf(err, errlen, "%s:%lu: ", path, line) : snprintf(err, errlen, "%s: ", path);
 
     if (n < 0 || (size_t)n >= errlen)
         return;
@@ -65,10 +66,12 @@ static bool text_ok(const struct berval *v)
 
     while (i < v->bv_len) {
         unsigned char c = p[i];
-        size_t k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 :
-                                  (c & 0xF8) == 0xF0 ? 4 : 0;
-        if (c == 0 || k == 0 || (k == 2 && c < 0xC2) || (k == 4 && c > 0xF4) ||
-            i + k > v->bv_len)
+        size_t k = c < 0x80             ? 1
+                   : (c & 0xE0) == 0xC0 ? 2
+                   : (c & 0xF0) == 0xE0 ? 3
+                   : (c & 0xF8) == 0xF0 ? 4
+                                        : 0;
+        if (c == 0 || k == 0 || (k == 2 && c < 0xC2) || (k == 4 && c > 0xF4) || i + k > v->bv_len)
             return false;
         for (size_t j = 1; j < k; j++)
             if ((p[i + j] & 0xC0) != 0x80)

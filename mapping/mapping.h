@@ -135,8 +135,8 @@ void mapper_free(struct mapper *m);
  * <post> must run fn(fn_arg) soon on the mapper's thread (the proxy uses
  * event_active). It is called from the resolving thread, and may not touch
  * fn_arg itself. Unset: fn runs directly on the resolving thread (one thread only). */
-void mapper_set_post(struct mapper *m, void (*post)(void *post_arg, void (*fn)(void *), void *fn_arg),
-                     void *post_arg);
+typedef void (*map_post_fn)(void *post_arg, void (*fn)(void *), void *fn_arg);
+void mapper_set_post(struct mapper *m, map_post_fn post, void *post_arg);
 
 /* One step of the decision, for `certmapd map`: lookup i, its filter, what came back. */
 typedef void (*map_trace_cb)(void *arg, const struct map_lookup *l, bool ok,

@@ -33,8 +33,8 @@ char *map_sid_to_text(const unsigned char *p, size_t n)
     len = (size_t)snprintf(buf, sizeof(buf), "S-1-%" PRIu64, auth);
     for (size_t i = 0; i < count; i++) {
         const unsigned char *s = p + 8 + 4 * i;
-        uint32_t v = (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 |
-                     (uint32_t)s[3] << 24;
+        uint32_t v =
+            (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24;
         len += (size_t)snprintf(buf + len, sizeof(buf) - len, "-%" PRIu32, v);
     }
     return strdup(buf);
@@ -185,8 +185,8 @@ static int build_filter(struct map_lookup *l)
     char *f = NULL;
     size_t len = 0;
     int rc = -1;
-    const char *head = l->method == METHOD_DNS ? "(&" ACCOUNTS "(objectClass=computer)"
-                                               : "(&" ACCOUNTS;
+    const char *head =
+        l->method == METHOD_DNS ? "(&" ACCOUNTS "(objectClass=computer)" : "(&" ACCOUNTS;
 
     if (append(&f, &len, head, strlen(head)) != 0)
         goto fail;
@@ -240,8 +240,8 @@ static int plan_method(enum map_method method, const struct cert_facts *f, struc
                         f->serial_rev);
         if (f->ski != NULL)
             rc |= add_value(l, S, "altsecid:ski", "X509:<SKI>", f->ski, NULL, NULL);
-        rc |= add_value(l, S, "altsecid:sha1-pukey", "X509:<SHA1-PUKEY>", f->pubkey_sha1, NULL,
-                        NULL);
+        rc |=
+            add_value(l, S, "altsecid:sha1-pukey", "X509:<SHA1-PUKEY>", f->pubkey_sha1, NULL, NULL);
         /* An empty subject names nobody: no subject forms for it. */
         if (f->subject_asi[0] != '\0') {
             rc |= add_value(l, W, "altsecid:issuer-subject", "X509:<I>", f->issuer_asi, "<S>",

@@ -12,7 +12,7 @@ struct mapper {
     const struct conf *c;
     struct map_source *src;
     struct map_cache *mc;
-    void (*post)(void *post_arg, void (*fn)(void *), void *fn_arg);
+    map_post_fn post;
     void *post_arg;
 };
 
@@ -29,7 +29,7 @@ struct map_job {
     struct map_plan plan;
     struct map_entry **answers; /* per lookup, copies */
     size_t *n_answers;
-    size_t next;                /* the lookup running, or to run */
+    size_t next; /* the lookup running, or to run */
     void *handle;
     struct map_waiter w;
 };
@@ -50,8 +50,7 @@ void mapper_free(struct mapper *m)
     free(m);
 }
 
-void mapper_set_post(struct mapper *m, void (*post)(void *post_arg, void (*fn)(void *), void *fn_arg),
-                     void *post_arg)
+void mapper_set_post(struct mapper *m, map_post_fn post, void *post_arg)
 {
     m->post = post;
     m->post_arg = post_arg;
@@ -95,8 +94,8 @@ static void owner_finish(struct map_job *j, struct map_result *res)
 
 static void judge_now(struct map_job *j, struct map_result *res)
 {
-    const char *netbios = j->m->src && j->m->src->netbios ? j->m->src->netbios(j->m->src->ctx)
-                                                         : NULL;
+    const char *netbios =
+        j->m->src && j->m->src->netbios ? j->m->src->netbios(j->m->src->ctx) : NULL;
     map_judge(j->m->c, &j->f, &j->plan, j->answers, j->n_answers, netbios, time(NULL), res);
 }
 
@@ -105,8 +104,7 @@ static void on_answer(void *arg, bool ok, struct map_entry *entries, size_t n);
 /* Starts lookup j->next; false when the source could not start it. */
 static bool start_lookup(struct map_job *j)
 {
-    j->handle =
-        j->m->src->search(j->m->src->ctx, &j->plan.lookups[j->next], on_answer, j);
+    j->handle = j->m->src->search(j->m->src->ctx, &j->plan.lookups[j->next], on_answer, j);
     return j->handle != NULL;
 }
 
@@ -139,9 +137,8 @@ static void on_answer(void *arg, bool ok, struct map_entry *entries, size_t n)
         }
     }
     j->next++;
-    if (j->next < j->plan.n &&
-        !map_judge_settles(j->m->c, &j->f, &j->plan, i, j->answers[i], j->n_answers[i],
-                           time(NULL))) {
+    if (j->next < j->plan.n && !map_judge_settles(j->m->c, &j->f, &j->plan, i, j->answers[i],
+                                                  j->n_answers[i], time(NULL))) {
         if (start_lookup(j))
             return;
         result_reason(&res, R_DIRECTORY_UNAVAILABLE, "the directory search could not start");

@@ -164,9 +164,8 @@ static void *flight_thread(void *arg)
     case MC_MISS_OWNER:
         atomic_fetch_add(&fl->owners, 1);
         /* let the others queue up behind this lookup (a hit is fine too) */
-        for (int i = 0; i < 2000 && atomic_load(&fl->waiting) + atomic_load(&fl->hits) <
-                                        THREADS - 1;
-             i++)
+        for (int i = 0;
+             i < 2000 && atomic_load(&fl->waiting) + atomic_load(&fl->hits) < THREADS - 1; i++)
             usleep(1000);
         result(&r, R_NONE, "CN=flight");
         map_cache_put(fl->mc, "FLIGHT", &r);
@@ -179,8 +178,7 @@ static void *flight_thread(void *arg)
         while (!x.woken)
             pthread_cond_wait(&x.cond, &x.lock);
         pthread_mutex_unlock(&x.lock);
-        if (x.w.result.reason == R_NONE && x.w.result.dn &&
-            strcmp(x.w.result.dn, "CN=flight") == 0)
+        if (x.w.result.reason == R_NONE && x.w.result.dn && strcmp(x.w.result.dn, "CN=flight") == 0)
             atomic_fetch_add(&fl->got, 1);
         map_result_purge(&x.w.result);
         break;

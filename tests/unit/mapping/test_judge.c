@@ -98,9 +98,8 @@ static void test_strong(void **state)
     assert_string_equal(x->r.sid, "S-1-5-21-1-2-3-1104");
     assert_string_equal(x->r.sam, "CORP\\alice");
     assert_string_equal(x->r.method, "altsecid:issuer-serial");
-    assert_string_equal(x->r.detail,
-                        "mapped CN=alice,CN=Users,DC=corp,DC=example,DC=test by "
-                        "altsecid:issuer-serial (strong)");
+    assert_string_equal(x->r.detail, "mapped CN=alice,CN=Users,DC=corp,DC=example,DC=test by "
+                                     "altsecid:issuer-serial (strong)");
 
     /* no NetBIOS name known: the bare sAMAccountName */
     assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_UPN, &a, 1, 0, NULL),
@@ -108,12 +107,14 @@ static void test_strong(void **state)
     assert_string_equal(x->r.sam, "alice");
 
     /* AD compares case-insensitively... */
-    a.altsecids[0] = "x509:<i>dc=test,dc=example,dc=corp,cn=corp issuing ca<sr>1200000000ac11000000002b";
+    a.altsecids[0] =
+        "x509:<i>dc=test,dc=example,dc=corp,cn=corp issuing ca<sr>1200000000ac11000000002b";
     assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_UPN, &a, 1, 0, NULL),
                      R_NONE);
     /* ...but spaces count: an entry the directory returned that does not
      * really hold the value is not trusted */
-    a.altsecids[0] = "X509:<I>DC=test, DC=example, DC=corp, CN=Corp Issuing CA<SR>1200000000AC11000000002B";
+    a.altsecids[0] =
+        "X509:<I>DC=test, DC=example, DC=corp, CN=Corp Issuing CA<SR>1200000000AC11000000002B";
     assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_UPN, &a, 1, 0, NULL),
                      R_NO_MAPPING);
     assert_non_null(strstr(x->r.detail, "no account has altSecurityIdentities X509:<I>"));
@@ -143,8 +144,7 @@ static void test_ambiguous(void **state)
         account("CN=strong,DC=corp", "strong", NULL, NULL, GOOD_SR, 0),
     };
     assert_int_equal(
-        judge(x, "good", ENFORCE_DISABLED, METHOD_ALTSECID, METHOD_UPN, mixed, 2, 0, NULL),
-        R_NONE);
+        judge(x, "good", ENFORCE_DISABLED, METHOD_ALTSECID, METHOD_UPN, mixed, 2, 0, NULL), R_NONE);
     assert_string_equal(x->r.dn, "CN=strong,DC=corp");
 
     /* two weak accounts, where weak ones count: ambiguous */
@@ -161,8 +161,8 @@ static void test_ambiguous(void **state)
 static void test_weak_by_enforcement(void **state)
 {
     struct fixture *x = *state;
-    struct map_entry u = account("CN=alice,DC=corp", "alice", "Alice@Corp.Example.Test", NULL,
-                                 NULL, 1);
+    struct map_entry u =
+        account("CN=alice,DC=corp", "alice", "Alice@Corp.Example.Test", NULL, NULL, 1);
 
     assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_UPN, &u, 1, 1, NULL),
                      R_WEAK_MAPPING);
@@ -181,17 +181,17 @@ static void test_weak_by_enforcement(void **state)
         time_t created;
         enum reason want;
     } cases[] = {
-        {nb - 86400, R_NONE},                          /* account older than the certificate */
-        {nb, R_NONE},                                  /* same second */
-        {nb + MAP_BACKDATING_ALLOWANCE_S, R_NONE},     /* within the allowance */
+        {nb - 86400, R_NONE},                      /* account older than the certificate */
+        {nb, R_NONE},                              /* same second */
+        {nb + MAP_BACKDATING_ALLOWANCE_S, R_NONE}, /* within the allowance */
         {nb + MAP_BACKDATING_ALLOWANCE_S + 1, R_WEAK_MAPPING}, /* certificate is older */
-        {0, R_WEAK_MAPPING},                           /* creation unknown: cannot show it */
+        {0, R_WEAK_MAPPING}, /* creation unknown: cannot show it */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         u.when_created = cases[i].created;
-        assert_int_equal(judge(x, "good", ENFORCE_COMPATIBILITY, METHOD_UPN, METHOD_MAX, &u, 1, 0,
-                               NULL),
-                         cases[i].want);
+        assert_int_equal(
+            judge(x, "good", ENFORCE_COMPATIBILITY, METHOD_UPN, METHOD_MAX, &u, 1, 0, NULL),
+            cases[i].want);
     }
     /* the allowance matters only in compatibility mode */
     assert_int_equal(judge(x, "good", ENFORCE_DISABLED, METHOD_UPN, METHOD_MAX, &u, 1, 0, NULL),
@@ -202,8 +202,8 @@ static void test_weak_by_enforcement(void **state)
 static void test_weak_then_strong(void **state)
 {
     struct fixture *x = *state;
-    struct map_entry u = account("CN=other,DC=corp", "other", "alice@corp.example.test", NULL,
-                                 NULL, 1);
+    struct map_entry u =
+        account("CN=other,DC=corp", "other", "alice@corp.example.test", NULL, NULL, 1);
     struct map_entry a = account("CN=alice,DC=corp", "alice", NULL, NULL, GOOD_SR, 1);
 
     x->f = pki_facts("good");
@@ -233,22 +233,19 @@ static void test_sid_mismatch(void **state)
     struct map_entry u = account("CN=sidalice,DC=corp", "sidalice", "sidalice@corp.example.test",
                                  "S-1-5-21-436880987-830612363-2677326092-1199", NULL, 1);
 
-    assert_int_equal(
-        judge(x, "sid", ENFORCE_COMPATIBILITY, METHOD_UPN, METHOD_MAX, &u, 1, 0, NULL),
-        R_SID_MISMATCH);
+    assert_int_equal(judge(x, "sid", ENFORCE_COMPATIBILITY, METHOD_UPN, METHOD_MAX, &u, 1, 0, NULL),
+                     R_SID_MISMATCH);
     assert_non_null(strstr(x->r.detail, "S-1-5-21-436880987-830612363-2677326092-1199"));
     /* enforcement disabled: the SID extension is not checked (KB5014754 mode 0) */
     assert_int_equal(judge(x, "sid", ENFORCE_DISABLED, METHOD_UPN, METHOD_MAX, &u, 1, 0, NULL),
                      R_NONE);
     /* an account without objectSid cannot show it is the SID's */
     u.sid = NULL;
-    assert_int_equal(
-        judge(x, "sid", ENFORCE_COMPATIBILITY, METHOD_UPN, METHOD_MAX, &u, 1, 0, NULL),
-        R_SID_MISMATCH);
+    assert_int_equal(judge(x, "sid", ENFORCE_COMPATIBILITY, METHOD_UPN, METHOD_MAX, &u, 1, 0, NULL),
+                     R_SID_MISMATCH);
     /* equal SID (any case): mapped, strongly by the SID lookup */
     u.sid = "s-1-5-21-436880987-830612363-2677326092-1102";
-    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_SID, METHOD_UPN, &u, 1, 0, NULL),
-                     R_NONE);
+    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_SID, METHOD_UPN, &u, 1, 0, NULL), R_NONE);
     assert_string_equal(x->r.method, "sid");
 }
 

@@ -41,8 +41,14 @@ static void lookup(struct map_source *s, struct event_base *base, enum map_metho
     char *values[1] = {(char *)(uintptr_t)value};
     enum map_strength st[1] = {MAP_WEAK};
     const char *labels[1] = {"x"};
-    struct map_lookup l = {.method = m, .kind = "x", .attr = attr, .values = values,
-                           .strength = st, .labels = labels, .n_values = 1, .filter = NULL};
+    struct map_lookup l = {.method = m,
+                           .kind = "x",
+                           .attr = attr,
+                           .values = values,
+                           .strength = st,
+                           .labels = labels,
+                           .n_values = 1,
+                           .filter = NULL};
 
     map_entry_purge(&a->first);
     memset(a, 0, sizeof(*a));
@@ -57,7 +63,8 @@ static void test_load_and_match(void **state)
 {
     struct event_base *base = event_base_new();
     char err[512] = "";
-    struct map_source *s = map_ldif_open(data_path("ad-users.ldif"), "CORP", base, err, sizeof(err));
+    struct map_source *s =
+        map_ldif_open(data_path("ad-users.ldif"), "CORP", base, err, sizeof(err));
     struct answer a = {0};
 
     (void)state;
@@ -128,8 +135,13 @@ static void test_cancel(void **state)
     char *values[1] = {"alice@corp.example.test"};
     enum map_strength st[1] = {MAP_WEAK};
     const char *labels[1] = {"upn"};
-    struct map_lookup l = {.method = METHOD_UPN, .kind = "upn", .attr = "userPrincipalName",
-                           .values = values, .strength = st, .labels = labels, .n_values = 1};
+    struct map_lookup l = {.method = METHOD_UPN,
+                           .kind = "upn",
+                           .attr = "userPrincipalName",
+                           .values = values,
+                           .strength = st,
+                           .labels = labels,
+                           .n_values = 1};
 
     (void)state;
     assert_non_null(s);
@@ -198,10 +210,8 @@ static void test_bad_files(void **state)
     expect_error("dn: CN=a,DC=x\nuserAccountControl: 4294967296\n", 1, "32-bit");
     expect_error("dn: CN=a,DC=x\nwhenCreated: yesterday\n", 1, "GeneralizedTime");
     expect_error("dn: CN=a,DC=x\naccountExpires: 1x\n", 1, "FILETIME");
-    expect_error("dn: CN=a,DC=x\ncn: a\n\ndn: CN=b,DC=x\nchangetype: delete\n", 4,
-                 "only entries");
-    expect_error("dn: CN=a,DC=x\nuserPrincipalName: a\nuserPrincipalName: b\n", 1,
-                 "single-valued");
+    expect_error("dn: CN=a,DC=x\ncn: a\n\ndn: CN=b,DC=x\nchangetype: delete\n", 4, "only entries");
+    expect_error("dn: CN=a,DC=x\nuserPrincipalName: a\nuserPrincipalName: b\n", 1, "single-valued");
     /* a NUL inside a text value (base64) */
     expect_error("dn: CN=a,DC=x\nuserPrincipalName:: YQBi\n", 1, "NUL");
     expect_error("\n\ndn: CN=a,DC=x\nthis is not ldif\n", 3, "not a valid LDIF record");

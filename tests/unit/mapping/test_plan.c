@@ -135,8 +135,8 @@ static void test_sid(void **state)
     size_t vlen = strlen(v) - 2; /* "))" */
     assert_string_equal(v + vlen, "))");
     size_t n = unescape(v, vlen, got);
-    wn = EVP_DecodeBlock(want, (const unsigned char *)"AQUAAAAAAAUVAAAAW0YKGosjgjEMwZSfTgQAAA==",
-                         40);
+    wn = EVP_DecodeBlock(want,
+                         (const unsigned char *)"AQUAAAAAAAUVAAAAW0YKGosjgjEMwZSfTgQAAA==", 40);
     assert_int_equal(wn, 30); /* 28 bytes + 2 of base64 padding */
     assert_int_equal(n, 28);
     assert_memory_equal(got, want, 28);
@@ -176,8 +176,8 @@ static void test_meta(void **state)
     const struct map_lookup *a = &p.lookups[0], *u = &p.lookups[1];
     assert_string_equal(u->values[0], "*)(uid=*))(|(uid=*@corp.example.test");
     assert_string_equal(u->filter, ACCOUNTS "(userPrincipalName="
-                                           "\\2A\\29\\28uid=\\2A\\29\\29\\28|\\28uid=\\2A"
-                                           "@corp.example.test))");
+                                            "\\2A\\29\\28uid=\\2A\\29\\29\\28|\\28uid=\\2A"
+                                            "@corp.example.test))");
     assert_string_equal(a->values[4], "X509:<S>DC=test,DC=example,DC=corp,OU=Users,CN=a*)(b\\");
     assert_non_null(strstr(a->filter, "(altSecurityIdentities=X509:<S>DC=test,DC=example,"
                                       "DC=corp,OU=Users,CN=a\\2A\\29\\28b\\5C)"));
@@ -201,7 +201,8 @@ static void test_dns_and_empty(void **state)
     assert_int_equal(map_plan_build(&c, f, &p), 0);
     assert_int_equal(p.n, 1);
     assert_string_equal(p.lookups[0].attr, "dNSHostName");
-    assert_string_equal(p.lookups[0].filter, ACCOUNTS "(objectClass=computer)(dNSHostName=localhost))");
+    assert_string_equal(p.lookups[0].filter,
+                        ACCOUNTS "(objectClass=computer)(dNSHostName=localhost))");
     map_plan_purge(&p);
 
     test_conf(&c, ENFORCE_FULL, METHOD_SID, METHOD_UPN, METHOD_MAX, METHOD_MAX);

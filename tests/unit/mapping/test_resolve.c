@@ -68,8 +68,8 @@ struct env {
     struct mapper *m;
 };
 
-static void env_open(struct env *v, enum map_enforcement e, enum map_method m0,
-                     enum map_method m1, enum map_method m2)
+static void env_open(struct env *v, enum map_enforcement e, enum map_method m0, enum map_method m1,
+                     enum map_method m2)
 {
     char err[512];
     memset(v, 0, sizeof(*v));
