@@ -15,8 +15,8 @@
 #include "proxy/proxy.h"
 
 struct accesslog {
-    int fd;      /* -1: off */
-    bool owned;  /* opened here, closed by accesslog_close */
+    int fd;     /* -1: off */
+    bool owned; /* opened here, closed by accesslog_close */
 };
 
 struct accesslog *accesslog_open(const char *spec, char *err, size_t errlen)

@@ -185,11 +185,11 @@ static int on_headers_complete(llhttp_t *p)
     r->chunked = (p->flags & F_CHUNKED) != 0;
     r->has_body = r->chunked || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
     r->head_method = r->method == HTTP_HEAD;
-    r->idempotent = r->method == HTTP_GET || r->method == HTTP_HEAD ||
-                    r->method == HTTP_OPTIONS || r->method == HTTP_PUT ||
-                    r->method == HTTP_DELETE;
+    r->idempotent = r->method == HTTP_GET || r->method == HTTP_HEAD || r->method == HTTP_OPTIONS ||
+                    r->method == HTTP_PUT || r->method == HTTP_DELETE;
     for (size_t i = 0; i < r->head.n; i++)
-        if (proxy_head_name_is(&r->head, i, "expect") && header_value_is(&r->head, i, "100-continue"))
+        if (proxy_head_name_is(&r->head, i, "expect") &&
+            header_value_is(&r->head, i, "100-continue"))
             r->expect_continue = true;
     return HPE_PAUSED; /* decided in conn_start_request, outside the parser */
 }
@@ -509,7 +509,9 @@ static void conn_handshake_done(struct proxy_conn *c)
     c->cert_reason = tls_conn_verdict(c->w->tls, ssl, CERT_ACCEPT, &c->facts);
     c->state = CS_IDLE;
     log_debug("%s: %s handshake done, certificate %s", c->peer, tls_conn_protocol(ssl),
-              c->facts ? c->facts->subject : c->cert_reason ? reason_name(c->cert_reason) : "none");
+              c->facts         ? c->facts->subject
+              : c->cert_reason ? reason_name(c->cert_reason)
+                               : "none");
 }
 
 static void conn_event_cb(struct bufferevent *bev, short events, void *arg)
@@ -532,7 +534,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     struct proxy_conn *c = arg;
     static const char *const what_timed_out[] = {
         [CS_HANDSHAKE] = "handshake", [CS_IDLE] = "keep-alive", [CS_HEAD] = "request head",
-        [CS_BODY] = "request body", [CS_WAIT] = "response", [CS_CLOSING] = "final write",
+        [CS_BODY] = "request body",   [CS_WAIT] = "response",   [CS_CLOSING] = "final write",
     };
     log_debug("%s: %s timeout", c->peer, what_timed_out[c->state]);
     proxy_conn_close(c);

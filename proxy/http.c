@@ -135,8 +135,8 @@ static bool named_by_connection(const struct proxy_head *hd, size_t i)
 static bool request_header_dropped(const struct proxy_head *hd, size_t i)
 {
     static const char *const names[] = {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
-        "transfer-encoding", "content-length", "expect", "proxy-authorization",
+        "connection",      "keep-alive",        "proxy-connection", "te",     "trailer",
+        "upgrade",         "transfer-encoding", "content-length",   "expect", "proxy-authorization",
         "x-forwarded-for", "x-forwarded-proto", "http2-settings",
     };
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
@@ -152,7 +152,7 @@ static bool request_header_dropped(const struct proxy_head *hd, size_t i)
 static bool response_header_dropped(const struct proxy_head *hd, size_t i)
 {
     static const char *const names[] = {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+        "connection",        "keep-alive",     "proxy-connection",   "te", "trailer", "upgrade",
         "transfer-encoding", "content-length", "proxy-authenticate",
     };
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
@@ -245,19 +245,32 @@ void proxy_http_response_head(const struct proxy_head *hd, int status, bool chun
 const char *proxy_http_status_text(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 408: return "Request Timeout";
-    case 413: return "Payload Too Large";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return status < 400 ? "OK" : "Error";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Payload Too Large";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return status < 400 ? "OK" : "Error";
     }
 }
 

@@ -25,15 +25,14 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: certmapd [-c FILE]            serve\n"
-            "       certmapd -t [-c FILE]         check the configuration and exit\n"
-            "       certmapd --help-config        list every configuration key\n"
-            "       certmapd --version | --help\n"
-            "\n"
-            "  -c, --config FILE   configuration file (default " DEFAULT_CONF ")\n"
-            "  -t, --test          validate the configuration and its files, then exit:\n"
-            "                      0 when valid, 1 with FILE:LINE: reason otherwise\n");
+    fprintf(out, "usage: certmapd [-c FILE]            serve\n"
+                 "       certmapd -t [-c FILE]         check the configuration and exit\n"
+                 "       certmapd --help-config        list every configuration key\n"
+                 "       certmapd --version | --help\n"
+                 "\n"
+                 "  -c, --config FILE   configuration file (default " DEFAULT_CONF ")\n"
+                 "  -t, --test          validate the configuration and its files, then exit:\n"
+                 "                      0 when valid, 1 with FILE:LINE: reason otherwise\n");
 }
 
 static int drop_privileges(const char *user)
@@ -130,12 +129,24 @@ int main(int argc, char **argv)
     int ch;
     while ((ch = getopt_long(argc, argv, "c:thV", opts, NULL)) != -1) {
         switch (ch) {
-        case 'c': path = optarg; break;
-        case 't': test_only = true; break;
-        case 'h': usage(stdout); return 0;
-        case 'V': printf("certmapd %s\n", CERTMAPD_VERSION); return 0;
-        case 'K': conf_print_keys(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            test_only = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("certmapd %s\n", CERTMAPD_VERSION);
+            return 0;
+        case 'K':
+            conf_print_keys(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind != argc) {

@@ -40,8 +40,8 @@ struct proxy_head {
     size_t len, cap, limit;
     struct proxy_hdr *h;
     size_t n, cap_h;
-    uint32_t url_off, url_len;       /* request target, or response reason phrase */
-    bool in_value;                   /* last piece appended was a header value */
+    uint32_t url_off, url_len; /* request target, or response reason phrase */
+    bool in_value;             /* last piece appended was a header value */
 };
 
 /* Appends <len> bytes of the URL / header name / header value being parsed.
@@ -62,17 +62,17 @@ struct proxy_conn;
 struct upstream {
     struct worker *w;
     struct bufferevent *bev;
-    struct proxy_conn *client;       /* NULL while idle in the pool */
+    struct proxy_conn *client; /* NULL while idle in the pool */
     llhttp_t parser;
-    struct proxy_head head;          /* response head being received */
-    uint64_t body_out;               /* response body bytes relayed */
+    struct proxy_head head; /* response head being received */
+    uint64_t body_out;      /* response body bytes relayed */
     bool connected;
-    bool reused;                     /* taken from the pool (may be stale) */
-    bool resp_started;               /* some response byte was relayed to the client */
+    bool reused;       /* taken from the pool (may be stale) */
+    bool resp_started; /* some response byte was relayed to the client */
     bool resp_done;
-    bool chunked_out;                /* re-chunking the body for the client */
+    bool chunked_out; /* re-chunking the body for the client */
     bool close_delimited;
-    bool skip;                       /* inside an interim 1xx response */
+    bool skip; /* inside an interim 1xx response */
     bool failed;
     enum reason fail_reason;
     TAILQ_ENTRY(upstream) link;
@@ -113,7 +113,7 @@ enum conn_state {
 
 struct proxy_req {
     struct proxy_head head;
-    int method;                      /* llhttp_method_t */
+    int method; /* llhttp_method_t */
     uint8_t http_major, http_minor;
     bool keep_alive;
     bool has_body;
@@ -123,10 +123,10 @@ struct proxy_req {
     bool idempotent;
     bool head_method;
     bool retried;
-    enum cert_mode cert_mode;        /* of the location */
-    struct evbuffer *upstream_head;  /* kept until the response starts, for one retry */
-    uint64_t bytes_in;               /* request bytes received (head + body) */
-    uint64_t bytes_out;              /* response bytes sent */
+    enum cert_mode cert_mode;       /* of the location */
+    struct evbuffer *upstream_head; /* kept until the response starts, for one retry */
+    uint64_t bytes_in;              /* request bytes received (head + body) */
+    uint64_t bytes_out;             /* response bytes sent */
     int status;
     enum reason reason;
     struct timespec t_start;
@@ -137,20 +137,20 @@ struct proxy_req {
 struct proxy_conn {
     struct worker *w;
     struct bufferevent *bev;
-    struct event *timer;             /* handshake / head / idle timeouts */
+    struct event *timer; /* handshake / head / idle timeouts */
     llhttp_t parser;
     struct upstream *up;
-    struct cert_facts *facts;        /* verified client certificate, or NULL */
-    enum reason cert_reason;         /* verdict on the certificate presented */
+    struct cert_facts *facts; /* verified client certificate, or NULL */
+    enum reason cert_reason;  /* verdict on the certificate presented */
     struct proxy_req req;
     enum conn_state state;
-    uint32_t head_bytes;             /* bytes of the current head fed to the parser */
-    const char *feed_start;          /* the buffer llhttp_execute is parsing */
-    char feed_prev;                  /* the byte parsed just before feed_start */
+    uint32_t head_bytes;    /* bytes of the current head fed to the parser */
+    const char *feed_start; /* the buffer llhttp_execute is parsing */
+    char feed_prev;         /* the byte parsed just before feed_start */
     bool parser_paused;
-    bool read_blocked;               /* backpressure: upstream output is full */
-    bool in_feed;                    /* inside conn_feed: defer frees */
-    bool dead;                       /* free once the stack unwinds */
+    bool read_blocked; /* backpressure: upstream output is full */
+    bool in_feed;      /* inside conn_feed: defer frees */
+    bool dead;         /* free once the stack unwinds */
     char peer[64];
     TAILQ_ENTRY(proxy_conn) link;
 };

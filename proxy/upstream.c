@@ -273,8 +273,8 @@ static struct upstream *up_connect(struct worker *w)
     bufferevent_set_timeouts(u->bev, NULL, &ct);
     const struct backend_addr *ba = w->backend;
     /* Connection refusals surface as an event, not here, except for local errors. */
-    if (bufferevent_socket_connect(u->bev, (const struct sockaddr *)&ba->addr[0],
-                                   (int)ba->len[0]) < 0) {
+    if (bufferevent_socket_connect(u->bev, (const struct sockaddr *)&ba->addr[0], (int)ba->len[0]) <
+        0) {
         log_info("backend connect failed at once");
         goto fail;
     }

@@ -75,8 +75,8 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
 static void grace_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
-    log_warn("worker %u: %u connection(s) still busy at the end of the shutdown grace time",
-             w->id, w->n_conns);
+    log_warn("worker %u: %u connection(s) still busy at the end of the shutdown grace time", w->id,
+             w->n_conns);
     event_base_loopbreak(w->base);
 }
 
@@ -138,7 +138,8 @@ int proxy_workers_bind(struct worker *ws, unsigned n, const struct proxy_shared 
             if (fd < 0)
                 return -1;
             /* backlog 0: the socket already listens */
-            w->listeners[k] = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, 0, fd);
+            w->listeners[k] =
+                evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, 0, fd);
             if (w->listeners[k] == NULL) {
                 close(fd);
                 snprintf(err, errlen, "cannot create a listener");
