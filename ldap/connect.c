@@ -11,6 +11,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <netdb.h>
+#include <sys/socket.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #include "common/log.h"
 #include "ldap/dir.h"
 #include "ldap/internal.h"
@@ -104,6 +111,88 @@ void dir_ld_error(LDAP *ld, int rc, const char *what, char *err, size_t errlen)
     ldap_memfree(diag);
 }
 
+/* libldap (built with GnuTLS on Debian) reports a failed LDAPS handshake as
+ * "Can't contact LDAP server; (unknown error code)". After such a failure, one
+ * handshake of our own with OpenSSL, same CA file and name, says why. Blocking
+ * with [ldap] timeout: connector thread and dir_check only. Writes "" when it
+ * finds nothing wrong (then libldap's own words are all there is). */
+static void tls_diagnose(const struct conf *c, const char *uri, char *buf, size_t len)
+{
+    LDAPURLDesc *lud = NULL;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    SSL_CTX *ctx = NULL;
+    SSL *ssl = NULL;
+    int fd = -1;
+    char port[16], me[256];
+    uint64_t ms = c->ldap_timeout_ms ? c->ldap_timeout_ms : 5000;
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+
+    buf[0] = '\0';
+    if (ldap_url_parse(uri, &lud) != LDAP_URL_SUCCESS || lud->lud_host == NULL ||
+        strcasecmp(lud->lud_scheme, "ldaps") != 0)
+        goto done;
+    const char *host = *lud->lud_host ? lud->lud_host : "localhost";
+    /* libldap checks the name "localhost" as the machine's own host name. */
+    if (strcasecmp(host, "localhost") == 0) {
+        if (gethostname(me, sizeof me) != 0)
+            snprintf(me, sizeof me, "?");
+        me[sizeof me - 1] = '\0';
+        snprintf(buf, len,
+                 "libldap checks the name \"localhost\" as this machine's host name \"%s\"; "
+                 "use a name or address that the server's certificate carries",
+                 me);
+        goto done;
+    }
+    snprintf(port, sizeof port, "%d", lud->lud_port ? lud->lud_port : 636);
+    if (getaddrinfo(host, port, &hints, &ai) != 0 || ai == NULL)
+        goto done;
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0 ||
+        connect(fd, ai->ai_addr, ai->ai_addrlen) != 0)
+        goto done;
+    ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL)
+        goto done;
+    if (c->ldap_ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, c->ldap_ca_file, NULL) != 1
+                                : SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        snprintf(buf, len, "[ldap] ca_file \"%s\" holds no usable certificate",
+                 c->ldap_ca_file ? c->ldap_ca_file : "");
+        goto done;
+    }
+    /* Verify without aborting, then read the verdict, name check included. */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    ssl = SSL_new(ctx);
+    if (ssl == NULL || SSL_set_fd(ssl, fd) != 1)
+        goto done;
+    X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+    if (X509_VERIFY_PARAM_set1_ip_asc(vp, host) != 1) {
+        X509_VERIFY_PARAM_set1_host(vp, host, 0);
+        SSL_set_tlsext_host_name(ssl, host);
+    }
+    if (SSL_connect(ssl) != 1) {
+        snprintf(buf, len, "TLS handshake failed: %s",
+                 ERR_reason_error_string(ERR_peek_last_error()) ?: "no reason given");
+        goto done;
+    }
+    long v = SSL_get_verify_result(ssl);
+    if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH)
+        snprintf(buf, len, "the server's certificate does not name \"%s\"", host);
+    else if (v != X509_V_OK)
+        snprintf(buf, len, "the server's certificate is not trusted: %s (check [ldap] ca_file)",
+                 X509_verify_cert_error_string(v));
+done:
+    if (ssl != NULL)
+        SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    if (fd >= 0)
+        close(fd);
+    if (ai != NULL)
+        freeaddrinfo(ai);
+    ldap_free_urldesc(lud);
+    ERR_clear_error();
+}
+
 /* Options every connection gets; the TLS context is built from them last. */
 static int set_options(LDAP *ld, const struct conf *c, const char *uri, char *err, size_t errlen)
 {
@@ -171,18 +260,17 @@ LDAP *dir_connect_bind(const struct conf *c, const char *uri, const char *pw, si
         goto fail;
     /* Connects, and for ldaps:// completes the TLS handshake and name check. */
     rc = ldap_connect(ld);
-    if (rc != LDAP_SUCCESS) {
-        snprintf(what, sizeof what, "ldap: cannot connect to %s", uri);
-        dir_ld_error(ld, rc, what, err, errlen);
-        goto fail;
-    }
-    if (strncasecmp(uri, "ldap://", 7) == 0) {
+    if (rc == LDAP_SUCCESS && strncasecmp(uri, "ldap://", 7) == 0)
         rc = ldap_start_tls_s(ld, NULL, NULL);
-        if (rc != LDAP_SUCCESS) {
-            snprintf(what, sizeof what, "ldap: StartTLS with %s failed", uri);
+    if (rc != LDAP_SUCCESS) {
+        char tls[300];
+        tls_diagnose(c, uri, tls, sizeof tls);
+        snprintf(what, sizeof what, "ldap: cannot connect to %s", uri);
+        if (tls[0] != '\0')
+            snprintf(err, errlen, "%s: %s", what, tls);
+        else
             dir_ld_error(ld, rc, what, err, errlen);
-            goto fail;
-        }
+        goto fail;
     }
     struct berval cred = {.bv_len = pwlen, .bv_val = (char *)(uintptr_t)pw};
     rc = ldap_sasl_bind_s(ld, c->bind_dn, LDAP_SASL_SIMPLE, &cred, NULL, NULL, NULL);
@@ -201,8 +289,8 @@ fail:
     return NULL;
 }
 
-LDAP *dir_connect_any(const struct conf *c, const char *pw, size_t pwlen, size_t *which,
-                      char *err, size_t errlen)
+LDAP *dir_connect_any(const struct conf *c, const char *pw, size_t pwlen, size_t *which, char *err,
+                      size_t errlen)
 {
     size_t used = 0;
     char one[1024];

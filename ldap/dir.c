@@ -41,11 +41,11 @@ struct dir_search {
     enum search_kind kind;
     map_search_cb cb;
     void *arg;
-    struct event *ev;      /* timeout, then the deferred delivery */
+    struct event *ev; /* timeout, then the deferred delivery */
     bool finished, ok;
-    int msgid;             /* the subtree search while unanswered, else -1 */
+    int msgid;                           /* the subtree search while unanswered, else -1 */
     int computed_msgid[DIR_MAX_ENTRIES]; /* base searches for the constructed UAC */
-    size_t n_computed;     /* of those, still unanswered */
+    size_t n_computed;                   /* of those, still unanswered */
     struct map_entry entries[DIR_MAX_ENTRIES];
     size_t n;
     char netbios[NETBIOS_MAX + 1];
@@ -263,11 +263,11 @@ static int fetch_computed(struct dir_search *s)
     for (size_t i = 0; i < s->n; i++) {
         if (s->entries[i].has_uac_computed)
             continue;
-        int rc = ldap_search_ext(d->ld, s->entries[i].dn, LDAP_SCOPE_BASE, "(objectClass=*)",
-                                 attrs, 0, NULL, NULL, NULL, 1, &s->computed_msgid[i]);
+        int rc = ldap_search_ext(d->ld, s->entries[i].dn, LDAP_SCOPE_BASE, "(objectClass=*)", attrs,
+                                 0, NULL, NULL, NULL, 1, &s->computed_msgid[i]);
         if (rc != LDAP_SUCCESS) {
-            log_warn("ldap: base search on \"%s\": %s (%d)", s->entries[i].dn,
-                     ldap_err2string(rc), rc);
+            log_warn("ldap: base search on \"%s\": %s (%d)", s->entries[i].dn, ldap_err2string(rc),
+                     rc);
             return -1;
         }
         s->n_computed++;
@@ -526,11 +526,19 @@ static void *source_search(void *ctx, const struct map_lookup *l, map_search_cb 
         finish(s, false);
         return s;
     }
-    char *attrs[] = {"userPrincipalName", "sAMAccountName", "objectSid", "userAccountControl",
-                     "msDS-User-Account-Control-Computed", "accountExpires", "whenCreated",
-                     "altSecurityIdentities", "objectClass", "dNSHostName", NULL};
-    int rc = ldap_search_ext(d->ld, d->conf->base_dn, LDAP_SCOPE_SUBTREE, l->filter, attrs, 0,
-                             NULL, NULL, NULL, DIR_MAX_ENTRIES, &s->msgid);
+    char *attrs[] = {"userPrincipalName",
+                     "sAMAccountName",
+                     "objectSid",
+                     "userAccountControl",
+                     "msDS-User-Account-Control-Computed",
+                     "accountExpires",
+                     "whenCreated",
+                     "altSecurityIdentities",
+                     "objectClass",
+                     "dNSHostName",
+                     NULL};
+    int rc = ldap_search_ext(d->ld, d->conf->base_dn, LDAP_SCOPE_SUBTREE, l->filter, attrs, 0, NULL,
+                             NULL, NULL, DIR_MAX_ENTRIES, &s->msgid);
     if (rc != LDAP_SUCCESS) {
         s->msgid = -1;
         finish(s, false);

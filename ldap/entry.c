@@ -145,8 +145,8 @@ int dir_sid_format(const unsigned char *b, size_t len, char *out, size_t outlen)
     size_t used = (size_t)n;
     for (size_t i = 0; i < b[1]; i++) {
         const unsigned char *p = b + 8 + 4 * i;
-        uint32_t sub = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                       (uint32_t)p[3] << 24;
+        uint32_t sub =
+            (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
         n = snprintf(out + used, outlen - used, "-%lu", (unsigned long)sub);
         if (n < 0 || (size_t)n >= outlen - used)
             return -1;

@@ -339,8 +339,7 @@ static void test_twins_disabled_computer(void **state)
     assert_int_equal(a.uac[0] & 0x2, 0x2);
     assert_string_equal(a.sid[0], g->sid_bob);
 
-    search(f->d, f->base, "(&(objectClass=computer)(dNSHostName=dirt-ws1.corp.example.test))",
-           &a);
+    search(f->d, f->base, "(&(objectClass=computer)(dNSHostName=dirt-ws1.corp.example.test))", &a);
     assert_true(a.ok);
     assert_int_equal(a.n, 1);
     assert_true(a.computer[0]);
@@ -442,6 +441,21 @@ static void test_check_errors(void **state)
     c->ldap_ca_file = strdup("/etc/ssl/certs/ca-certificates.crt");
     assert_int_equal(dir_check(c, err, sizeof err), -1);
     assert_non_null(strstr(err, "cannot connect to ldaps://127.0.0.1"));
+    assert_non_null(strstr(err, "certificate is not trusted"));
+    assert_non_null(strstr(err, "ca_file"));
+    conf_release(c);
+
+    /* Trusted, but not issued for the name asked for: the DC's certificate
+     * names IP:127.0.0.1, not ::1 (Samba listens on both). */
+    c = conf_for("ldaps://[::1]", NULL, g->secret, 3000);
+    assert_int_equal(dir_check(c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "certificate does not name \"::1\""));
+    conf_release(c);
+
+    /* libldap checks "localhost" as the machine's host name: said plainly. */
+    c = conf_for("ldaps://localhost", NULL, g->secret, 3000);
+    assert_int_equal(dir_check(c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "this machine's host name"));
     conf_release(c);
 
     /* Plain ldap:// goes through StartTLS, never a bind in clear (which AD refuses). */
@@ -597,8 +611,7 @@ static void test_samba_restart(void **state)
         assert_false(a.ok);
         assert_true(a.at - t0 < 1.0);
     }
-    assert_int_equal(sh("'%s/tests/samba/samba-ad.sh' start '%s' >/dev/null", g->src, g->samba),
-                     0);
+    assert_int_equal(sh("'%s/tests/samba/samba-ad.sh' start '%s' >/dev/null", g->src, g->samba), 0);
     /* Same struct dir: the connector thread's backoff brings it back. */
     wait_connected(f->d, f->base, 45);
     search(f->d, f->base, "(sAMAccountName=dirt-alice)", &a);
