@@ -71,6 +71,7 @@ struct lg_conn {
     char buf[LG_BUF];
     size_t len;
     int head_done, chunked, close_after;
+    int status;          /* of the response being read */
     long long body_left; /* -1: until EOF */
     long long chunk_left;
     int chunk_state; /* 0 size line, 1 data, 2 CRLF after data, 3 trailers */
@@ -240,6 +241,7 @@ static void begin_request(struct lg_conn *c)
     c->wr_off = 0;
     c->len = 0;
     c->head_done = c->chunked = c->close_after = 0;
+    c->status = 0;
     c->body_left = 0;
     c->chunk_left = 0;
     c->chunk_state = 0;
@@ -447,7 +449,6 @@ static void conn_ssl_error(struct lg_conn *c, const char *what, int ret)
 static void conn_step(struct lg_conn *c)
 {
     struct lg *lg = c->lg;
-    int status = 0;
     for (;;) {
         switch (c->state) {
         case ST_CONNECT: {
@@ -515,7 +516,7 @@ static void conn_step(struct lg_conn *c)
                 }
                 if ((se == SSL_ERROR_ZERO_RETURN || se == SSL_ERROR_SYSCALL) && c->head_done &&
                     c->body_left == -1) {
-                    response_done(c, status);
+                    response_done(c, c->status);
                     return;
                 }
                 conn_ssl_error(c, c->head_done ? "reading the body" : "reading the response", r);
@@ -523,7 +524,7 @@ static void conn_step(struct lg_conn *c)
             }
             c->len += (size_t)r;
             if (!c->head_done) {
-                int st = parse_head(c, &status);
+                int st = parse_head(c, &c->status);
                 if (st < 0) {
                     note_err(lg, "malformed response head");
                     conn_fail(c, &lg->http_err);
@@ -540,7 +541,7 @@ static void conn_step(struct lg_conn *c)
                     return;
                 }
                 if (d == 1) {
-                    response_done(c, status);
+                    response_done(c, c->status);
                     return;
                 }
             } else if (c->body_left >= 0) {
@@ -552,7 +553,7 @@ static void conn_step(struct lg_conn *c)
                 c->body_left -= (long long)c->len;
                 c->len = 0;
                 if (c->body_left == 0) {
-                    response_done(c, status);
+                    response_done(c, c->status);
                     return;
                 }
             } else {
@@ -827,7 +828,8 @@ static uint32_t pct(const uint32_t *v, size_t n, double p)
 static void report(struct lg *lg, double elapsed)
 {
     static const char *const names[] = {"handshake", "keepalive", "idle"};
-    qsort(lg->lat, lg->nlat, sizeof *lg->lat, cmp_u32);
+    if (lg->nlat > 1)
+        qsort(lg->lat, lg->nlat, sizeof *lg->lat, cmp_u32);
     double rps = elapsed > 0 ? (double)lg->done / elapsed : 0;
     uint32_t p50 = pct(lg->lat, lg->nlat, 0.50), p90 = pct(lg->lat, lg->nlat, 0.90),
              p99 = pct(lg->lat, lg->nlat, 0.99), mx = lg->nlat ? lg->lat[lg->nlat - 1] : 0;
