@@ -124,6 +124,8 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
         {"help-config", no_argument, NULL, 'K'},  {NULL, 0, NULL, 0},
     };
+    if (argc > 1 && strcmp(argv[1], "map") == 0)
+        return mapcmd_main(argc - 1, argv + 1, DEFAULT_CONF);
     const char *path = DEFAULT_CONF;
     bool test_only = false;
     int ch;

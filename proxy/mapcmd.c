@@ -1,0 +1,300 @@
+/* `certmapd map`: the certificate policy and the mapping for one certificate,
+ * without serving, explained step by step. This is how an administrator tests
+ * certificate mapping without IIS. Exit status: 0 mapped, 1 denied, 2 error. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <openssl/pem.h>
+
+#include "common/log.h"
+#include "conf/conf.h"
+#include "ldap/dir.h"
+#include "mapping/mapping.h"
+#include "proxy/proxy.h"
+#include "tls/tls.h"
+
+struct mapcmd {
+    struct event_base *base;
+    struct map_result res;
+    bool done;
+    int step;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: certmapd map [-c FILE] --cert CERT.pem [--chain CHAIN.pem]\n"
+                 "  Runs the certificate policy and the mapping for one certificate, prints each\n"
+                 "  step and the verdict. Exit status: 0 mapped, 1 denied, 2 error.\n");
+}
+
+static void print_list(const char *label, char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        printf("  %-14s %s\n", label, v[i]);
+}
+
+static void print_time(const char *label, time_t t)
+{
+    char buf[64];
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    printf("  %-14s %s\n", label, buf);
+}
+
+static void print_facts(const struct cert_facts *f)
+{
+    printf("certificate\n");
+    printf("  %-14s %s\n", "subject", f->subject);
+    printf("  %-14s %s\n", "issuer", f->issuer);
+    printf("  %-14s %s\n", "subject (ASI)", f->subject_asi);
+    printf("  %-14s %s\n", "issuer (ASI)", f->issuer_asi);
+    printf("  %-14s %s\n", "serial", f->serial_hex);
+    printf("  %-14s %s\n", "serial <SR>", f->serial_rev);
+    printf("  %-14s %s\n", "sha256", f->sha256);
+    printf("  %-14s %s\n", "sha1", f->sha1);
+    printf("  %-14s %s\n", "ski", f->ski ? f->ski : "(none)");
+    printf("  %-14s %s\n", "sha1-pukey", f->pubkey_sha1);
+    print_list("upn", f->upn, f->n_upn);
+    print_list("rfc822", f->rfc822, f->n_rfc822);
+    print_list("dns", f->dns, f->n_dns);
+    printf("  %-14s %s\n", "sid extension", f->sid ? f->sid : "(none)");
+    print_time("not before", f->not_before);
+    print_time("not after", f->not_after);
+}
+
+static void print_entry(const struct map_entry *e)
+{
+    printf("       - %s\n", e->dn);
+    printf("         upn %s, sam %s, sid %s, userAccountControl 0x%x", e->upn ? e->upn : "-",
+           e->sam ? e->sam : "-", e->sid ? e->sid : "-", e->uac);
+    if (e->has_uac_computed)
+        printf(", computed 0x%x", e->uac_computed);
+    printf("\n");
+    for (size_t i = 0; i < e->n_altsecids; i++)
+        printf("         altSecurityIdentities %s\n", e->altsecids[i]);
+}
+
+static void trace_cb(void *arg, const struct map_lookup *l, bool ok, const struct map_entry *entries,
+                     size_t n)
+{
+    struct mapcmd *m = arg;
+    printf("  %d. %s\n", ++m->step, l->kind);
+    printf("     filter  %s\n", l->filter);
+    for (size_t i = 0; i < l->n_values; i++)
+        printf("     value   %s  (%s, %s)\n", l->values[i], l->labels[i],
+               l->strength[i] == MAP_STRONG ? "strong" : "weak");
+    if (!ok) {
+        printf("     answer  directory unavailable or timed out\n");
+        return;
+    }
+    printf("     answer  %zu entr%s\n", n, n == 1 ? "y" : "ies");
+    for (size_t i = 0; i < n; i++)
+        print_entry(&entries[i]);
+}
+
+static void done_cb(void *arg, const struct map_result *res)
+{
+    struct mapcmd *m = arg;
+    map_result_copy(&m->res, res);
+    m->done = true;
+    event_base_loopbreak(m->base);
+}
+
+static X509 *read_cert(const char *path, STACK_OF(X509) **rest)
+{
+    FILE *fp = fopen(path, "r");
+    if (fp == NULL) {
+        fprintf(stderr, "certmapd map: cannot open %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
+    if (x == NULL)
+        fprintf(stderr, "certmapd map: %s: no PEM certificate\n", path);
+    if (x != NULL && rest != NULL) {
+        /* Further certificates in the same file are taken as its chain. */
+        X509 *more;
+        while ((more = PEM_read_X509(fp, NULL, NULL, NULL)) != NULL) {
+            if (*rest == NULL)
+                *rest = sk_X509_new_null();
+            if (*rest == NULL || !sk_X509_push(*rest, more))
+                X509_free(more);
+        }
+    }
+    fclose(fp);
+    return x;
+}
+
+static enum map_enforcement enforcement_of(const struct conf *c)
+{
+    return c->enforcement;
+}
+
+static const char *enforcement_name(enum map_enforcement e)
+{
+    return e == ENFORCE_FULL ? "full" : e == ENFORCE_COMPATIBILITY ? "compatibility" : "disabled";
+}
+
+int mapcmd_main(int argc, char **argv, const char *default_conf)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"cert", required_argument, NULL, 'x'},
+        {"chain", required_argument, NULL, 'n'},  {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = default_conf, *cert_path = NULL, *chain_path = NULL;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': path = optarg; break;
+        case 'x': cert_path = optarg; break;
+        case 'n': chain_path = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (cert_path == NULL || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    char err[1024];
+    int rc = 2;
+    struct conf *c = NULL;
+    struct tls_ctx *tls = NULL;
+    X509 *leaf = NULL;
+    STACK_OF(X509) *chain = NULL;
+    struct cert_facts *facts = NULL;
+    struct mapcmd m = {0};
+    struct dir *dir = NULL;
+    struct map_source *ldif = NULL;
+    struct mapper *mapper = NULL;
+
+    if (conf_load(path, &c, err, sizeof err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        goto out;
+    }
+    cm_log_set_level(CM_LOG_WARN); /* the steps are printed; logs only for problems */
+    tls = tls_ctx_new(c, err, sizeof err);
+    if (tls == NULL) {
+        fprintf(stderr, "%s: %s\n", path, err);
+        goto out;
+    }
+    leaf = read_cert(cert_path, &chain);
+    if (leaf == NULL)
+        goto out;
+    if (chain_path != NULL) {
+        X509 *first = read_cert(chain_path, &chain);
+        if (first == NULL)
+            goto out;
+        if (chain == NULL)
+            chain = sk_X509_new_null();
+        if (chain == NULL || !sk_X509_insert(chain, first, 0)) {
+            X509_free(first);
+            goto out;
+        }
+    }
+
+    enum reason why = tls_check_cert(tls, leaf, chain, &facts);
+    if (facts == NULL && why == R_CERT_MALFORMED) {
+        printf("certificate policy: refused: %s (a name has a NUL byte or invalid UTF-8)\n",
+               reason_name(why));
+        rc = 1;
+        goto out;
+    }
+    if (facts == NULL) {
+        /* Facts of a refused certificate still help the administrator. */
+        if (tls_facts_from_x509(leaf, &facts) == R_NONE)
+            print_facts(facts);
+        printf("certificate policy: refused: %s\n", reason_name(why));
+        rc = 1;
+        goto out;
+    }
+    print_facts(facts);
+    printf("certificate policy: accepted (chain, trusted issuer, usage, validity, revocation)\n");
+    if (!c->has_mapping_section) {
+        printf("mapping: not configured (no [mapping] section): certificate checks only\n");
+        rc = 0;
+        goto out;
+    }
+
+    m.base = event_base_new();
+    if (m.base == NULL)
+        goto out;
+    struct map_source *src;
+    if (c->map_source == MAP_SOURCE_LDIF) {
+        ldif = map_ldif_open(c->ldif_file, c->netbios_domain, m.base, err, sizeof err);
+        if (ldif == NULL) {
+            fprintf(stderr, "%s\n", err);
+            goto out;
+        }
+        src = ldif;
+        printf("directory: LDIF file %s\n", c->ldif_file);
+    } else {
+        if (dir_check(c, err, sizeof err) < 0) {
+            fprintf(stderr, "%s\n", err);
+            goto out;
+        }
+        dir = dir_new(m.base, c, err, sizeof err);
+        if (dir == NULL) {
+            fprintf(stderr, "%s\n", err);
+            goto out;
+        }
+        src = dir_source(dir);
+        printf("directory: %s (base %s)\n", c->ldap_uri[0], c->base_dn);
+    }
+    mapper = mapper_new(c, src, NULL); /* no cache: every lookup is asked for real */
+    if (mapper == NULL)
+        goto out;
+    printf("lookups (enforcement %s):\n", enforcement_name(enforcement_of(c)));
+    struct map_result now = {0};
+    struct map_job *job = map_job_start(mapper, facts, done_cb, &m, trace_cb, &now);
+    if (job == NULL) {
+        map_result_copy(&m.res, &now);
+        map_result_purge(&now);
+    } else {
+        /* Bounded: every search has [ldap] timeout, and the connection is
+         * made by dir_check above. */
+        struct timeval limit = proxy_tv_ms(c->ldap_timeout_ms * (c->n_methods + 1) + 15000);
+        event_base_loopexit(m.base, &limit);
+        event_base_dispatch(m.base);
+        if (!m.done) {
+            map_job_cancel(job);
+            printf("verdict: no answer in time: %s\n", reason_name(R_DIRECTORY_UNAVAILABLE));
+            rc = 1;
+            goto out;
+        }
+    }
+    if (m.res.reason == R_NONE) {
+        printf("verdict: mapped\n");
+        printf("  %-14s %s\n", "account", m.res.dn);
+        printf("  %-14s %s\n", "upn", m.res.upn ? m.res.upn : "-");
+        printf("  %-14s %s\n", "sam", m.res.sam ? m.res.sam : "-");
+        printf("  %-14s %s\n", "sid", m.res.sid ? m.res.sid : "-");
+        printf("  %-14s %s\n", "method", m.res.method);
+        rc = 0;
+    } else {
+        printf("verdict: denied: %s\n", reason_name(m.res.reason));
+        rc = 1;
+    }
+    if (m.res.detail != NULL)
+        printf("  %s\n", m.res.detail);
+out:
+    map_result_purge(&m.res);
+    mapper_free(mapper);
+    map_ldif_close(ldif);
+    dir_free(dir);
+    if (m.base != NULL)
+        event_base_free(m.base);
+    tls_facts_free(facts);
+    sk_X509_pop_free(chain, X509_free);
+    X509_free(leaf);
+    tls_ctx_free(tls);
+    conf_free(c);
+    return rc;
+}
