@@ -138,7 +138,7 @@ static void tls_diagnose(const struct conf *c, const char *uri, char *buf, size_
             snprintf(me, sizeof me, "?");
         me[sizeof me - 1] = '\0';
         snprintf(buf, len,
-                 "libldap checks the name \"localhost\" as this machine's host name \"%s\"; "
+                 "libldap checks the name \"localhost\" as this machine's host name \"%.64s\"; "
                  "use a name or address that the server's certificate carries",
                  me);
         goto done;
