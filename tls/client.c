@@ -77,6 +77,13 @@ fail:
     return NULL;
 }
 
+void tls_conn_close_notify(SSL *ssl)
+{
+    if (SSL_is_init_finished(ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN))
+        SSL_shutdown(ssl);
+    ERR_clear_error();
+}
+
 void tls_conn_free(SSL *ssl)
 {
     SSL_free(ssl);

@@ -7,6 +7,7 @@
  * SSL_do_handshake; the client's answer is processed by OpenSSL inside the
  * connection's normal reads, and the end of that handshake is noticed by the
  * context's info callback, which calls the waiting connection back. */
+#include <stdbool.h>
 #include <stdlib.h>
 
 #include <openssl/err.h>
@@ -28,7 +29,13 @@ static struct tls_ctx *ctx_of(const SSL *ssl)
 
 void tls_late_info_cb(const SSL *ssl, int where, int ret)
 {
-    if (!(where & SSL_CB_HANDSHAKE_DONE))
+    /* The client's Finished is in: its certificate (or its refusal to send
+     * one) has been processed. OpenSSL 3.0 reports no HANDSHAKE_DONE at the
+     * end of TLS 1.3 post-handshake authentication, so the state is watched;
+     * the waiter only schedules work, which runs after this read completes. */
+    bool finished = (where & SSL_CB_HANDSHAKE_DONE) ||
+                    ((where & SSL_CB_LOOP) && SSL_get_state(ssl) == TLS_ST_SR_FINISHED);
+    if (!finished)
         return;
     struct tls_ctx *t = ctx_of(ssl);
     if (t == NULL)
@@ -72,6 +79,9 @@ enum tls_late tls_conn_request_cert(struct tls_ctx *t, SSL *ssl, void (*done)(vo
         }
         how = TLS_LATE_PHA;
     } else {
+        /* A renegotiation that resumes the session would skip the
+         * CertificateRequest: the client must do a full handshake. */
+        SSL_set_options(ssl, SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION);
         if (SSL_renegotiate(ssl) != 1) {
             log_info("cannot renegotiate: %s", ERR_reason_error_string(ERR_peek_last_error()));
             ERR_clear_error();

@@ -44,6 +44,10 @@ enum reason tls_check_cert(struct tls_ctx *t, X509 *leaf, STACK_OF(X509) *chain,
  * name with an embedded NUL or invalid UTF-8. <*out> is set only on R_NONE. */
 enum reason tls_facts_from_x509(X509 *x, struct cert_facts **out);
 
+/* Sends close_notify on an established <ssl> whose output is flushed (no
+ * waiting for the peer's). Keeps the session resumable. */
+void tls_conn_close_notify(SSL *ssl);
+
 /* Frees an SSL that was never handed to libevent; NULL is fine. */
 void tls_conn_free(SSL *ssl);
 
