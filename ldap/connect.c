@@ -241,7 +241,7 @@ fail:
 }
 
 LDAP *dir_connect_bind(const struct conf *c, const char *uri, const char *pw, size_t pwlen,
-                       char *err, size_t errlen)
+                       bool *refused, char *err, size_t errlen)
 {
     LDAP *ld = NULL;
     char what[512];
@@ -275,6 +275,8 @@ LDAP *dir_connect_bind(const struct conf *c, const char *uri, const char *pw, si
     struct berval cred = {.bv_len = pwlen, .bv_val = (char *)(uintptr_t)pw};
     rc = ldap_sasl_bind_s(ld, c->bind_dn, LDAP_SASL_SIMPLE, &cred, NULL, NULL, NULL);
     if (rc != LDAP_SUCCESS) {
+        if (refused != NULL)
+            *refused = true;
         snprintf(what, sizeof what, "ldap: bind as %s failed", c->bind_dn ? c->bind_dn : "");
         dir_ld_error(ld, rc, what, err, errlen);
         size_t used = strlen(err);
@@ -289,8 +291,8 @@ fail:
     return NULL;
 }
 
-LDAP *dir_connect_any(const struct conf *c, const char *pw, size_t pwlen, size_t *which, char *err,
-                      size_t errlen)
+LDAP *dir_connect_any(const struct conf *c, const char *pw, size_t pwlen, size_t *which,
+                      bool *refused, char *err, size_t errlen)
 {
     size_t used = 0;
     char one[1024];
@@ -298,7 +300,7 @@ LDAP *dir_connect_any(const struct conf *c, const char *pw, size_t pwlen, size_t
     if (errlen > 0)
         err[0] = '\0';
     for (size_t i = 0; i < c->n_ldap_uri; i++) {
-        LDAP *ld = dir_connect_bind(c, c->ldap_uri[i], pw, pwlen, one, sizeof one);
+        LDAP *ld = dir_connect_bind(c, c->ldap_uri[i], pw, pwlen, refused, one, sizeof one);
         if (ld != NULL) {
             *which = i;
             return ld;
@@ -319,6 +321,7 @@ int dir_check(const struct conf *c, char *err, size_t errlen)
     size_t pwlen = 0, which = 0;
     LDAP *ld = NULL;
     int ret = -1;
+    bool refused = false;
 
     if (c->bind_dn == NULL || c->base_dn == NULL) {
         snprintf(err, errlen, "ldap: [ldap] bind_dn and base_dn are required");
@@ -327,9 +330,11 @@ int dir_check(const struct conf *c, char *err, size_t errlen)
     pw = dir_password_read(c->bind_password_file, &pwlen, err, errlen);
     if (pw == NULL)
         goto fail;
-    ld = dir_connect_any(c, pw, pwlen, &which, err, errlen);
-    if (ld == NULL)
+    ld = dir_connect_any(c, pw, pwlen, &which, &refused, err, errlen);
+    if (ld == NULL) {
+        ret = refused ? -1 : -2;
         goto fail;
+    }
     /* A wrong base_dn would otherwise show up later as "no mapping" for everyone. */
     char *attrs[] = {LDAP_NO_ATTRS, NULL};
     LDAPMessage *res = NULL;

@@ -97,7 +97,7 @@ static void *connector_main(void *arg)
             break;
         pthread_mutex_unlock(&d->mu);
         size_t which = 0;
-        LDAP *ld = dir_connect_any(d->conf, d->password, d->password_len, &which, err, sizeof err);
+        LDAP *ld = dir_connect_any(d->conf, d->password, d->password_len, &which, NULL, err, sizeof err);
         pthread_mutex_lock(&d->mu);
         if (ld != NULL) {
             if (d->stopping) {

@@ -22,8 +22,10 @@ void dir_free(struct dir *d);
 struct map_source *dir_source(struct dir *d);
 
 /* Connects and binds once, synchronously, for start-up checks and
- * `certmapd map`: 0, or -1 with a clear reason (wrong password, TLS failure,
- * unreachable) in <err>. Never called on a worker's loop once serving. */
+ * `certmapd map`: 0; -1 when a directory refused us (wrong password, missing
+ * base_dn, unreadable password file): a configuration error; -2 when no
+ * directory could be reached (down, TLS failure). A clear reason in <err>.
+ * Never called on a worker's loop once serving. */
 int dir_check(const struct conf *c, char *err, size_t errlen);
 
 #endif

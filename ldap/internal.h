@@ -32,12 +32,13 @@ void dir_password_free(char *pw, size_t len);
  * against [ldap] ca_file and binds as [ldap] bind_dn, synchronously (off the
  * loop only). Returns the bound handle, or NULL with a reason in <err>. */
 LDAP *dir_connect_bind(const struct conf *c, const char *uri, const char *pw, size_t pwlen,
+                       bool *refused /* set when a server refused the bind; may be NULL */,
                        char *err, size_t errlen);
 
 /* dir_connect_bind on each [ldap] uri in order; the first that binds wins and
  * its index goes to <which>. NULL when none does, every reason in <err>. */
-LDAP *dir_connect_any(const struct conf *c, const char *pw, size_t pwlen, size_t *which, char *err,
-                      size_t errlen);
+LDAP *dir_connect_any(const struct conf *c, const char *pw, size_t pwlen, size_t *which,
+                      bool *refused, char *err, size_t errlen);
 
 /* "what: Text (code): server's diagnostic" from the last operation on <ld>. */
 void dir_ld_error(LDAP *ld, int rc, const char *what, char *err, size_t errlen);

@@ -111,9 +111,12 @@ void accesslog_write(struct accesslog *l, const struct proxy_conn *c, const stru
     else
         p = put(p, end, " upstream_ms=-");
     const struct cert_facts *f = c->facts;
-    p = put(p, end, " serial=%s user=- reason=%s",
-            f != NULL && f->serial_hex != NULL ? f->serial_hex : "-",
-            r->reason != R_NONE ? reason_name(r->reason) : "-");
+    const char *user = "-";
+    if (r->map_done && r->ident.reason == R_NONE)
+        user = r->ident.upn != NULL ? r->ident.upn : r->ident.sam != NULL ? r->ident.sam : "-";
+    p = put(p, end, " serial=%s user=", f != NULL && f->serial_hex != NULL ? f->serial_hex : "-");
+    p = put_escaped(p, end, user, strlen(user));
+    p = put(p, end, " reason=%s", r->reason != R_NONE ? reason_name(r->reason) : "-");
     *p++ = '\n';
     if (write(l->fd, line, (size_t)(p - line)) < 0) {
         /* a full disk must not stop the proxy */

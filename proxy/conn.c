@@ -44,6 +44,9 @@ static void req_reset(struct proxy_conn *c)
     struct proxy_head head = r->head; /* keeps its buffers for reuse */
     if (r->upstream_head != NULL)
         evbuffer_free(r->upstream_head);
+    if (r->readahead != NULL)
+        evbuffer_free(r->readahead);
+    map_result_purge(&r->ident);
     memset(r, 0, sizeof *r);
     r->head = head;
     proxy_head_reset(&r->head, c->w->conf->max_request_head);
@@ -56,17 +59,25 @@ static void conn_free(struct proxy_conn *c)
         upstream_release(c->up, false);
         c->up = NULL;
     }
-    if (c->state == CS_BODY || c->state == CS_WAIT) {
+    if (c->map_job != NULL)
+        map_job_cancel(c->map_job); /* the lookup still completes and is cached */
+    if (c->state == CS_BODY || c->state == CS_WAIT || c->state == CS_READAHEAD ||
+        c->state == CS_LATE || c->state == CS_MAP) {
         /* The client went away mid-request: log it, as nginx's 499 does. */
         c->req.status = 499;
         accesslog_write(w->alog, c, &c->req);
     }
     if (c->req.upstream_head != NULL)
         evbuffer_free(c->req.upstream_head);
+    if (c->req.readahead != NULL)
+        evbuffer_free(c->req.readahead);
+    map_result_purge(&c->req.ident);
     proxy_head_purge(&c->req.head);
     tls_facts_free(c->facts);
     if (c->timer != NULL)
         event_free(c->timer);
+    if (c->late_ev != NULL)
+        event_free(c->late_ev);
     if (c->bev != NULL)
         bufferevent_free(c->bev);
     TAILQ_REMOVE(&w->conns, c, link);
@@ -90,12 +101,27 @@ bool proxy_conn_output_full(const struct proxy_conn *c)
 }
 
 /* Stops after flushing what is queued for the client. */
+/* A lingering close: once the last answer is out, close_notify and a TCP
+ * half-close; then what the client still sends (the rest of a refused upload)
+ * is read and dropped for a short while, so that its unread bytes do not turn
+ * into a reset that destroys the answer before the client has read it. */
+#define LINGER_MS 2000
+
+static void conn_linger(struct proxy_conn *c)
+{
+    if (c->lingering)
+        return;
+    c->lingering = true;
+    tls_conn_close_notify(bufferevent_openssl_get_ssl(c->bev));
+    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    timer_arm(c, LINGER_MS);
+}
+
 static void conn_close_after_flush(struct proxy_conn *c)
 {
     c->state = CS_CLOSING;
-    bufferevent_disable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-        proxy_conn_close(c);
+        conn_linger(c);
     else
         timer_arm(c, 10000); /* a client that never reads its answer is dropped */
 }
@@ -191,14 +217,24 @@ static int on_headers_complete(llhttp_t *p)
         if (proxy_head_name_is(&r->head, i, "expect") &&
             header_value_is(&r->head, i, "100-continue"))
             r->expect_continue = true;
-    return HPE_PAUSED; /* decided in conn_start_request, outside the parser */
+    return HPE_PAUSED; /* decided in conn_proceed, outside the parser */
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct proxy_conn *c = p->data;
     /* llhttp may report an empty piece; re-chunked, it would end the body early. */
-    if (c->up == NULL || len == 0)
+    if (len == 0)
+        return 0;
+    if (c->state == CS_READAHEAD) {
+        /* IIS's uploadReadAheadSize: the body waits in memory for the certificate. */
+        struct evbuffer *ra = c->req.readahead;
+        if (evbuffer_get_length(ra) + len > c->w->conf->upload_read_ahead_size)
+            return head_fail(c, R_READ_AHEAD_EXCEEDED);
+        evbuffer_add(ra, at, len);
+        return 0;
+    }
+    if (c->up == NULL)
         return 0;
     struct evbuffer *out = bufferevent_get_output(c->up->bev);
     if (c->req.chunked) {
@@ -234,43 +270,45 @@ static const llhttp_settings_t request_settings = {
     .on_message_complete = on_message_complete,
 };
 
-/* ---- request start: policy, upstream ----------------------------------------- */
+/* ---- from a complete head to the backend --------------------------------------
+ *
+ * conn_proceed() takes a request through what it needs before it may reach the
+ * backend: the location's policy, a certificate (asked late if the handshake
+ * did not ask), the mapping to an account, then conn_forward(). A step that
+ * waits (read-ahead, the client's certificate, the directory) returns with the
+ * parser paused, and its completion calls conn_proceed() again. */
 
-/* The certificate policy for this request's location. R_NONE or the refusal. */
-static enum reason conn_policy(struct proxy_conn *c, const char *path)
+static void conn_proceed(struct proxy_conn *c);
+
+static void parser_resume(struct proxy_conn *c)
 {
-    const struct conf *cf = c->w->conf;
-    const struct conf_location *loc = conf_location_for(cf, path, strlen(path));
-    enum cert_mode mode = loc != NULL ? loc->client_certificate : cf->cert_mode;
-    c->req.cert_mode = mode;
-    if (mode == CERT_IGNORE)
-        return R_NONE;
-    if (c->cert_reason != R_NONE)
-        return c->cert_reason; /* a certificate was sent and it is not acceptable */
-    if (c->facts == NULL && mode == CERT_REQUIRE)
-        return R_CERT_REQUIRED;
-    return R_NONE;
+    llhttp_resume(&c->parser);
+    c->parser_paused = false;
 }
 
-static void conn_start_request(struct proxy_conn *c)
+/* Continues <c> after an asynchronous step, outside any parser callback. */
+static void conn_continue(struct proxy_conn *c)
+{
+    c->in_feed = true;
+    conn_proceed(c);
+    c->in_feed = false;
+    if (c->dead)
+        conn_free(c);
+    else if (!c->parser_paused && c->state != CS_CLOSING)
+        conn_feed(c);
+}
+
+/* Sends the request on: head, any body held in the read-ahead buffer, then
+ * the rest of the body as it arrives. */
+static void conn_forward(struct proxy_conn *c)
 {
     struct proxy_req *r = &c->req;
-    if (r->method == HTTP_CONNECT) {
-        conn_refuse(c, R_BAD_REQUEST);
-        return;
+    if (r->readahead != NULL) {
+        /* The whole body is in memory: sent with its length, not re-chunked. */
+        r->chunked = false;
+        r->content_length = evbuffer_get_length(r->readahead);
+        r->has_body = r->content_length > 0;
     }
-    char *path = proxy_http_policy_path(r->head.buf + r->head.url_off, r->head.url_len);
-    if (path == NULL) {
-        conn_refuse(c, R_BAD_REQUEST);
-        return;
-    }
-    enum reason why = conn_policy(c, path);
-    free(path);
-    if (why != R_NONE) {
-        conn_refuse(c, why);
-        return;
-    }
-
     struct evbuffer *head = evbuffer_new();
     if (head == NULL) {
         proxy_conn_close(c);
@@ -293,10 +331,169 @@ static void conn_start_request(struct proxy_conn *c)
         bufferevent_write_buffer(c->up->bev, head);
         evbuffer_free(head);
     }
+    if (r->readahead != NULL) {
+        bufferevent_write_buffer(c->up->bev, r->readahead);
+        evbuffer_free(r->readahead);
+        r->readahead = NULL;
+    }
+    if (r->body_done) {
+        /* Read ahead whole: the parser stays paused at the message's end. */
+        c->state = CS_WAIT;
+        evtimer_del(c->timer);
+        return;
+    }
     if (r->has_body && r->expect_continue)
         evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
     c->state = CS_BODY;
     timer_arm(c, c->w->conf->body_timeout_ms); /* body progress */
+    parser_resume(c);
+}
+
+/* The location's policy: certificate mode and whether to map. 0, or -1 when
+ * the request was refused (its target cannot be judged safely). */
+static int conn_policy(struct proxy_conn *c)
+{
+    struct proxy_req *r = &c->req;
+    const struct conf *cf = c->w->conf;
+    if (r->method == HTTP_CONNECT) {
+        conn_refuse(c, R_BAD_REQUEST);
+        return -1;
+    }
+    char *path = proxy_http_policy_path(r->head.buf + r->head.url_off, r->head.url_len);
+    if (path == NULL) {
+        conn_refuse(c, R_BAD_REQUEST);
+        return -1;
+    }
+    const struct conf_location *loc = conf_location_for(cf, path, strlen(path));
+    free(path);
+    r->cert_mode = loc != NULL ? loc->client_certificate : cf->cert_mode;
+    r->want_mapping = c->w->mapper != NULL && r->cert_mode != CERT_IGNORE &&
+                      (loc == NULL || loc->mapping);
+    if (!r->chunked && r->has_body)
+        r->content_length = c->parser.content_length;
+    r->policy_done = true;
+    return 0;
+}
+
+static void late_answered(void *arg)
+{
+    /* Inside OpenSSL's read: only schedule the work. */
+    struct proxy_conn *c = arg;
+    event_active(c->late_ev, 0, 0);
+}
+
+static void conn_late_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct proxy_conn *c = arg;
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    tls_facts_free(c->facts);
+    c->facts = NULL;
+    /* Judged as in a handshake; the certificate then holds for the connection. */
+    c->cert_reason = tls_conn_verdict(c->w->tls, ssl, CERT_ACCEPT, &c->facts);
+    log_debug("%s: late certificate: %s", c->peer,
+              c->facts         ? c->facts->subject
+              : c->cert_reason ? reason_name(c->cert_reason)
+                               : "none sent");
+    conn_continue(c);
+}
+
+/* Asks the client for a certificate now. Returns true while waiting for it. */
+static bool conn_ask_late(struct proxy_conn *c)
+{
+    struct proxy_req *r = &c->req;
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    r->late_asked = true;
+    if (c->late_ev == NULL) {
+        c->late_ev = event_new(c->w->base, -1, 0, conn_late_cb, c);
+        if (c->late_ev == NULL)
+            return false;
+    }
+    switch (tls_conn_request_cert(c->w->tls, ssl, late_answered, c)) {
+    case TLS_LATE_RENEGOTIATE:
+    case TLS_LATE_PHA:
+        c->state = CS_LATE;
+        timer_arm(c, c->w->conf->header_timeout_ms);
+        return true;
+    case TLS_LATE_NO_PHA:
+        log_info("%s: a client certificate is needed, but this TLS 1.3 client did not offer "
+                 "post-handshake authentication (negotiate_at_handshake = yes asks for it in "
+                 "the handshake)",
+                 c->peer);
+        return false;
+    case TLS_LATE_ASKED_ALREADY:
+        return false;
+    case TLS_LATE_FAILED:
+        log_info("%s: could not ask for a client certificate late", c->peer);
+        return false;
+    }
+    return false;
+}
+
+static void map_done(void *arg, const struct map_result *res)
+{
+    struct proxy_conn *c = arg;
+    struct proxy_req *r = &c->req;
+    c->map_job = NULL;
+    if (map_result_copy(&r->ident, res) < 0) {
+        map_result_purge(&r->ident);
+        r->ident.reason = R_DIRECTORY_UNAVAILABLE; /* out of memory: fail closed */
+    }
+    r->map_done = true;
+    conn_continue(c);
+}
+
+static void conn_proceed(struct proxy_conn *c)
+{
+    struct proxy_req *r = &c->req;
+    if (!r->policy_done && conn_policy(c) < 0)
+        return;
+
+    if (r->cert_mode != CERT_IGNORE) {
+        if (c->cert_reason != R_NONE) {
+            conn_refuse(c, c->cert_reason); /* a certificate was sent and is not acceptable */
+            return;
+        }
+        if (c->facts == NULL && !r->late_asked &&
+            !tls_conn_cert_asked(c->w->tls, bufferevent_openssl_get_ssl(c->bev))) {
+            if (r->has_body && !r->expect_continue && !r->body_done) {
+                /* The body first, into the read-ahead buffer: no application data
+                 * may be in flight while TLS 1.2 renegotiates. Known too long: 413. */
+                if (!r->chunked && r->content_length > c->w->conf->upload_read_ahead_size) {
+                    conn_refuse(c, R_READ_AHEAD_EXCEEDED);
+                    return;
+                }
+                r->readahead = evbuffer_new();
+                if (r->readahead == NULL) {
+                    proxy_conn_close(c);
+                    return;
+                }
+                c->state = CS_READAHEAD;
+                timer_arm(c, c->w->conf->body_timeout_ms);
+                parser_resume(c);
+                return;
+            }
+            if (conn_ask_late(c))
+                return;
+        }
+        if (c->facts == NULL && r->cert_mode == CERT_REQUIRE) {
+            conn_refuse(c, R_CERT_REQUIRED);
+            return;
+        }
+    }
+
+    if (r->want_mapping && c->facts != NULL && !r->map_done) {
+        c->state = CS_MAP;
+        evtimer_del(c->timer); /* the directory's own timeout bounds the wait */
+        c->map_job = map_job_start(c->w->mapper, c->facts, map_done, c, NULL, &r->ident);
+        if (c->map_job != NULL)
+            return;
+        r->map_done = true; /* answered from the cache */
+    }
+    if (r->map_done && r->ident.reason != R_NONE) {
+        conn_refuse(c, r->ident.reason);
+        return;
+    }
+    conn_forward(c);
 }
 
 /* Re-sends the kept request head on a new upstream connection, once. */
@@ -324,14 +521,11 @@ static bool conn_retry(struct proxy_conn *c)
 
 static void conn_after_pause(struct proxy_conn *c)
 {
-    if (c->state == CS_HEAD) {
-        conn_start_request(c);
-        if (c->state != CS_BODY)
-            return;
-        llhttp_resume(&c->parser);
-        c->parser_paused = false;
-    }
-    /* Paused at message completion: stays paused until the response is done. */
+    /* Paused at the end of a head, or at the end of a body held in the
+     * read-ahead buffer: the request goes on. Paused at the end of a body being
+     * forwarded: it stays paused until the response is done. */
+    if (c->state == CS_HEAD || c->state == CS_READAHEAD)
+        conn_proceed(c);
 }
 
 static void conn_feed(struct proxy_conn *c)
@@ -370,7 +564,7 @@ static void conn_feed(struct proxy_conn *c)
                 conn_refuse(c, R_HEAD_TOO_LARGE);
                 break;
             }
-        } else if (c->state == CS_BODY && used > 0) {
+        } else if ((c->state == CS_BODY || c->state == CS_READAHEAD) && used > 0) {
             timer_arm(c, c->w->conf->body_timeout_ms);
         }
         c->req.bytes_in += used;
@@ -484,7 +678,13 @@ void proxy_conn_upstream_writable(struct proxy_conn *c)
 
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
-    conn_feed(arg);
+    struct proxy_conn *c = arg;
+    if (c->state == CS_CLOSING) {
+        struct evbuffer *in = bufferevent_get_input(bev);
+        evbuffer_drain(in, evbuffer_get_length(in)); /* lingering: read and dropped */
+        return;
+    }
+    conn_feed(c);
 }
 
 static void conn_write_cb(struct bufferevent *bev, void *arg)
@@ -492,7 +692,7 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
     struct proxy_conn *c = arg;
     if (c->state == CS_CLOSING) {
         if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-            proxy_conn_close(c);
+            conn_linger(c);
         return;
     }
     /* The client drained its answer: let the backend send more. */
@@ -533,8 +733,11 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct proxy_conn *c = arg;
     static const char *const what_timed_out[] = {
-        [CS_HANDSHAKE] = "handshake", [CS_IDLE] = "keep-alive", [CS_HEAD] = "request head",
-        [CS_BODY] = "request body",   [CS_WAIT] = "response",   [CS_CLOSING] = "final write",
+        [CS_HANDSHAKE] = "handshake",       [CS_IDLE] = "keep-alive",
+        [CS_HEAD] = "request head",         [CS_READAHEAD] = "read-ahead body",
+        [CS_LATE] = "late certificate",     [CS_MAP] = "directory",
+        [CS_BODY] = "request body",         [CS_WAIT] = "response",
+        [CS_CLOSING] = "final write",
     };
     log_debug("%s: %s timeout", c->peer, what_timed_out[c->state]);
     proxy_conn_close(c);

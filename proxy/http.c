@@ -210,15 +210,22 @@ void proxy_http_request_head(const struct proxy_conn *c, struct evbuffer *out)
     if (r->chunked)
         evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
     else if (r->has_body)
-        evbuffer_add_printf(out, "Content-Length: %llu\r\n",
-                            (unsigned long long)c->parser.content_length);
+        evbuffer_add_printf(out, "Content-Length: %llu\r\n", (unsigned long long)r->content_length);
     evbuffer_add_printf(out, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: https\r\n", c->peer);
-    if (c->facts != NULL) {
+    if (c->facts != NULL && r->cert_mode != CERT_IGNORE) {
         const struct cert_facts *f = c->facts;
         add_identity_header(out, "X-Client-Cert-Subject", f->subject);
         add_identity_header(out, "X-Client-Cert-Issuer", f->issuer);
         add_identity_header(out, "X-Client-Cert-Serial", f->serial_hex);
         add_identity_header(out, "X-Client-Cert-SHA256", f->sha256);
+    }
+    if (r->map_done && r->ident.reason == R_NONE) {
+        const struct map_result *id = &r->ident;
+        add_identity_header(out, "X-Remote-User", id->upn != NULL ? id->upn : id->sam);
+        add_identity_header(out, "X-Remote-User-DN", id->dn);
+        add_identity_header(out, "X-Remote-User-SID", id->sid);
+        add_identity_header(out, "X-Remote-User-Sam", id->sam);
+        add_identity_header(out, "X-Client-Cert-Mapping", id->method);
     }
     evbuffer_add(out, "\r\n", 2);
 }

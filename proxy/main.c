@@ -17,6 +17,8 @@
 
 #include "common/log.h"
 #include "conf/conf.h"
+#include "ldap/dir.h"
+#include "mapping/mapping.h"
 #include "proxy/proxy.h"
 #include "tls/tls.h"
 
@@ -77,6 +79,25 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
         log_error("%s", err);
         goto out;
     }
+    if (c->has_mapping_section) {
+        if (c->map_source == MAP_SOURCE_LDAP) {
+            /* A directory that refuses us is a configuration error; one that
+             * cannot be reached now is not: requests get 503 until it answers. */
+            int rc_dir = dir_check(c, err, sizeof err);
+            if (rc_dir == -1) {
+                log_error("%s", err);
+                goto out;
+            }
+            if (rc_dir == -2)
+                log_error("%s; starting anyway: mapped requests get 503 until a directory "
+                          "answers", err);
+        }
+        sh.cache = map_cache_new(c->cache_entries, c->cache_ttl_ms, c->negative_cache_ttl_ms);
+        if (sh.cache == NULL) {
+            log_error("out of memory for the identity cache");
+            goto out;
+        }
+    }
     ws = calloc(c->workers, sizeof *ws);
     if (ws == NULL || proxy_workers_bind(ws, c->workers, &sh, err, sizeof err) < 0) {
         log_error("%s", ws ? err : "out of memory");
@@ -114,6 +135,7 @@ out:
     free(ws);
     accesslog_close(sh.alog);
     tls_client_ctx_free(sh.backend_tls);
+    map_cache_free(sh.cache);
     return rc;
 }
 

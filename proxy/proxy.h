@@ -18,6 +18,7 @@
 
 #include "common/reason.h"
 #include "conf/conf.h"
+#include "mapping/mapping.h"
 #include "tls/facts.h"
 
 struct tls_ctx;
@@ -106,6 +107,9 @@ enum conn_state {
     CS_HANDSHAKE = 0, /* TLS handshake in progress */
     CS_IDLE,          /* between requests */
     CS_HEAD,          /* receiving a request head */
+    CS_READAHEAD,     /* holding the body in memory until a late certificate is asked */
+    CS_LATE,          /* waiting for the client's answer to a late certificate request */
+    CS_MAP,           /* waiting for the directory (certificate mapping) */
     CS_BODY,          /* head forwarded, receiving the body */
     CS_WAIT,          /* request complete, response in progress */
     CS_CLOSING,       /* flushing a last answer, then closing */
@@ -123,7 +127,14 @@ struct proxy_req {
     bool idempotent;
     bool head_method;
     bool retried;
+    bool policy_done;               /* location and certificate mode decided */
+    bool late_asked;                /* a late certificate was asked for this request */
+    bool want_mapping;              /* [mapping] is on for this location */
+    bool map_done;                  /* <ident> holds the mapping's outcome */
     enum cert_mode cert_mode;       /* of the location */
+    uint64_t content_length;        /* of the body as received (not chunked) */
+    struct evbuffer *readahead;     /* body held while a late certificate is asked */
+    struct map_result ident;        /* the mapped account, when map_done */
     struct evbuffer *upstream_head; /* kept until the response starts, for one retry */
     uint64_t bytes_in;              /* request bytes received (head + body) */
     uint64_t bytes_out;             /* response bytes sent */
@@ -140,6 +151,8 @@ struct proxy_conn {
     struct event *timer; /* handshake / head / idle timeouts */
     llhttp_t parser;
     struct upstream *up;
+    struct map_job *map_job;  /* directory lookup in flight, or NULL */
+    struct event *late_ev;    /* fires when a late certificate request is answered */
     struct cert_facts *facts; /* verified client certificate, or NULL */
     enum reason cert_reason;  /* verdict on the certificate presented */
     struct proxy_req req;
@@ -148,6 +161,7 @@ struct proxy_conn {
     const char *feed_start; /* the buffer llhttp_execute is parsing */
     char feed_prev;         /* the byte parsed just before feed_start */
     bool parser_paused;
+    bool lingering;         /* last answer sent, close_notify too: waiting for the client */
     bool read_blocked; /* backpressure: upstream output is full */
     bool in_feed;      /* inside conn_feed: defer frees */
     bool dead;         /* free once the stack unwinds */
@@ -226,6 +240,15 @@ struct worker {
     struct event *grace_ev;
     bool draining;
     pthread_t thread;
+    /* Certificate mapping, when [mapping] is configured: this worker's source
+     * (LDAP connection or LDIF view) and mapper over the shared cache. */
+    struct dir *dir;
+    struct map_source *ldif;
+    struct mapper *mapper;
+    /* Work handed over from other threads (a lookup finished elsewhere). */
+    struct event *post_ev;
+    pthread_mutex_t post_lock;
+    struct worker_post *post_head, *post_tail;
 };
 
 struct proxy_shared {
@@ -234,6 +257,7 @@ struct proxy_shared {
     struct tls_client_ctx *backend_tls;
     struct backend_addr backend;
     struct accesslog *alog;
+    struct map_cache *cache; /* NULL without [mapping] */
 };
 
 /* Binds every listener for <n> workers with SO_REUSEPORT (one socket per

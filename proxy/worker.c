@@ -15,6 +15,8 @@
 #include <event2/listener.h>
 
 #include "common/log.h"
+#include "ldap/dir.h"
+#include "mapping/mapping.h"
 #include "proxy/proxy.h"
 
 void proxy_now(struct timespec *ts)
@@ -107,6 +109,76 @@ void proxy_worker_conn_gone(struct worker *w)
         event_base_loopexit(w->base, NULL);
 }
 
+/* Work another thread hands to this worker (mapping/'s post hook). */
+struct worker_post {
+    void (*fn)(void *);
+    void *arg;
+    struct worker_post *next;
+};
+
+static void post_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    pthread_mutex_lock(&w->post_lock);
+    struct worker_post *p = w->post_head;
+    w->post_head = w->post_tail = NULL;
+    pthread_mutex_unlock(&w->post_lock);
+    while (p != NULL) {
+        struct worker_post *next = p->next;
+        p->fn(p->arg);
+        free(p);
+        p = next;
+    }
+}
+
+/* Runs fn(fn_arg) on <post_arg>'s worker thread soon; callable from any thread. */
+static void worker_post(void *post_arg, void (*fn)(void *), void *fn_arg)
+{
+    struct worker *w = post_arg;
+    struct worker_post *p = malloc(sizeof *p);
+    if (p == NULL) {
+        /* Nowhere to queue it: the waiting request would hang; abort loudly instead. */
+        cm_fatal("out of memory handing a directory answer to worker %u", w->id);
+    }
+    p->fn = fn;
+    p->arg = fn_arg;
+    p->next = NULL;
+    pthread_mutex_lock(&w->post_lock);
+    if (w->post_tail != NULL)
+        w->post_tail->next = p;
+    else
+        w->post_head = p;
+    w->post_tail = p;
+    pthread_mutex_unlock(&w->post_lock);
+    event_active(w->post_ev, 0, 0); /* thread-safe: evthread locking is on */
+}
+
+/* This worker's directory source and mapper, when [mapping] is configured. */
+static int worker_mapping_init(struct worker *w, const struct proxy_shared *sh, char *err,
+                               size_t errlen)
+{
+    const struct conf *c = w->conf;
+    struct map_source *src;
+    if (c->map_source == MAP_SOURCE_LDIF) {
+        w->ldif = map_ldif_open(c->ldif_file, c->netbios_domain, w->base, err, errlen);
+        if (w->ldif == NULL)
+            return -1;
+        src = w->ldif;
+    } else {
+        w->dir = dir_new(w->base, c, err, errlen);
+        if (w->dir == NULL)
+            return -1;
+        src = dir_source(w->dir);
+    }
+    w->mapper = mapper_new(c, src, sh->cache);
+    if (w->mapper == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    mapper_set_post(w->mapper, worker_post, w);
+    return 0;
+}
+
 int proxy_workers_bind(struct worker *ws, unsigned n, const struct proxy_shared *sh, char *err,
                        size_t errlen)
 {
@@ -129,10 +201,14 @@ int proxy_workers_bind(struct worker *ws, unsigned n, const struct proxy_shared 
         }
         w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
         w->grace_ev = evtimer_new(w->base, grace_cb, w);
-        if (w->stop_ev == NULL || w->grace_ev == NULL) {
+        w->post_ev = event_new(w->base, -1, 0, post_cb, w);
+        pthread_mutex_init(&w->post_lock, NULL);
+        if (w->stop_ev == NULL || w->grace_ev == NULL || w->post_ev == NULL) {
             snprintf(err, errlen, "out of memory");
             return -1;
         }
+        if (c->has_mapping_section && worker_mapping_init(w, sh, err, errlen) < 0)
+            return -1;
         for (size_t k = 0; k < c->n_listen; k++) {
             int fd = listen_socket(&c->listen[k], err, errlen);
             if (fd < 0)
@@ -180,6 +256,16 @@ static void worker_purge(struct worker *w)
     for (size_t i = 0; i < w->n_listeners; i++)
         if (w->listeners[i] != NULL)
             evconnlistener_free(w->listeners[i]);
+    /* Connections first (their lookups are cancelled), then what other
+     * threads handed over (cancelled jobs: it only frees), then the mapping. */
+    if (w->post_ev != NULL) {
+        post_cb(-1, 0, w);
+        event_free(w->post_ev);
+        pthread_mutex_destroy(&w->post_lock);
+    }
+    mapper_free(w->mapper);
+    dir_free(w->dir);
+    map_ldif_close(w->ldif);
     if (w->stop_ev != NULL)
         event_free(w->stop_ev);
     if (w->grace_ev != NULL)

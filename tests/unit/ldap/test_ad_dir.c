@@ -430,7 +430,7 @@ static void test_check_errors(void **state)
 
     /* Nothing listens on port 1. */
     c = conf_for("ldaps://127.0.0.1:1", NULL, g->secret, 3000);
-    assert_int_equal(dir_check(c, err, sizeof err), -1);
+    assert_int_equal(dir_check(c, err, sizeof err), -2); /* unreachable, not refused */
     assert_non_null(strstr(err, "Can't contact LDAP server"));
     assert_non_null(strstr(err, "ldaps://127.0.0.1:1"));
     conf_release(c);
@@ -439,7 +439,7 @@ static void test_check_errors(void **state)
     c = conf_for(g->uri, NULL, g->secret, 3000);
     free(c->ldap_ca_file);
     c->ldap_ca_file = strdup("/etc/ssl/certs/ca-certificates.crt");
-    assert_int_equal(dir_check(c, err, sizeof err), -1);
+    assert_int_equal(dir_check(c, err, sizeof err), -2); /* unreachable, not refused */
     assert_non_null(strstr(err, "cannot connect to ldaps://127.0.0.1"));
     assert_non_null(strstr(err, "certificate is not trusted"));
     assert_non_null(strstr(err, "ca_file"));
@@ -448,13 +448,13 @@ static void test_check_errors(void **state)
     /* Trusted, but not issued for the name asked for: the DC's certificate
      * names IP:127.0.0.1, not ::1 (Samba listens on both). */
     c = conf_for("ldaps://[::1]", NULL, g->secret, 3000);
-    assert_int_equal(dir_check(c, err, sizeof err), -1);
+    assert_int_equal(dir_check(c, err, sizeof err), -2); /* unreachable, not refused */
     assert_non_null(strstr(err, "certificate does not name \"::1\""));
     conf_release(c);
 
     /* libldap checks "localhost" as the machine's host name: said plainly. */
     c = conf_for("ldaps://localhost", NULL, g->secret, 3000);
-    assert_int_equal(dir_check(c, err, sizeof err), -1);
+    assert_int_equal(dir_check(c, err, sizeof err), -2); /* unreachable, not refused */
     assert_non_null(strstr(err, "this machine's host name"));
     conf_release(c);
 
