@@ -372,9 +372,23 @@ struct map_source *map_ldif_open(const char *path, const char *netbios, struct e
         fail_at(err, errlen, path, 0, "cannot read: %s", strerror(errno));
         goto fail;
     }
+    bool first = true;
     while ((rc = ldif_read_record(fp, &line, &buf, &buflen)) > 0) {
         unsigned long start = record_line(line, buf, feof(fp->fp) != 0);
         const char *why;
+        if (first && strncasecmp(buf, "version:", 8) == 0) {
+            /* RFC 2849's optional "version: 1" line opens the file. */
+            first = false;
+            const char *rest = strchr(buf, '\n');
+            if (strtol(buf + 8, NULL, 10) != 1) {
+                fail_at(err, errlen, path, start, "unsupported LDIF version");
+                goto fail;
+            }
+            if (rest == NULL || rest[strspn(rest, "\r\n")] == '\0')
+                continue; /* alone in its record */
+            memmove(buf, rest + 1, strlen(rest + 1) + 1);
+        }
+        first = false;
         if (s->n == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             struct ldif_entry *ne = realloc(s->entries, ncap * sizeof(*ne));

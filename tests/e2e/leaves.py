@@ -1,0 +1,75 @@
+"""Client certificates made by a test for its own accounts: issued by the
+test PKI's issuing CA with the openssl CLI, with the UPN, e-mail, DNS name,
+SID extension and serial a mapping case needs."""
+import itertools
+import os
+import subprocess
+
+from harness import pki
+
+_serials = itertools.count(0x51000001)
+
+
+class Leaf:
+    def __init__(self, directory, name):
+        self.key = os.path.join(directory, f"{name}.key")
+        self.crt = os.path.join(directory, f"{name}.crt")
+        self.chain = os.path.join(directory, f"{name}.chain.pem")
+        self.serial = None
+
+    @property
+    def serial_rev(self):
+        """The serial's bytes reversed, as altSecurityIdentities <SR> writes it."""
+        h = self.serial
+        return "".join(h[i:i + 2] for i in range(len(h) - 2, -2, -2))
+
+    def curl_args(self):
+        return ["--cert", self.chain, "--key", self.key]
+
+
+ISSUER_ASI = "DC=test,DC=example,DC=corp,CN=Corp Issuing CA"
+
+
+def issue(directory, name, cn=None, upn=None, email=None, dns=None, sid=None, ou="Users",
+          eku="clientAuth", ski="hash"):
+    """Issues a leaf named <name> in <directory>; returns a Leaf."""
+    leaf = Leaf(directory, name)
+    serial = next(_serials)
+    leaf.serial = f"{serial:08X}"
+    cn = cn or name
+    san = []
+    if upn is not None:
+        san.append(f"otherName:1.3.6.1.4.1.311.20.2.3;UTF8:{upn}")
+    if email is not None:
+        san.append(f"email:{email}")
+    if dns is not None:
+        san.append(f"DNS:{dns}")
+    ext = ["[v3]", "basicConstraints=critical,CA:false", "keyUsage=critical,digitalSignature",
+           f"extendedKeyUsage={eku}", f"subjectKeyIdentifier={ski}",
+           "authorityKeyIdentifier=keyid"]
+    if san:
+        ext.append("subjectAltName=" + ",".join(san))
+    if sid is not None:
+        ext += ["1.3.6.1.4.1.311.25.2=ASN1:SEQUENCE:sid_names", "[sid_names]",
+                "name=IMPLICIT:0C,SEQUENCE:sid_other", "[sid_other]",
+                "type=OID:1.3.6.1.4.1.311.25.2.1", f"value=EXPLICIT:0C,OCTETSTRING:{sid}"]
+    extfile = os.path.join(directory, f"{name}.ext")
+    with open(extfile, "w") as f:
+        f.write("\n".join(ext) + "\n")
+    csr = os.path.join(directory, f"{name}.csr")
+    subj = f"/DC=test/DC=example/DC=corp/OU={ou}/CN={cn}"
+    run = lambda args: subprocess.run(args, check=True, capture_output=True, timeout=30)
+    run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-out", leaf.key])
+    run(["openssl", "req", "-new", "-key", leaf.key, "-subj", subj, "-out", csr])
+    run(["openssl", "x509", "-req", "-in", csr, "-CA", pki("issuing-ca.crt"), "-CAkey",
+         pki("issuing-ca.key"), "-set_serial", f"0x{leaf.serial}", "-days", "30", "-sha256",
+         "-extfile", extfile, "-extensions", "v3", "-out", leaf.crt])
+    with open(leaf.chain, "w") as out:
+        out.write(open(leaf.crt).read())
+        out.write(open(pki("issuing-ca.crt")).read())
+    return leaf
+
+
+def strong_altsecid(leaf):
+    return f"X509:<I>{ISSUER_ASI}<SR>{leaf.serial_rev}"
