@@ -49,6 +49,7 @@ struct dir_search {
     struct map_entry entries[DIR_MAX_ENTRIES];
     size_t n;
     char netbios[NETBIOS_MAX + 1];
+    char *parked_filter; /* waiting for the first connection; sent on handoff */
 };
 
 TAILQ_HEAD(search_list, dir_search);
@@ -69,6 +70,7 @@ struct dir {
     char *netbios;
     struct dir_search *netbios_search;
     unsigned timeouts_in_row;
+    bool ever_connected; /* until then, searches wait for the first connection */
 
     /* Shared with the connector thread, under <mu>. */
     pthread_mutex_t mu;
@@ -191,6 +193,7 @@ static void search_free(struct dir_search *s)
     event_free(s->ev);
     for (size_t i = 0; i < s->n; i++)
         map_entry_purge(&s->entries[i]);
+    free(s->parked_filter);
     free(s);
 }
 
@@ -230,6 +233,7 @@ static void deliver(struct dir_search *s)
 }
 
 static void conn_lost(struct dir *d, const char *why);
+static void send_lookup(struct dir *d, struct dir_search *s, const char *filter);
 
 static void search_event(evutil_socket_t fd, short what, void *arg)
 {
@@ -466,8 +470,21 @@ static void on_handoff(evutil_socket_t fd_unused, short what, void *arg)
     }
     d->ld = ld;
     d->timeouts_in_row = 0;
+    d->ever_connected = true;
     log_info("ldap: connected to %s as %s", d->conf->ldap_uri[which], d->conf->bind_dn);
     start_netbios(d);
+    /* Searches that waited for this first connection go now. */
+    struct dir_search *s, *next;
+    for (s = TAILQ_FIRST(&d->searches); s != NULL && d->ld != NULL; s = next) {
+        next = TAILQ_NEXT(s, link);
+        if (s->parked_filter == NULL || s->finished)
+            continue;
+        char *filter = s->parked_filter;
+        s->parked_filter = NULL;
+        evtimer_del(s->ev);
+        send_lookup(d, s, filter);
+        free(filter);
+    }
     return;
 fail:
     if (d->ev_read != NULL)
@@ -514,18 +531,9 @@ fail:
 
 /* ---- the map_source view ------------------------------------------------------- */
 
-static void *source_search(void *ctx, const struct map_lookup *l, map_search_cb cb, void *arg)
+/* Sends the account search <filter> of <s> on the connection. */
+static void send_lookup(struct dir *d, struct dir_search *s, const char *filter)
 {
-    struct dir *d = ctx;
-    if (l == NULL || l->filter == NULL || cb == NULL)
-        return NULL;
-    struct dir_search *s = search_new(d, K_LOOKUP, cb, arg);
-    if (s == NULL)
-        return NULL;
-    if (d->ld == NULL) {
-        finish(s, false);
-        return s;
-    }
     char *attrs[] = {"userPrincipalName",
                      "sAMAccountName",
                      "objectSid",
@@ -537,7 +545,7 @@ static void *source_search(void *ctx, const struct map_lookup *l, map_search_cb 
                      "objectClass",
                      "dNSHostName",
                      NULL};
-    int rc = ldap_search_ext(d->ld, d->conf->base_dn, LDAP_SCOPE_SUBTREE, l->filter, attrs, 0, NULL,
+    int rc = ldap_search_ext(d->ld, d->conf->base_dn, LDAP_SCOPE_SUBTREE, filter, attrs, 0, NULL,
                              NULL, NULL, DIR_MAX_ENTRIES, &s->msgid);
     if (rc != LDAP_SUCCESS) {
         s->msgid = -1;
@@ -545,11 +553,32 @@ static void *source_search(void *ctx, const struct map_lookup *l, map_search_cb 
         if (rc == LDAP_SERVER_DOWN || rc == LDAP_CONNECT_ERROR)
             conn_lost(d, ldap_err2string(rc));
         else
-            log_warn("ldap: search %s: %s (%d)", l->filter, ldap_err2string(rc), rc);
-        return s;
+            log_warn("ldap: search %s: %s (%d)", filter, ldap_err2string(rc), rc);
+        return;
     }
     arm_timeout(s);
     start_netbios(d);
+}
+
+static void *source_search(void *ctx, const struct map_lookup *l, map_search_cb cb, void *arg)
+{
+    struct dir *d = ctx;
+    if (l == NULL || l->filter == NULL || cb == NULL)
+        return NULL;
+    struct dir_search *s = search_new(d, K_LOOKUP, cb, arg);
+    if (s == NULL)
+        return NULL;
+    if (d->ld == NULL) {
+        /* Before the first connection (start-up), a search waits for it, within
+         * its timeout; once a connection has been lost, searches fail at once. */
+        if (!d->ever_connected && (s->parked_filter = strdup(l->filter)) != NULL) {
+            arm_timeout(s);
+            return s;
+        }
+        finish(s, false);
+        return s;
+    }
+    send_lookup(d, s, l->filter);
     return s;
 }
 

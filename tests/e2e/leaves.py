@@ -1,13 +1,16 @@
 """Client certificates made by a test for its own accounts: issued by the
 test PKI's issuing CA with the openssl CLI, with the UPN, e-mail, DNS name,
 SID extension and serial a mapping case needs."""
-import itertools
 import os
 import subprocess
 
 from harness import pki
 
-_serials = itertools.count(0x51000001)
+# Random serials: the Samba DC of a test run outlives one test, and mappings
+# written by an earlier run must never match a new certificate.
+def _serial():
+    n = int.from_bytes(os.urandom(8), "big") & 0x7FFFFFFFFFFFFFFF
+    return n | 0x1000000000000000
 
 
 class Leaf:
@@ -34,8 +37,7 @@ def issue(directory, name, cn=None, upn=None, email=None, dns=None, sid=None, ou
           eku="clientAuth", ski="hash"):
     """Issues a leaf named <name> in <directory>; returns a Leaf."""
     leaf = Leaf(directory, name)
-    serial = next(_serials)
-    leaf.serial = f"{serial:08X}"
+    leaf.serial = f"{_serial():016X}"
     cn = cn or name
     san = []
     if upn is not None:

@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""Certificate mapping against a real Samba AD DC (the ctest fixture `samba`
+provisions and starts it on loopback): accounts and altSecurityIdentities are
+written with LDAP as Administrator, certificates are issued for each case,
+requests are made with real curl through certmapd to a real backend."""
+import os
+import subprocess
+import time
+
+import leaves
+from harness import check, curl, eq, pki, run
+from samba import Samba
+from slowproxy import SlowProxy
+
+PATH = "/Microsoft-Server-ActiveSync?Cmd=Ping&User=x&DeviceId=D1&DeviceType=iPhone"
+AD = Samba()
+REALM = "corp.example.test"
+_n = [0]
+
+
+def uniq(base):
+    """Account names unique within this run (the DC lives for the whole suite)."""
+    _n[0] += 1
+    return f"{base}{os.getpid() % 10000}x{_n[0]}"
+
+
+def ad_sections(mapping=None, uri=None, ldap=None):
+    sections = {
+        "mapping": {"source": "ldap", **(mapping or {})},
+        "ldap": {"uri": uri or AD.ldaps_uri, "base_dn": AD.base_dn, "bind_dn": AD.bind_dn,
+                 "bind_password_file": AD.password_file, "ca_file": AD.ca_file,
+                 "timeout": "2s", **(ldap or {})},
+    }
+    return sections
+
+
+def headers(req):
+    return {k.lower(): v for k, v in req["headers"]}
+
+
+def start(env, mapping=None, uri=None, ldap=None, extra=None):
+    b = env.backend()
+    sections = ad_sections(mapping, uri, ldap)
+    sections.update(extra or {})
+    return b, env.certmapd(b, sections)
+
+
+def test_strong_altsecid_mapping(env):
+    name = uniq("alice")
+    upn = f"{name}@{REALM}"
+    dn = AD.user_create(name, upn=upn)
+    leaf = leaves.issue(env.dir, name, upn=upn)
+    AD.set_altsecids(name, [leaves.strong_altsecid(leaf)])
+    b, d = start(env)
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "status")
+    h = headers(b.requests()[0])
+    eq(h["x-remote-user"], upn, "X-Remote-User")
+    eq(h["x-remote-user-dn"].lower(), dn.lower(), "X-Remote-User-DN")
+    eq(h["x-remote-user-sid"], AD.user_sid(name), "X-Remote-User-SID")
+    eq(h["x-remote-user-sam"], f"CORP\\{name}", "X-Remote-User-Sam (NetBIOS name from the DC)")
+    eq(h["x-client-cert-mapping"], "altsecid:issuer-serial", "method")
+    eq(d.wait_access(1)[0]["user"], upn, "access log user")
+
+
+def test_altsecid_is_case_insensitive_and_space_sensitive(env):
+    n1, n2 = uniq("casey"), uniq("spacey")
+    AD.user_create(n1)
+    AD.user_create(n2)
+    l1 = leaves.issue(env.dir, n1)
+    l2 = leaves.issue(env.dir, n2)
+    AD.set_altsecids(n1, [leaves.strong_altsecid(l1).lower()])
+    AD.set_altsecids(n2, [f"X509:<I>DC=test, DC=example, DC=corp, CN=Corp Issuing CA<SR>{l2.serial_rev}"])
+    b, d = start(env)
+    eq(curl(d.base + PATH, args=l1.curl_args())[0], 200, "lower-case value matches")
+    eq(curl(d.base + PATH, args=l2.curl_args())[0], 403, "spaces after commas do not")
+    eq(d.wait_access(2)[1]["reason"], "no_mapping", "reason")
+
+
+def test_sid_extension(env):
+    good, bad = uniq("sidok"), uniq("sidbad")
+    AD.user_create(good)
+    AD.user_create(bad, upn=f"{bad}@{REALM}")
+    l_ok = leaves.issue(env.dir, good, sid=AD.user_sid(good))
+    other_sid = AD.user_sid(good)  # someone else's SID in the certificate
+    l_bad = leaves.issue(env.dir, bad, upn=f"{bad}@{REALM}", sid=other_sid)
+    AD.set_altsecids(bad, [leaves.strong_altsecid(l_bad)])
+    b, d = start(env, {"methods": "altsecid, sid, upn"})
+    eq(curl(d.base + PATH, args=l_ok.curl_args())[0], 200, "mapped by the SID extension")
+    h = headers(b.requests()[0])
+    eq((h["x-client-cert-mapping"], h["x-remote-user-sid"]), ("sid", AD.user_sid(good)), "SID")
+    eq(curl(d.base + PATH, args=l_bad.curl_args())[0], 403, "SID extension of another account")
+    eq(d.wait_access(2)[1]["reason"], "sid_mismatch", "reason")
+
+
+def test_implicit_upn_under_each_enforcement(env):
+    name = uniq("upnuser")
+    upn = f"{name}@{REALM}"
+    AD.user_create(name, upn=upn)
+    leaf = leaves.issue(env.dir, name, upn=upn)  # issued after the account: compatibility accepts
+    for mode, want in (("full", 403), ("compatibility", 200), ("disabled", 200)):
+        b, d = start(env, {"enforcement": mode})
+        eq(curl(d.base + PATH, args=leaf.curl_args())[0], want, f"enforcement {mode}")
+        if want == 200:
+            eq(headers(b.requests()[0])["x-client-cert-mapping"], "upn", "method")
+        else:
+            eq(d.wait_access(1)[0]["reason"], "weak_mapping", "reason")
+            eq(b.requests(), [], "backend requests")
+
+
+def test_compatibility_refuses_certificate_older_than_account(env):
+    """The PKI's `good` leaf was issued before this account was created (minus
+    the 10-minute backdating allowance): a weak mapping of it is refused."""
+    name = uniq("late")
+    AD.user_delete("alice")
+    AD.user_create("alice", upn="alice@corp.example.test")
+    try:
+        b, d = start(env, {"enforcement": "compatibility", "methods": "upn"})
+        eq(curl(d.base + PATH, cert="good")[0], 403, "status")
+        eq(d.wait_access(1)[0]["reason"], "weak_mapping", "reason")
+    finally:
+        AD.user_delete("alice")
+    del name
+
+
+def test_weak_altsecid_forms(env):
+    name = uniq("weakalt")
+    AD.user_create(name)
+    leaf = leaves.issue(env.dir, name, email=f"{name}@mail.example.test")
+    AD.set_altsecids(name, [f"X509:<RFC822>{name}@mail.example.test"])
+    b, d = start(env, {"enforcement": "disabled"})
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "rfc822 under disabled")
+    eq(headers(b.requests()[0])["x-client-cert-mapping"], "altsecid:rfc822", "method")
+    b, d = start(env, {"enforcement": "full"})
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 403, "rfc822 under full")
+    eq(d.wait_access(1)[0]["reason"], "weak_mapping", "reason")
+
+
+def test_dns_for_computer_accounts(env):
+    host = uniq("ws").lower()
+    fqdn = f"{host}.corp.example.test"
+    AD.computer_create(host, fqdn)
+    leaf = leaves.issue(env.dir, host, dns=fqdn)
+    b, d = start(env, {"methods": "altsecid, upn, dns", "enforcement": "disabled"})
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "status")
+    h = headers(b.requests()[0])
+    eq(h["x-client-cert-mapping"], "dns", "method")
+    eq(h["x-remote-user-sam"].lower(), f"corp\\{host}$", "the computer account")
+
+
+def test_disabled_user(env):
+    name = uniq("bob")
+    AD.user_create(name, upn=f"{name}@{REALM}")
+    leaf = leaves.issue(env.dir, name)
+    AD.set_altsecids(name, [leaves.strong_altsecid(leaf)])
+    AD.user_disable(name)
+    b, d = start(env)
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 403, "status")
+    eq(d.wait_access(1)[0]["reason"], "account_disabled", "reason")
+    eq(b.requests(), [], "backend requests")
+
+
+def test_two_accounts_same_mapping(env):
+    n1, n2 = uniq("twin"), uniq("twin")
+    AD.user_create(n1)
+    AD.user_create(n2)
+    leaf = leaves.issue(env.dir, n1)
+    AD.set_altsecids(n1, [leaves.strong_altsecid(leaf)])
+    AD.set_altsecids(n2, [leaves.strong_altsecid(leaf)])
+    b, d = start(env)
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 403, "status")
+    eq(d.wait_access(1)[0]["reason"], "ambiguous_mapping", "reason")
+    eq(b.requests(), [], "backend requests")
+
+
+def test_metacharacters_and_nul(env):
+    victim = uniq("victim")
+    AD.user_create(victim, upn=f"{victim}@{REALM}")
+    b, d = start(env, {"enforcement": "disabled"})
+    eq(curl(d.base + PATH, cert="meta")[0], 403, "filter metacharacters in UPN and subject")
+    eq(curl(d.base + PATH, cert="nulupn")[0], 403, "NUL in the UPN")
+    eq(curl(d.base + PATH, cert="nulcn")[0], 403, "NUL in the subject")
+    eq([l["reason"] for l in d.wait_access(3)], ["no_mapping", "cert_malformed", "cert_malformed"],
+       "reasons")
+    eq(b.requests(), [], "backend requests")
+
+
+def test_wrong_bind_password_fails_at_start(env):
+    bad = os.path.join(env.dir, "wrong.secret")
+    with open(bad, "w") as f:
+        f.write("Not-The-Password1")
+    b = env.backend()
+    d = env.certmapd(b, ad_sections(ldap={"bind_password_file": bad}), start=False)
+    p = subprocess.run([os.environ.get("CERTMAPD_BIN"), "-c", d.conf_path], capture_output=True,
+                       text=True, timeout=60)
+    eq(p.returncode, 1, "exit status")
+    check("Invalid credentials" in p.stderr, f"clear error: {p.stderr}")
+    check("Not-The-Password1" not in p.stderr, "the password is never logged")
+
+
+def test_directory_down_then_back(env):
+    """Fail closed while the DC is down (503, Retry-After, directory_unavailable,
+    never cached), recover without a restart once it answers again."""
+    name = uniq("carol")
+    AD.user_create(name)
+    leaf = leaves.issue(env.dir, name)
+    AD.set_altsecids(name, [leaves.strong_altsecid(leaf)])
+    b, d = start(env, {"cache_ttl": "0"})
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "directory up")
+    AD.stop()
+    try:
+        status, body, head = curl(d.base + PATH, args=leaf.curl_args())
+        eq(status, 503, "directory down")
+        check("retry-after:" in head.lower(), "Retry-After sent")
+        eq(d.wait_access(2)[1]["reason"], "directory_unavailable", "reason")
+    finally:
+        AD.start()
+    deadline = time.time() + 60
+    status = 0
+    while time.time() < deadline:
+        status = curl(d.base + PATH, args=leaf.curl_args())[0]
+        if status == 200:
+            break
+        eq(status, 503, "while reconnecting: still fail closed")
+        time.sleep(1)
+    eq(status, 200, "recovered without a restart")
+    eq(len(b.requests()), 2, "only the mapped requests reached the backend")
+
+
+def test_cached_identities_flow_while_directory_is_slow(env):
+    known, fresh = uniq("known"), uniq("fresh")
+    AD.user_create(known)
+    AD.user_create(fresh)
+    l_known = leaves.issue(env.dir, known)
+    l_fresh = leaves.issue(env.dir, fresh)
+    AD.set_altsecids(known, [leaves.strong_altsecid(l_known)])
+    AD.set_altsecids(fresh, [leaves.strong_altsecid(l_fresh)])
+    proxy = SlowProxy(target_port=636).start()
+    try:
+        b, d = start(env, uri=proxy.uri, ldap={"timeout": "5s"})
+        eq(curl(d.base + PATH, args=l_known.curl_args())[0], 200, "first request: a lookup")
+        proxy.set_delay(2.0)
+        t0 = time.time()
+        eq(curl(d.base + PATH, args=l_known.curl_args())[0], 200, "cached identity")
+        cached = time.time() - t0
+        check(cached < 1.5, f"a cached request waits for nobody ({cached:.2f}s)")
+        t0 = time.time()
+        eq(curl(d.base + PATH, args=l_fresh.curl_args())[0], 200, "uncached, slow directory")
+        slow = time.time() - t0
+        check(slow >= 2.0, f"the uncached request did wait for the directory ({slow:.2f}s)")
+    finally:
+        proxy.stop()
+
+
+if __name__ == "__main__":
+    run([
+        test_strong_altsecid_mapping,
+        test_altsecid_is_case_insensitive_and_space_sensitive,
+        test_sid_extension,
+        test_implicit_upn_under_each_enforcement,
+        test_compatibility_refuses_certificate_older_than_account,
+        test_weak_altsecid_forms,
+        test_dns_for_computer_accounts,
+        test_disabled_user,
+        test_two_accounts_same_mapping,
+        test_metacharacters_and_nul,
+        test_wrong_bind_password_fails_at_start,
+        test_directory_down_then_back,
+        test_cached_identities_flow_while_directory_is_slow,
+    ])
