@@ -15,7 +15,7 @@ cmake --build build -j"$(nproc)" >/dev/null
 mkdir -p "$RUN"
 tests/pki/mkpki.sh "$RUN/pki" >/dev/null
 sed "s|@PKI@|$RUN/pki|g; s|@RUN@|$RUN|g; s|@ROOT@|$ROOT|g" demo/certmapd.conf.in >"$RUN/certmapd.conf"
-[ -f demo/users.ldif ] && cp demo/users.ldif "$RUN/users.ldif"
+cp demo/users.ldif "$RUN/users.ldif"
 
 demo/stop.sh >/dev/null 2>&1 || true
 build/certmapd -t -c "$RUN/certmapd.conf"
@@ -29,14 +29,17 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-CURL="curl --cacert $RUN/pki/root-ca.crt --cert $RUN/pki/good.chain.pem --key $RUN/pki/good.key https://localhost:8443/Microsoft-Server-ActiveSync?Cmd=Ping"
+CURL="curl -sS --cacert $RUN/pki/root-ca.crt --cert $RUN/pki/good.chain.pem --key $RUN/pki/good.key https://localhost:8443/Microsoft-Server-ActiveSync?Cmd=Ping"
 echo
 echo "certmapd is running on https://localhost:8443 (log: $RUN/certmapd.log; stop: demo/stop.sh)"
 echo
-echo "An accepted request, and what the backend received:"
+echo "An accepted request, mapped to alice, and what the backend received (X-Remote-User...):"
 echo "  $CURL"
 echo
 $CURL
 echo
 echo "Without a certificate certmapd answers 403 (reason cert_required in the log):"
 echo "  curl --cacert $RUN/pki/root-ca.crt https://localhost:8443/Microsoft-Server-ActiveSync"
+echo
+echo "How the certificate maps, step by step, without serving:"
+echo "  build/certmapd map -c $RUN/certmapd.conf --cert $RUN/pki/good.chain.pem"

@@ -52,6 +52,22 @@ def pattern(n):
     return bytes(out)
 
 
+def render(record):
+    """The record as JSON a person can read: one line per field, one per header."""
+    lines = ["{"]
+    items = list(record.items())
+    for i, (k, v) in enumerate(items):
+        comma = "," if i < len(items) - 1 else ""
+        if k == "headers":
+            lines.append(' "headers": [')
+            lines += [f"  {json.dumps(list(h))}" + ("," if j < len(v) - 1 else "")
+                      for j, h in enumerate(v)]
+            lines.append(" ]" + comma)
+        else:
+            lines.append(f" {json.dumps(k)}: {json.dumps(v)}{comma}")
+    return "\n".join(lines + ["}"]) + "\n"
+
+
 class Handler(socketserver.StreamRequestHandler):
     rbufsize = 65536
     disable_nagle_algorithm = True  # head and body are separate writes
@@ -157,7 +173,7 @@ class Handler(socketserver.StreamRequestHandler):
                 body = pattern(int(q["size"]))
                 ctype = "application/octet-stream"
             else:
-                body = (json.dumps(record, indent=1) + "\n").encode()
+                body = render(record).encode()
                 ctype = "application/json"
             if method == "HEAD":
                 send_body = False
