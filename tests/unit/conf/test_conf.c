@@ -807,7 +807,7 @@ static void test_keys_documented(void **state)
         src = ".";
     snprintf(path, sizeof(path), "%s/conf/certmapd.example.conf", src);
     example = slurp(path);
-    snprintf(path, sizeof(path), "%s/docs/configuration.md", src);
+    snprintf(path, sizeof(path), "%s/README.md", src);
     doc = slurp(path);
     assert_non_null(example);
     assert_non_null(doc);
@@ -829,7 +829,7 @@ static void test_keys_documented(void **state)
         }
         snprintf(want, sizeof(want), "| `%s` |", key);
         if (strstr(doc, want) == NULL)
-            fail_msg("key %s/%s missing from docs/configuration.md", sec, key);
+            fail_msg("key %s/%s missing from README.md's configuration reference", sec, key);
         assert_true(fgets(line, sizeof(line), fp) != NULL); /* description */
         assert_true(fgets(line, sizeof(line), fp) != NULL);
         assert_non_null(strstr(line, "IIS: "));
