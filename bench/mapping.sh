@@ -114,10 +114,14 @@ map_samba() {
         return 1
     fi
     MAP_SAMBA_DIR=$dir
-    if [ ! -f "$dir/.bench-users-$n" ]; then
+    if [ ! -f "$dir/.bench-users-v2-$n" ]; then
+        # With a password: an account without one has PASSWORD_EXPIRED in its
+        # constructed userAccountControl, and certmapd refuses it (account_disabled).
+        local pwd
+        pwd=$(printf '"Passw0rd!Bench1"' | iconv -f UTF-8 -t UTF-16LE | base64 -w0)
         for ((i = 0; i < n; i++)); do
-            printf 'dn: CN=bench%05d,CN=Users,%s\nobjectClass: user\nsAMAccountName: bench%05d\nuserPrincipalName: bench%05d@%s\nuserAccountControl: 544\n\n' \
-                "$i" "$MAP_BASE_DN" "$i" "$i" "$MAP_REALM_LC"
+            printf 'dn: CN=bench%05d,CN=Users,%s\nobjectClass: user\nsAMAccountName: bench%05d\nuserPrincipalName: bench%05d@%s\nunicodePwd:: %s\nuserAccountControl: 512\n\n' \
+                "$i" "$MAP_BASE_DN" "$i" "$i" "$MAP_REALM_LC" "$pwd"
         done >"$W/map/users.ldif"
         # -c: users of an earlier, smaller run already exist
         LDAPTLS_CACERT=$dir/private/tls/ca.pem LDAPTLS_REQCERT=demand timeout 600 \
@@ -128,7 +132,7 @@ map_samba() {
                 "$W/map/ldapadd.log")" >"$W/map/why"
             return 1
         fi
-        touch "$dir/.bench-users-$n"
+        touch "$dir/.bench-users-v2-$n"
     fi
 }
 
