@@ -390,6 +390,11 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
     t->cert_at_handshake = wants_cert_in_handshake(c);
     SSL_CTX_set_verify(t->ssl, want && t->cert_at_handshake ? SSL_VERIFY_PEER : SSL_VERIFY_NONE,
                        NULL);
+    t->vcache = tls_vcache_new();
+    if (t->vcache == NULL) {
+        set_err(err, errlen, "out of memory");
+        goto fail;
+    }
     t->late_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, tls_late_free);
     if (t->late_idx < 0) {
         set_err(err, errlen, "out of memory");
@@ -414,6 +419,7 @@ void tls_ctx_free(struct tls_ctx *t)
     free(t->crls);
     sk_X509_pop_free(t->anchors, X509_free);
     sk_X509_pop_free(t->issuers, X509_free);
+    tls_vcache_free(t->vcache);
     free(t);
 }
 

@@ -4,6 +4,7 @@
 #define CM_TLS_INTERNAL_H
 
 #include <stdbool.h>
+#include <time.h>
 
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -31,7 +32,20 @@ struct tls_ctx {
     bool require_eku;
     bool cert_at_handshake;  /* the first handshake asks for a certificate */
     int late_idx;            /* SSL ex_data index of a pending late request (tls/late.c) */
+    struct tls_vcache *vcache; /* chains that verified (tls/vcache.c) */
 };
+
+/* ---- tls/vcache.c: chains that verified ---- */
+struct tls_vcache;
+struct tls_vcache *tls_vcache_new(void);
+void tls_vcache_free(struct tls_vcache *vc);
+/* The cache key of the chain <leaf> + <peer> (SHA-256 over every DER) and the
+ * earliest notAfter among them. 0, or -1 when it cannot be computed. */
+int tls_vcache_key(X509 *leaf, STACK_OF(X509) *peer, unsigned char key[32], time_t *not_after);
+/* Whether the chain with <key> verified within the last minutes. */
+bool tls_vcache_hit(struct tls_vcache *vc, const unsigned char key[32]);
+/* Records that the chain with <key> verified (kept until <not_after> at most). */
+void tls_vcache_put(struct tls_vcache *vc, const unsigned char key[32], time_t not_after);
 
 /* The info callback of the server SSL_CTX: notices the end of a handshake
  * that a late certificate request started (tls/late.c). */

@@ -97,7 +97,7 @@ static bool issuer_allowed(const struct tls_ctx *t, X509 *issuer)
 
 int tls_verify_cb(X509_STORE_CTX *xs, void *arg)
 {
-    const struct tls_ctx *t = arg;
+    struct tls_ctx *t = arg;
     X509 *leaf = X509_STORE_CTX_get0_cert(xs);
     STACK_OF(X509) *peer = X509_STORE_CTX_get0_untrusted(xs);
     STACK_OF(X509) *untrusted = NULL;
@@ -107,6 +107,13 @@ int tls_verify_cb(X509_STORE_CTX *xs, void *arg)
 
     if (leaf == NULL)
         goto done;
+    unsigned char key[32];
+    time_t not_after = 0;
+    bool keyed = tls_vcache_key(leaf, peer, key, &not_after) == 0;
+    if (keyed && tls_vcache_hit(t->vcache, key)) {
+        code = X509_V_OK; /* this very chain verified minutes ago (see tls/vcache.c) */
+        goto done;
+    }
     /* The peer's own chain first, so that the issuer it names is the one
      * tried first; then the trusted issuers, for clients sending only a leaf. */
     untrusted = peer != NULL ? sk_X509_dup(peer) : sk_X509_new_null();
@@ -140,6 +147,8 @@ int tls_verify_cb(X509_STORE_CTX *xs, void *arg)
     }
     code = X509_V_OK;
     X509_STORE_CTX_set0_verified_chain(xs, X509_STORE_CTX_get1_chain(v));
+    if (keyed)
+        tls_vcache_put(t->vcache, key, not_after);
 done:
     if (code != X509_V_OK && leaf != NULL)
         log_refusal(leaf, code, why != NULL ? why : "verification could not run");
