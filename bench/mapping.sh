@@ -177,6 +177,10 @@ ca_file = $MAP_SAMBA_DIR/private/tls/ca.pem"
             stop_front "$MAP_PID"
         fi
     fi
+    # The DC started here is not left behind (it holds the AD ports).
+    if [ -n "${MAP_SAMBA_DIR:-}" ]; then
+        "$SRC/tests/samba/samba-ad.sh" stop "$MAP_SAMBA_DIR" >/dev/null 2>&1 || true
+    fi
     if [ -s "$W/map/why" ] && ! grep -q . <<<"$(awk -F'\t' '$2 == "map_per_s"' "$RESULTS")"; then
         why=$(head -1 "$W/map/why")
         put certmapd map_not_measured "$why"
