@@ -606,8 +606,11 @@ static void conn_feed(struct proxy_conn *c)
 void proxy_conn_response_head(struct proxy_conn *c, struct evbuffer *head)
 {
     proxy_now(&c->req.t_upstream_done);
-    c->req.bytes_out += evbuffer_get_length(head);
-    bufferevent_write_buffer(c->bev, head);
+    size_t len = evbuffer_get_length(head);
+    c->req.bytes_out += len;
+    /* Copied, not moved: the body that follows then shares its buffer chain,
+     * and head and body leave in one TLS record and one write(2). */
+    bufferevent_write(c->bev, evbuffer_pullup(head, (ev_ssize_t)len), len);
     if (c->req.upstream_head != NULL) {
         evbuffer_free(c->req.upstream_head);
         c->req.upstream_head = NULL;

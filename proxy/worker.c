@@ -194,7 +194,13 @@ int proxy_workers_bind(struct worker *ws, unsigned n, const struct proxy_shared 
         w->alog = sh->alog;
         TAILQ_INIT(&w->pool);
         TAILQ_INIT(&w->conns);
-        w->base = event_base_new();
+        /* The change list batches the EV_WRITE adds and deletes that every
+         * response causes into one epoll_ctl per descriptor and loop turn. */
+        struct event_config *cfg = event_config_new();
+        if (cfg != NULL)
+            event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+        w->base = cfg != NULL ? event_base_new_with_config(cfg) : NULL;
+        event_config_free(cfg);
         if (w->base == NULL) {
             snprintf(err, errlen, "cannot create an event base");
             return -1;
