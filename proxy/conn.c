@@ -236,14 +236,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     }
     if (c->up == NULL)
         return 0;
-    struct evbuffer *out = bufferevent_get_output(c->up->bev);
-    if (c->req.chunked) {
-        evbuffer_add_printf(out, "%zx\r\n", len);
-        evbuffer_add(out, at, len);
-        evbuffer_add(out, "\r\n", 2);
-    } else {
-        evbuffer_add(out, at, len);
-    }
+    proxy_http_body(bufferevent_get_output(c->up->bev), at, len, c->req.chunked);
     return 0;
 }
 
@@ -617,10 +610,15 @@ void proxy_conn_response_head(struct proxy_conn *c, struct evbuffer *head)
     }
 }
 
-void proxy_conn_response_body(struct proxy_conn *c, const char *data, size_t len)
+void proxy_conn_response_body(struct proxy_conn *c, const char *data, size_t len, bool chunked)
 {
-    c->req.bytes_out += len;
-    bufferevent_write(c->bev, data, len);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out);
+    if (len > 0)
+        proxy_http_body(out, data, len, chunked);
+    else if (chunked)
+        evbuffer_add(out, "0\r\n\r\n", 5); /* the last chunk */
+    c->req.bytes_out += evbuffer_get_length(out) - before;
 }
 
 void proxy_conn_response_done(struct proxy_conn *c, bool upstream_reusable)

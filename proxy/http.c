@@ -249,6 +249,15 @@ void proxy_http_response_head(const struct proxy_head *hd, int status, bool chun
     evbuffer_add_printf(out, "Connection: %s\r\n\r\n", keep_alive ? "keep-alive" : "close");
 }
 
+void proxy_http_body(struct evbuffer *out, const char *data, size_t len, bool chunked)
+{
+    if (chunked)
+        evbuffer_add_printf(out, "%zx\r\n", len);
+    evbuffer_add(out, data, len);
+    if (chunked)
+        evbuffer_add(out, "\r\n", 2);
+}
+
 const char *proxy_http_status_text(int status)
 {
     switch (status) {

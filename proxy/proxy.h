@@ -178,7 +178,9 @@ void proxy_conn_close(struct proxy_conn *c);
 
 /* Upstream events for the client side (upstream.c → conn.c). */
 void proxy_conn_response_head(struct proxy_conn *c, struct evbuffer *head);
-void proxy_conn_response_body(struct proxy_conn *c, const char *data, size_t len);
+/* Relays response body bytes to the client, as a chunk when <chunked>; with
+ * <len> 0 and <chunked>, the last chunk. */
+void proxy_conn_response_body(struct proxy_conn *c, const char *data, size_t len, bool chunked);
 void proxy_conn_response_done(struct proxy_conn *c, bool upstream_reusable);
 void proxy_conn_upstream_failed(struct proxy_conn *c, enum reason r);
 /* Upstream output drained below the low mark: the client may be read again. */
@@ -207,6 +209,9 @@ void proxy_http_error(struct evbuffer *out, enum reason r, bool detailed, bool h
  * location matching. Returns a new string, or NULL for a target that cannot be
  * normalised safely (bad %-escape, encoded NUL or slash, absolute path missing). */
 char *proxy_http_policy_path(const char *url, size_t len);
+
+/* Appends <len> (> 0) body bytes to <out>, as one chunk when <chunked>. */
+void proxy_http_body(struct evbuffer *out, const char *data, size_t len, bool chunked);
 
 const char *proxy_http_status_text(int status);
 

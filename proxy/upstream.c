@@ -119,15 +119,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     if (u->skip || len == 0)
         return 0; /* an empty piece, re-chunked, would end the body early */
     u->body_out += len;
-    if (u->chunked_out) {
-        char size[24];
-        int n = snprintf(size, sizeof size, "%zx\r\n", len);
-        proxy_conn_response_body(u->client, size, (size_t)n);
-        proxy_conn_response_body(u->client, at, len);
-        proxy_conn_response_body(u->client, "\r\n", 2);
-    } else {
-        proxy_conn_response_body(u->client, at, len);
-    }
+    proxy_conn_response_body(u->client, at, len, u->chunked_out);
     return 0;
 }
 
@@ -140,7 +132,7 @@ static int on_message_complete(llhttp_t *p)
         return 0;
     }
     if (u->chunked_out)
-        proxy_conn_response_body(u->client, "0\r\n\r\n", 5);
+        proxy_conn_response_body(u->client, NULL, 0, true);
     u->resp_done = true;
     return HPE_PAUSED; /* anything after the response is not ours to read */
 }
