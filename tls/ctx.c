@@ -428,6 +428,24 @@ SSL *tls_conn_new(struct tls_ctx *t)
     return SSL_new(t->ssl);
 }
 
+void tls_conn_close_notify(SSL *ssl)
+{
+    if (SSL_is_init_finished(ssl) && !(SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN))
+        SSL_shutdown(ssl);
+    ERR_clear_error();
+}
+
+void tls_conn_free(SSL *ssl)
+{
+    SSL_free(ssl);
+}
+
+const char *tls_error_text(unsigned long e)
+{
+    const char *s = ERR_reason_error_string(e);
+    return s != NULL ? s : "unknown TLS error";
+}
+
 const char *tls_conn_protocol(SSL *ssl)
 {
     return SSL_get_version(ssl);
