@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/event.h>
 #include <event2/thread.h>
 
 #include "common/log.h"
@@ -193,6 +194,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: %s\n", path, err);
         conf_free(c);
         return 1;
+    }
+    if (test_only && c->has_mapping_section && c->map_source == MAP_SOURCE_LDIF) {
+        /* The LDIF file is parsed too: a bad entry is a configuration error. */
+        struct event_base *base = event_base_new();
+        struct map_source *src =
+            base ? map_ldif_open(c->ldif_file, c->netbios_domain, base, err, sizeof err) : NULL;
+        map_ldif_close(src);
+        if (base != NULL)
+            event_base_free(base);
+        if (src == NULL) {
+            fprintf(stderr, "%s\n", base ? err : "out of memory");
+            tls_ctx_free(tls);
+            conf_free(c);
+            return 1;
+        }
     }
     if (test_only) {
         printf("%s: configuration OK\n", path);

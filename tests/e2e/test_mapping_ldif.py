@@ -227,6 +227,17 @@ def test_map_command(env):
     eq(b.requests(), [], "map never forwards anything")
 
 
+def test_config_check_parses_the_ldif(env):
+    """certmapd -t reads the LDIF file too: a bad entry is a configuration error."""
+    bad = os.path.join(env.dir, "bad.ldif")
+    with open(bad, "w") as f:
+        f.write("version: 1\n\ndn: CN=x,DC=corp,DC=example,DC=test\nchangetype: delete\n")
+    d = env.certmapd(sections={"mapping": {"source": "ldif", "ldif_file": bad}}, start=False)
+    p = subprocess.run([BIN, "-t", "-c", d.conf_path], capture_output=True, text=True, timeout=30)
+    eq(p.returncode, 1, f"exit status: {p.stdout}{p.stderr}")
+    check(f"{bad}:3: only entries" in p.stderr, f"FILE:LINE: reason: {p.stderr}")
+
+
 if __name__ == "__main__":
     run([
         test_strong_mapping_identity_headers,
@@ -241,4 +252,5 @@ if __name__ == "__main__":
         test_mapping_off_location,
         test_keepalive_requests_each_mapped,
         test_map_command,
+        test_config_check_parses_the_ldif,
     ])
