@@ -14,6 +14,7 @@ struct mapper {
     struct map_cache *mc;
     map_post_fn post;
     void *post_arg;
+    struct map_job *owners; /* jobs with a lookup in flight, for mapper_free */
 };
 
 struct map_job {
@@ -32,6 +33,7 @@ struct map_job {
     size_t next; /* the lookup running, or to run */
     void *handle;
     struct map_waiter w;
+    struct map_job *prev_owner, *next_owner; /* in m->owners while <owner> */
 };
 
 struct mapper *mapper_new(const struct conf *c, struct map_source *src, struct map_cache *mc)
@@ -45,8 +47,20 @@ struct mapper *mapper_new(const struct conf *c, struct map_source *src, struct m
     return m;
 }
 
+static void job_free(struct map_job *j);
+
 void mapper_free(struct mapper *m)
 {
+    if (m == NULL)
+        return;
+    /* Lookups still in flight (their clients gone, the process stopping):
+     * cancelled at the source, which then never calls back, and freed. */
+    while (m->owners != NULL) {
+        struct map_job *j = m->owners;
+        if (j->handle != NULL)
+            m->src->cancel(m->src->ctx, j->handle);
+        job_free(j);
+    }
     free(m);
 }
 
@@ -60,6 +74,14 @@ static void job_free(struct map_job *j)
 {
     if (j == NULL)
         return;
+    if (j->owner) {
+        if (j->prev_owner != NULL)
+            j->prev_owner->next_owner = j->next_owner;
+        else if (j->m->owners == j)
+            j->m->owners = j->next_owner;
+        if (j->next_owner != NULL)
+            j->next_owner->prev_owner = j->prev_owner;
+    }
     for (size_t i = 0; j->answers != NULL && i < j->plan.n; i++) {
         for (size_t k = 0; k < j->n_answers[i]; k++)
             map_entry_purge(&j->answers[i][k]);
@@ -208,6 +230,10 @@ struct map_job *map_job_start(struct mapper *m, const struct cert_facts *f, map_
     if (st == MC_WAIT)
         return j;
     j->owner = true;
+    j->next_owner = m->owners;
+    if (m->owners != NULL)
+        m->owners->prev_owner = j;
+    m->owners = j;
     if (start_lookup(j))
         return j;
     result_reason(now, R_DIRECTORY_UNAVAILABLE, "the directory search could not start");
