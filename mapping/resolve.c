@@ -209,18 +209,8 @@ struct map_job *map_job_start(struct mapper *m, const struct cert_facts *f, map_
     j->arg = arg;
     j->trace = trace;
     j->w.wake = waiter_wake;
-    if (map_plan_build(m->c, f, &j->plan) != 0)
-        goto oom;
-    if (j->plan.n == 0) {
-        /* Nothing to ask: the verdict needs no directory and no cache. */
-        judge_now(j, now);
-        job_free(j);
-        return NULL;
-    }
-    j->answers = calloc(j->plan.n, sizeof(*j->answers));
-    j->n_answers = calloc(j->plan.n, sizeof(*j->n_answers));
-    if (j->answers == NULL || j->n_answers == NULL)
-        goto oom;
+    /* The cache first: on a hit (every request after the first, on a busy
+     * gateway) no plan is built, no filter escaped. */
     if (m->mc != NULL)
         st = map_cache_get(m->mc, f->sha256, now, &j->w);
     if (st == MC_HIT) {
@@ -229,16 +219,30 @@ struct map_job *map_job_start(struct mapper *m, const struct cert_facts *f, map_
     }
     if (st == MC_WAIT)
         return j;
-    j->owner = true;
-    j->next_owner = m->owners;
-    if (m->owners != NULL)
-        m->owners->prev_owner = j;
-    m->owners = j;
-    if (start_lookup(j))
-        return j;
-    result_reason(now, R_DIRECTORY_UNAVAILABLE, "the directory search could not start");
+    /* This job owns the lookup: whatever happens, it puts a result, which
+     * wakes the requests parked behind it. */
+    if (map_plan_build(m->c, f, &j->plan) != 0) {
+        result_reason(now, R_DIRECTORY_UNAVAILABLE, "out of memory");
+    } else if (j->plan.n == 0) {
+        judge_now(j, now); /* nothing to ask the directory */
+    } else {
+        j->answers = calloc(j->plan.n, sizeof(*j->answers));
+        j->n_answers = calloc(j->plan.n, sizeof(*j->n_answers));
+        if (j->answers == NULL || j->n_answers == NULL) {
+            result_reason(now, R_DIRECTORY_UNAVAILABLE, "out of memory");
+        } else {
+            j->owner = true;
+            j->next_owner = m->owners;
+            if (m->owners != NULL)
+                m->owners->prev_owner = j;
+            m->owners = j;
+            if (start_lookup(j))
+                return j;
+            result_reason(now, R_DIRECTORY_UNAVAILABLE, "the directory search could not start");
+        }
+    }
     if (m->mc != NULL)
-        map_cache_put(m->mc, f->sha256, now); /* not cached; wakes anyone parked meanwhile */
+        map_cache_put(m->mc, f->sha256, now); /* not cached when unavailable; wakes waiters */
     job_free(j);
     return NULL;
 oom:
