@@ -355,17 +355,21 @@ static int kp_uint(const struct conf_key *k, const char *val, void *base, char *
     return 0;
 }
 
-static int kp_size(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
+/* A quantity with units (a size or a duration): <parse> reads it, <fmt> writes
+ * the bounds in the same units for the message. */
+static int kp_units(const struct conf_key *k, const char *val, void *base, char *msg, size_t n,
+                    int (*parse)(const char *, uint64_t *, const char **),
+                    void (*fmt)(uint64_t, char *, size_t), const char *kind)
 {
     char q[VAL_MAX * 4 + 8], lo[32], hi[32];
     const char *why = "";
-    size_t v;
+    uint64_t v;
 
     conf_quote(val, q, sizeof(q));
-    fmt_size(k->min, lo, sizeof(lo));
-    fmt_size(k->max, hi, sizeof(hi));
-    if (conf_parse_size(val, &v, &why) < 0) {
-        snprintf(msg, n, "%s %s (expected a size %s..%s)", q, why, lo, hi);
+    fmt(k->min, lo, sizeof(lo));
+    fmt(k->max, hi, sizeof(hi));
+    if (parse(val, &v, &why) < 0) {
+        snprintf(msg, n, "%s %s (expected %s %s..%s)", q, why, kind, lo, hi);
         return -1;
     }
     if (v < k->min || v > k->max) {
@@ -376,25 +380,23 @@ static int kp_size(const struct conf_key *k, const char *val, void *base, char *
     return 0;
 }
 
+static int parse_size_u64(const char *s, uint64_t *out, const char **why)
+{
+    size_t v;
+    if (conf_parse_size(s, &v, why) < 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int kp_size(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
+{
+    return kp_units(k, val, base, msg, n, parse_size_u64, fmt_size, "a size");
+}
+
 static int kp_duration(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
 {
-    char q[VAL_MAX * 4 + 8], lo[32], hi[32];
-    const char *why = "";
-    uint64_t v;
-
-    conf_quote(val, q, sizeof(q));
-    fmt_duration(k->min, lo, sizeof(lo));
-    fmt_duration(k->max, hi, sizeof(hi));
-    if (conf_parse_duration_ms(val, &v, &why) < 0) {
-        snprintf(msg, n, "%s %s (expected a duration %s..%s)", q, why, lo, hi);
-        return -1;
-    }
-    if (v < k->min || v > k->max) {
-        snprintf(msg, n, "%s is out of range (expected %s..%s)", q, lo, hi);
-        return -1;
-    }
-    store_uint(k, base, v);
-    return 0;
+    return kp_units(k, val, base, msg, n, conf_parse_duration_ms, fmt_duration, "a duration");
 }
 
 /* Host name or IPv4 address characters only. */
