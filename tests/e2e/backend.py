@@ -83,6 +83,17 @@ class Handler(socketserver.StreamRequestHandler):
             lines.append(line.rstrip(b"\r\n").decode("latin-1"))
         return lines
 
+    def read_exact(self, left, h):
+        """Reads <left> body bytes into the hash <h>; returns how many."""
+        n = left
+        while left:
+            chunk = self.rfile.read(min(left, 65536))
+            if not chunk:
+                raise ConnectionError("eof in body")
+            h.update(chunk)
+            left -= len(chunk)
+        return n
+
     def read_body(self, headers):
         te = [v for k, v in headers if k.lower() == "transfer-encoding"]
         cl = [v for k, v in headers if k.lower() == "content-length"]
@@ -96,24 +107,10 @@ class Handler(socketserver.StreamRequestHandler):
                     while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                         pass
                     break
-                left = size
-                while left:
-                    chunk = self.rfile.read(min(left, 65536))
-                    if not chunk:
-                        raise ConnectionError("eof in chunk")
-                    h.update(chunk)
-                    total += len(chunk)
-                    left -= len(chunk)
+                total += self.read_exact(size, h)
                 self.rfile.readline(4)
         elif cl:
-            left = int(cl[0])
-            while left:
-                chunk = self.rfile.read(min(left, 65536))
-                if not chunk:
-                    raise ConnectionError("eof in body")
-                h.update(chunk)
-                total += len(chunk)
-                left -= len(chunk)
+            total += self.read_exact(int(cl[0]), h)
         return total, h.hexdigest(), bool(te)
 
     def event(self, conn_id, served, how):
