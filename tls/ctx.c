@@ -361,6 +361,9 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
         goto fail;
     }
     SSL_CTX_clear_options(t->ssl, SSL_OP_NO_TICKET);
+    /* One TLS 1.3 ticket per handshake, not OpenSSL's two: each carries (and
+     * encrypts) the client's certificate, and a device resumes with one. */
+    SSL_CTX_set_num_tickets(t->ssl, 1);
     /* Client-initiated renegotiation stays refused (OpenSSL 3.0 refuses it
      * unless SSL_OP_ALLOW_CLIENT_RENEGOTIATION). SSL_OP_NO_RENEGOTIATION is
      * deliberately not set: asking for a certificate late on TLS 1.2 needs
