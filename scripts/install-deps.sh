@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   # build
   build-essential cmake pkg-config libssl-dev libevent-dev libldap-dev libinih-dev
-  node-llhttp libcmocka-dev
+  node-llhttp libcmocka-dev libjemalloc-dev
   # tests: real clients, a real directory, real peers
   python3 curl openssl ldap-utils samba samba-ad-dc krb5-user nginx haproxy procps
   # benchmarks
