@@ -157,13 +157,12 @@ static int parse_digits(const char *s, uint64_t *out, const char **end, const ch
 
 /* ---- public value parsers ---- */
 
-int conf_parse_size(const char *s, size_t *out, const char **why)
+/* Copies <s> trimmed into <buf> and reads its leading digits into <v>; <end>
+ * points at what follows (a unit, or the end). 0, or -1 with <why>. */
+static int parse_leading_number(const char *s, char *buf, size_t len, uint64_t *v,
+                                const char **end, const char **why)
 {
-    char buf[VAL_MAX];
-    const char *end;
-    uint64_t v, mult = 1;
-
-    if (trim_copy(s, buf, sizeof(buf)) < 0) {
+    if (trim_copy(s, buf, len) < 0) {
         *why = "is too long";
         return -1;
     }
@@ -171,7 +170,16 @@ int conf_parse_size(const char *s, size_t *out, const char **why)
         *why = "is empty";
         return -1;
     }
-    if (parse_digits(buf, &v, &end, why) < 0)
+    return parse_digits(buf, v, end, why);
+}
+
+int conf_parse_size(const char *s, size_t *out, const char **why)
+{
+    char buf[VAL_MAX];
+    const char *end;
+    uint64_t v, mult = 1;
+
+    if (parse_leading_number(s, buf, sizeof(buf), &v, &end, why) < 0)
         return -1;
     if (*end != '\0') {
         switch (tolower((unsigned char)*end)) {
@@ -211,15 +219,7 @@ int conf_parse_duration_ms(const char *s, uint64_t *out, const char **why)
     const char *end;
     uint64_t v;
 
-    if (trim_copy(s, buf, sizeof(buf)) < 0) {
-        *why = "is too long";
-        return -1;
-    }
-    if (buf[0] == '\0') {
-        *why = "is empty";
-        return -1;
-    }
-    if (parse_digits(buf, &v, &end, why) < 0)
+    if (parse_leading_number(s, buf, sizeof(buf), &v, &end, why) < 0)
         return -1;
     for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
         if (strcasecmp(end, units[i].unit) != 0)
