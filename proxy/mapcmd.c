@@ -129,11 +129,6 @@ static X509 *read_cert(const char *path, STACK_OF(X509) **rest)
     return x;
 }
 
-static enum map_enforcement enforcement_of(const struct conf *c)
-{
-    return c->enforcement;
-}
-
 static const char *enforcement_name(enum map_enforcement e)
 {
     return e == ENFORCE_FULL ? "full" : e == ENFORCE_COMPATIBILITY ? "compatibility" : "disabled";
@@ -251,7 +246,7 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
     mapper = mapper_new(c, src, NULL); /* no cache: every lookup is asked for real */
     if (mapper == NULL)
         goto out;
-    printf("lookups (enforcement %s):\n", enforcement_name(enforcement_of(c)));
+    printf("lookups (enforcement %s):\n", enforcement_name(c->enforcement));
     struct map_result now = {0};
     struct map_job *job = map_job_start(mapper, facts, done_cb, &m, trace_cb, &now);
     if (job == NULL) {
