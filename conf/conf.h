@@ -60,6 +60,7 @@ struct conf {
     char *certificate;
     char *private_key;
     int min_protocol;            /* TLS1_2_VERSION or TLS1_3_VERSION (numeric, no OpenSSL include here) */
+    bool builtin_key_methods;    /* tls/keymeth.c */
 
     /* [client_certificate] */
     enum cert_mode cert_mode;

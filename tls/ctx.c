@@ -320,6 +320,8 @@ static int setup_trust(struct tls_ctx *t, const struct conf *c, char *err, size_
 struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
 {
     ERR_clear_error();
+    if (c->builtin_key_methods && tls_builtin_key_methods() < 0)
+        log_warn("tls: could not install the built-in key methods; handshakes will cost more");
     struct tls_ctx *t = calloc(1, sizeof *t);
     if (t == NULL) {
         set_err(err, errlen, "out of memory");

@@ -67,4 +67,11 @@ enum reason tls_reason_from_verify(long code);
  * escaped, for log lines only (cut with "..." when longer than <len>). */
 void tls_name_for_log(const X509_NAME *name, char *buf, size_t len);
 
+/* ---- tls/keymeth.c ---- */
+/* Makes d2i_X509() decode RSA and EC public keys through OpenSSL's built-in
+ * methods instead of a provider decoder search (see keymeth.c for why).
+ * Process-wide and idempotent. 1 installed, 0 not needed by this OpenSSL,
+ * -1 could not be installed (everything still works, only slower). */
+int tls_builtin_key_methods(void);
+
 #endif

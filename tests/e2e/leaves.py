@@ -34,8 +34,9 @@ ISSUER_ASI = "DC=test,DC=example,DC=corp,CN=Corp Issuing CA"
 
 
 def issue(directory, name, cn=None, upn=None, email=None, dns=None, sid=None, ou="Users",
-          eku="clientAuth", ski="hash"):
-    """Issues a leaf named <name> in <directory>; returns a Leaf."""
+          eku="clientAuth", ski="hash", key="ec"):
+    """Issues a leaf named <name> in <directory>; returns a Leaf. <key>: "ec" (P-256)
+    or "rsa" (2048 bits)."""
     leaf = Leaf(directory, name)
     leaf.serial = f"{_serial():016X}"
     cn = cn or name
@@ -61,8 +62,9 @@ def issue(directory, name, cn=None, upn=None, email=None, dns=None, sid=None, ou
     csr = os.path.join(directory, f"{name}.csr")
     subj = f"/DC=test/DC=example/DC=corp/OU={ou}/CN={cn}"
     run = lambda args: subprocess.run(args, check=True, capture_output=True, timeout=30)
-    run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-out", leaf.key])
+    keyopts = {"ec": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+               "rsa": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]}[key]
+    run(["openssl", "genpkey", *keyopts, "-out", leaf.key])
     run(["openssl", "req", "-new", "-key", leaf.key, "-subj", subj, "-out", csr])
     run(["openssl", "x509", "-req", "-in", csr, "-CA", pki("issuing-ca.crt"), "-CAkey",
          pki("issuing-ca.key"), "-set_serial", f"0x{leaf.serial}", "-days", "30", "-sha256",

@@ -300,7 +300,7 @@ static X509 *make_cert2(const struct rdn *issuer, const struct rdn *subject, con
                         X509_EXTENSION *ext, X509_EXTENSION *ext2)
 {
     X509 *x = X509_new();
-    EVP_PKEY *key = EVP_EC_gen("P-256");
+    EVP_PKEY *key = EVP_EC_gen("prime256v1");
     BIGNUM *bn = NULL;
     X509_NAME *in = make_name(issuer);
     X509_NAME *sn = make_name(subject);
