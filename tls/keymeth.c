@@ -80,6 +80,7 @@ static bool copy_builtin_meths(void)
 }
 
 static int installed; /* 1 registered, -1 failed */
+static ENGINE *engine;  /* kept (and reachable) for the process's life */
 
 static void install(void)
 {
@@ -100,6 +101,7 @@ static void install(void)
         ENGINE_free(e);
         goto fail;
     }
+    engine = e;
     installed = 1;
     return;
 fail:
