@@ -383,6 +383,7 @@ static void conn_late_cb(evutil_socket_t fd, short what, void *arg)
     c->facts = NULL;
     /* Judged as in a handshake; the certificate then holds for the connection. */
     c->cert_reason = tls_conn_verdict(c->w->tls, ssl, CERT_ACCEPT, &c->facts);
+    tls_conn_drop_chain(ssl);
     log_debug("%s: late certificate: %s", c->peer,
               c->facts         ? c->facts->subject
               : c->cert_reason ? reason_name(c->cert_reason)
@@ -708,6 +709,7 @@ static void conn_handshake_done(struct proxy_conn *c)
      * itself ran in the handshake, or, for a resumed session, not at all:
      * tls_conn_verdict re-checks validity and revocation either way). */
     c->cert_reason = tls_conn_verdict(c->w->tls, ssl, CERT_ACCEPT, &c->facts);
+    tls_conn_drop_chain(ssl);
     c->state = CS_IDLE;
     log_debug("%s: %s handshake done, certificate %s", c->peer, tls_conn_protocol(ssl),
               c->facts         ? c->facts->subject

@@ -34,6 +34,13 @@ SSL *tls_conn_new(struct tls_ctx *t);
 enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
                              struct cert_facts **facts);
 
+/* Frees the intermediates the client of <ssl> sent, once its verdict is
+ * known: nothing reads them afterwards (a resumed session never had them,
+ * and a later certificate request replaces them), and on an idle connection
+ * they are ~6 KiB of decoded certificates per CA. The leaf stays: a TLS 1.2
+ * session may be resumed from OpenSSL's session cache, which shares it. */
+void tls_conn_drop_chain(SSL *ssl);
+
 /* The whole certificate policy for <leaf> with the intermediates <chain>
  * (may be NULL), outside any handshake (`certmapd map`): chain, trusted
  * issuer, EKU, validity, revocation, names. On R_NONE <*facts> is set. */

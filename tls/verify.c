@@ -266,6 +266,17 @@ enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
     return verdict_now(t, leaf, facts);
 }
 
+void tls_conn_drop_chain(SSL *ssl)
+{
+    /* The server side's peer chain excludes the leaf (SSL_get_peer_cert_chain(3)).
+     * It is the session's own stack: emptied in place, it stays valid for
+     * OpenSSL, which never serialises it into a ticket or cache entry. */
+    STACK_OF(X509) *chain = SSL_get_peer_cert_chain(ssl);
+    X509 *x;
+    while (chain != NULL && (x = sk_X509_pop(chain)) != NULL)
+        X509_free(x);
+}
+
 enum reason tls_check_cert(struct tls_ctx *t, X509 *leaf, STACK_OF(X509) *chain,
                            struct cert_facts **facts)
 {

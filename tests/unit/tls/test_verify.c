@@ -206,6 +206,14 @@ static enum reason connect_once(struct tls_ctx *t, SSL_CTX *cctx, const struct v
     assert_string_equal(tls_conn_protocol(sv),
                         k->version == TLS1_3_VERSION ? "TLSv1.3" : "TLSv1.2");
     enum reason r = tls_conn_verdict(t, sv, k->mode, facts);
+    /* As proxy/conn.c does after every verdict: the intermediates go, the
+     * leaf stays, and (run_resume) the session still resumes, from a ticket
+     * or from the server's session-id cache that shares this session. */
+    X509 *leaf = SSL_get0_peer_certificate(sv);
+    tls_conn_drop_chain(sv);
+    assert_ptr_equal(SSL_get0_peer_certificate(sv), leaf);
+    STACK_OF(X509) *chain = SSL_get_peer_cert_chain(sv);
+    assert_int_equal(chain != NULL ? sk_X509_num(chain) : 0, 0);
     if (reused != NULL)
         *reused = SSL_session_reused(sv) == 1;
     if (session != NULL)
