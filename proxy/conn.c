@@ -329,6 +329,7 @@ static void conn_forward(struct proxy_conn *c)
         evbuffer_free(r->readahead);
         r->readahead = NULL;
     }
+    upstream_flush(c->up);
     if (r->body_done) {
         /* Read ahead whole: the parser stays paused at the message's end. */
         c->state = CS_WAIT;
@@ -506,6 +507,7 @@ static bool conn_retry(struct proxy_conn *c)
         return false;
     bufferevent_write(c->up->bev, evbuffer_pullup(r->upstream_head, -1),
                       evbuffer_get_length(r->upstream_head));
+    upstream_flush(c->up);
     log_debug("%s: retrying %s on a new backend connection", c->peer,
               llhttp_method_name((llhttp_method_t)r->method));
     return true;
@@ -528,6 +530,8 @@ static void conn_feed(struct proxy_conn *c)
     bool kick = true; /* run the parser even without input: it may owe a callback */
     c->in_feed = true;
     while (!c->dead && !c->parser_paused && !c->read_blocked && c->state != CS_CLOSING) {
+        if (c->up != NULL)
+            upstream_flush(c->up); /* what the last pass forwarded */
         if (c->up != NULL && evbuffer_get_length(bufferevent_get_output(c->up->bev)) > OUT_HIGH) {
             c->read_blocked = true; /* resumed by proxy_conn_upstream_writable() */
             bufferevent_disable(c->bev, EV_READ);
@@ -591,6 +595,8 @@ static void conn_feed(struct proxy_conn *c)
         break;
     }
     c->in_feed = false;
+    if (!c->dead && c->up != NULL)
+        upstream_flush(c->up);
     if (c->dead)
         conn_free(c);
 }

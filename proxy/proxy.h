@@ -68,6 +68,7 @@ struct upstream {
     struct proxy_head head; /* response head being received */
     uint64_t body_out;      /* response body bytes relayed */
     bool connected;
+    bool direct;       /* plain TCP: written by upstream_flush(), see there */
     bool reused;       /* taken from the pool (may be stale) */
     bool resp_started; /* some response byte was relayed to the client */
     bool resp_done;
@@ -93,6 +94,14 @@ int proxy_backend_resolve(const struct conf *c, struct backend_addr *out, char *
 /* Binds an upstream connection to <c> for its current request: an idle pooled one
  * if there is one, else a new connection. NULL on failure (resources). */
 struct upstream *upstream_acquire(struct worker *w, struct proxy_conn *c);
+
+/* Writes what the client side has put in <u>'s output now, rather than on the
+ * next loop turn. A backend socket is nearly always writable, and waiting for
+ * epoll to say so costs two epoll_ctl calls and a loop turn per request. So a
+ * connected plain-TCP upstream keeps EV_WRITE disabled; only what does not fit
+ * (or a write error) enables it, and libevent then writes the rest, or reports
+ * the error, as for any bufferevent. TLS upstreams are left to libevent. */
+void upstream_flush(struct upstream *u);
 
 /* Called by the client side when the request is complete or aborted. When
  * <reusable>, the connection goes back to the pool; otherwise it is closed. */

@@ -197,9 +197,32 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
     }
 }
 
+/* Direct mode (see upstream_flush): EV_WRITE goes off again once the output is written. */
+static void direct_mode(struct upstream *u)
+{
+    if (u->direct && u->connected && evbuffer_get_length(bufferevent_get_output(u->bev)) == 0)
+        bufferevent_disable(u->bev, EV_WRITE);
+}
+
+void upstream_flush(struct upstream *u)
+{
+    struct evbuffer *out = bufferevent_get_output(u->bev);
+    if (!u->direct || !u->connected || (bufferevent_get_enabled(u->bev) & EV_WRITE) ||
+        evbuffer_get_length(out) == 0)
+        return; /* libevent writes: TLS, still connecting, or a write already waits */
+    /* Errors are not handled here: the bytes stay, and libevent's own write
+     * meets the same error and reports it through up_event_cb. */
+    evbuffer_unfreeze(out, 1); /* a bufferevent's output is drained by libevent only */
+    (void)evbuffer_write(out, bufferevent_getfd(u->bev));
+    evbuffer_freeze(out, 1);
+    if (evbuffer_get_length(out) > 0)
+        bufferevent_enable(u->bev, EV_WRITE);
+}
+
 static void up_write_cb(struct bufferevent *bev, void *arg)
 {
     struct upstream *u = arg;
+    direct_mode(u);
     if (u->client != NULL)
         proxy_conn_upstream_writable(u->client);
 }
@@ -214,6 +237,7 @@ static void up_event_cb(struct bufferevent *bev, short events, void *arg)
         bufferevent_set_timeouts(bev, &rd, NULL);
         int one = 1;
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        direct_mode(u);
         return;
     }
     if (events & BEV_EVENT_TIMEOUT) {
@@ -260,6 +284,7 @@ static struct upstream *up_connect(struct worker *w)
         u->bev = bufferevent_socket_new(w->base, -1, opts);
         if (u->bev == NULL)
             goto fail;
+        u->direct = true;
     }
     struct timeval ct = proxy_tv_ms(w->conf->backend_connect_timeout_ms);
     bufferevent_set_timeouts(u->bev, NULL, &ct);
@@ -303,7 +328,8 @@ struct upstream *upstream_acquire(struct worker *w, struct proxy_conn *c)
         struct timeval rd = proxy_tv_ms(w->conf->backend_read_timeout_ms);
         bufferevent_set_timeouts(u->bev, &rd, NULL);
     }
-    bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+    /* Until connected, libevent writes (the request waits for the connection). */
+    bufferevent_enable(u->bev, u->direct && u->connected ? EV_READ : EV_READ | EV_WRITE);
     return u;
 }
 
