@@ -19,6 +19,8 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/bufferevent_struct.h> /* ev_write, for conn_write_soon() */
+#include <event2/event.h>
 
 #include "common/log.h"
 #include "proxy/proxy.h"
@@ -31,6 +33,7 @@
 
 static void conn_feed(struct proxy_conn *c);
 static void conn_refuse(struct proxy_conn *c, enum reason r);
+static void conn_read_soon(struct proxy_conn *c);
 
 static void timer_arm(struct proxy_conn *c, uint64_t ms)
 {
@@ -385,6 +388,7 @@ static void conn_late_cb(evutil_socket_t fd, short what, void *arg)
     /* Judged as in a handshake; the certificate then holds for the connection. */
     c->cert_reason = tls_conn_verdict(c->w->tls, ssl, CERT_ACCEPT, &c->facts);
     tls_conn_drop_chain(ssl);
+    conn_read_soon(c); /* what the client sent right behind its handshake */
     log_debug("%s: late certificate: %s", c->peer,
               c->facts         ? c->facts->subject
               : c->cert_reason ? reason_name(c->cert_reason)
@@ -515,6 +519,20 @@ static bool conn_retry(struct proxy_conn *c)
 
 /* ---- feeding the parser ----------------------------------------------------- */
 
+/* With read-ahead (tls/ctx.c), OpenSSL may hold bytes it read from the socket
+ * but not yet decrypted: SSL_has_pending(), invisible to epoll. libevent 2.1's
+ * OpenSSL bufferevent reads only when epoll reports the socket readable, so
+ * wherever it stopped reading with bytes held (the handshake ended with the
+ * client's first request right behind its Finished; reading was disabled or
+ * suspended at the input high-water mark; a late certificate's handshake),
+ * its read event is made active so that it reads them now. Reading still
+ * honours EV_READ and the watermark: if either holds, nothing happens. */
+static void conn_read_soon(struct proxy_conn *c)
+{
+    if (!c->dead && SSL_has_pending(bufferevent_openssl_get_ssl(c->bev)))
+        event_active(&c->bev->ev_read, EV_READ, 1);
+}
+
 static void conn_after_pause(struct proxy_conn *c)
 {
     /* Paused at the end of a head, or at the end of a body held in the
@@ -599,9 +617,28 @@ static void conn_feed(struct proxy_conn *c)
         upstream_flush(c->up);
     if (c->dead)
         conn_free(c);
+    else
+        conn_read_soon(c); /* input drained below the watermark: what OpenSSL holds */
 }
 
 /* ---- upstream events --------------------------------------------------------- */
+
+/* libevent 2.1's OpenSSL bufferevent writes only once epoll reports the socket
+ * writable: per response an epoll_ctl to add EPOLLOUT, a loop turn, and another
+ * epoll_ctl to remove it. A client socket is nearly always writable, so the
+ * bufferevent's own write event is made active instead: libevent's write path
+ * (SSL_write, its retry state, the write callback) runs later in this loop
+ * turn, after everything this turn adds, and the EPOLLOUT add and remove
+ * cancel out in the change list (worker.c). If the socket is full, SSL_write
+ * says so and the event simply stays, as before. Not during a handshake,
+ * where the same event drives SSL_do_handshake. (struct bufferevent's fields
+ * are public in bufferevent_struct.h; ev_write is the only one used.) */
+static void conn_write_soon(struct proxy_conn *c)
+{
+    if (c->state == CS_HANDSHAKE || c->state == CS_LATE)
+        return;
+    event_active(&c->bev->ev_write, EV_WRITE, 1);
+}
 
 void proxy_conn_response_head(struct proxy_conn *c, struct evbuffer *head)
 {
@@ -611,6 +648,7 @@ void proxy_conn_response_head(struct proxy_conn *c, struct evbuffer *head)
     /* Copied, not moved: the body that follows then shares its buffer chain,
      * and head and body leave in one TLS record and one write(2). */
     bufferevent_write(c->bev, evbuffer_pullup(head, (ev_ssize_t)len), len);
+    conn_write_soon(c);
     if (c->req.upstream_head != NULL) {
         evbuffer_free(c->req.upstream_head);
         c->req.upstream_head = NULL;
@@ -626,6 +664,7 @@ void proxy_conn_response_body(struct proxy_conn *c, const char *data, size_t len
     else if (chunked)
         evbuffer_add(out, "0\r\n\r\n", 5); /* the last chunk */
     c->req.bytes_out += evbuffer_get_length(out) - before;
+    conn_write_soon(c);
 }
 
 void proxy_conn_response_done(struct proxy_conn *c, bool upstream_reusable)
@@ -721,6 +760,7 @@ static void conn_handshake_done(struct proxy_conn *c)
               c->facts         ? c->facts->subject
               : c->cert_reason ? reason_name(c->cert_reason)
                                : "none");
+    conn_read_soon(c); /* a request sent right behind the client's Finished */
 }
 
 static void conn_event_cb(struct bufferevent *bev, short events, void *arg)

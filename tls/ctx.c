@@ -356,6 +356,10 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
     /* Idle keep-alive connections dominate a SEG's memory (EAS Ping holds
      * them for up to an hour): give the record buffers back between reads. */
     SSL_CTX_set_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
+    /* One read(2) per TLS record instead of two (header, then body). What
+     * OpenSSL reads ahead is invisible to epoll: proxy/conn.c's
+     * conn_read_soon() drains it wherever libevent would stop and wait. */
+    SSL_CTX_set_read_ahead(t->ssl, 1);
     /* Resumption (session cache for TLS 1.2 ids, tickets for 1.2 and 1.3) is
      * left on; a session id context is required once peers are verified. */
     if (SSL_CTX_set_session_id_context(t->ssl, session_id_ctx, sizeof session_id_ctx - 1) != 1) {
