@@ -161,12 +161,36 @@ static bool response_header_dropped(const struct proxy_head *hd, size_t i)
     return named_by_connection(hd, i);
 }
 
+/* Appends a string literal (its length known at compile time). */
+#define add_lit(out, lit) evbuffer_add((out), "" lit, sizeof(lit) - 1)
+
 static void add_header_line(struct evbuffer *out, const struct proxy_head *hd, size_t i)
 {
     evbuffer_add(out, hd->buf + hd->h[i].name_off, hd->h[i].name_len);
-    evbuffer_add(out, ": ", 2);
+    add_lit(out, ": ");
     evbuffer_add(out, hd->buf + hd->h[i].val_off, hd->h[i].val_len);
-    evbuffer_add(out, "\r\n", 2);
+    add_lit(out, "\r\n");
+}
+
+/* The request and response heads are built on every proxied request: plain
+ * appends, not evbuffer_add_printf (whose vfprintf was ~3 % of a keep-alive
+ * request's CPU). */
+static void add_str(struct evbuffer *out, const char *s)
+{
+    evbuffer_add(out, s, strlen(s));
+}
+
+/* Appends <v> in decimal (<hex>: lower-case hexadecimal). */
+static void add_uint(struct evbuffer *out, unsigned long long v, bool hex)
+{
+    char buf[24];
+    char *p = buf + sizeof buf;
+    unsigned base = hex ? 16 : 10;
+    do {
+        *--p = "0123456789abcdef"[v % base];
+        v /= base;
+    } while (v != 0);
+    evbuffer_add(out, p, (size_t)(buf + sizeof buf - p));
 }
 
 /* Adds "Name: value" where <value> comes from a certificate or the directory:
@@ -175,7 +199,8 @@ static void add_identity_header(struct evbuffer *out, const char *name, const ch
 {
     if (value == NULL)
         return;
-    evbuffer_add_printf(out, "%s: ", name);
+    add_str(out, name);
+    add_lit(out, ": ");
     const char *run = value;
     for (const char *p = value; *p; p++) {
         unsigned char ch = (unsigned char)*p;
@@ -186,7 +211,7 @@ static void add_identity_header(struct evbuffer *out, const char *name, const ch
         }
     }
     evbuffer_add(out, run, strlen(run));
-    evbuffer_add(out, "\r\n", 2);
+    add_lit(out, "\r\n");
 }
 
 void proxy_http_request_head(const struct proxy_conn *c, struct evbuffer *out)
@@ -195,9 +220,10 @@ void proxy_http_request_head(const struct proxy_conn *c, struct evbuffer *out)
     const struct proxy_head *hd = &r->head;
     bool has_host = false;
 
-    evbuffer_add_printf(out, "%s ", llhttp_method_name((llhttp_method_t)r->method));
+    add_str(out, llhttp_method_name((llhttp_method_t)r->method));
+    add_lit(out, " ");
     evbuffer_add(out, hd->buf + hd->url_off, hd->url_len);
-    evbuffer_add(out, " HTTP/1.1\r\n", 11);
+    add_lit(out, " HTTP/1.1\r\n");
     for (size_t i = 0; i < hd->n; i++) {
         if (request_header_dropped(hd, i))
             continue;
@@ -205,13 +231,21 @@ void proxy_http_request_head(const struct proxy_conn *c, struct evbuffer *out)
             has_host = true;
         add_header_line(out, hd, i);
     }
-    if (!has_host)
-        evbuffer_add_printf(out, "Host: %s\r\n", c->w->conf->backend.host_header);
+    if (!has_host) {
+        add_lit(out, "Host: ");
+        add_str(out, c->w->conf->backend.host_header);
+        add_lit(out, "\r\n");
+    }
     if (r->chunked)
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-    else if (r->has_body)
-        evbuffer_add_printf(out, "Content-Length: %llu\r\n", (unsigned long long)r->content_length);
-    evbuffer_add_printf(out, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: https\r\n", c->peer);
+        add_lit(out, "Transfer-Encoding: chunked\r\n");
+    else if (r->has_body) {
+        add_lit(out, "Content-Length: ");
+        add_uint(out, r->content_length, false);
+        add_lit(out, "\r\n");
+    }
+    add_lit(out, "X-Forwarded-For: ");
+    add_str(out, c->peer);
+    add_lit(out, "\r\nX-Forwarded-Proto: https\r\n");
     if (c->facts != NULL && r->cert_mode != CERT_IGNORE) {
         const struct cert_facts *f = c->facts;
         add_identity_header(out, "X-Client-Cert-Subject", f->subject);
@@ -227,35 +261,42 @@ void proxy_http_request_head(const struct proxy_conn *c, struct evbuffer *out)
         add_identity_header(out, "X-Remote-User-Sam", id->sam);
         add_identity_header(out, "X-Client-Cert-Mapping", id->method);
     }
-    evbuffer_add(out, "\r\n", 2);
+    add_lit(out, "\r\n");
 }
 
 void proxy_http_response_head(const struct proxy_head *hd, int status, bool chunked,
                               bool keep_alive, const char *content_length, struct evbuffer *out)
 {
-    evbuffer_add_printf(out, "HTTP/1.1 %d ", status);
+    add_lit(out, "HTTP/1.1 ");
+    add_uint(out, (unsigned)status, false);
+    add_lit(out, " ");
     if (hd->url_len > 0)
         evbuffer_add(out, hd->buf + hd->url_off, hd->url_len);
     else
-        evbuffer_add_printf(out, "%s", proxy_http_status_text(status));
-    evbuffer_add(out, "\r\n", 2);
+        add_str(out, proxy_http_status_text(status));
+    add_lit(out, "\r\n");
     for (size_t i = 0; i < hd->n; i++)
         if (!response_header_dropped(hd, i))
             add_header_line(out, hd, i);
     if (chunked)
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-    else if (content_length != NULL)
-        evbuffer_add_printf(out, "Content-Length: %s\r\n", content_length);
-    evbuffer_add_printf(out, "Connection: %s\r\n\r\n", keep_alive ? "keep-alive" : "close");
+        add_lit(out, "Transfer-Encoding: chunked\r\n");
+    else if (content_length != NULL) {
+        add_lit(out, "Content-Length: ");
+        add_str(out, content_length);
+        add_lit(out, "\r\n");
+    }
+    add_str(out, keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
 }
 
 void proxy_http_body(struct evbuffer *out, const char *data, size_t len, bool chunked)
 {
-    if (chunked)
-        evbuffer_add_printf(out, "%zx\r\n", len);
+    if (chunked) {
+        add_uint(out, len, true);
+        add_lit(out, "\r\n");
+    }
     evbuffer_add(out, data, len);
     if (chunked)
-        evbuffer_add(out, "\r\n", 2);
+        add_lit(out, "\r\n");
 }
 
 const char *proxy_http_status_text(int status)
