@@ -10,7 +10,7 @@ PACKAGES=(
   # tests: real clients, a real directory, real peers
   python3 curl openssl ldap-utils samba samba-ad-dc krb5-user nginx haproxy procps
   # benchmarks
-  gnuplot-nox apache2-utils
+  gnuplot-nox apache2-utils strace
 )
 
 missing=()
