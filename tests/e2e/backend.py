@@ -18,6 +18,10 @@ forwards untouched:
   dropnext=1   answer, then close this connection without answering when its
                next request arrives (a server closing an idle connection just
                as a client reuses it)
+  early=1      answer (with status=N, Connection: close) right after the head,
+               without reading the body, and close: unread bytes make the close
+               a reset, and the sender's next write fails; with status=reset,
+               close at once without answering
   hop=1        add hop-by-hop headers to the answer (Keep-Alive, Proxy-Connection,
                a header named by Connection), which certmapd must drop
 With --tls-cert/--tls-key it serves HTTPS instead of plain HTTP. With
@@ -143,6 +147,14 @@ class Handler(socketserver.StreamRequestHandler):
             for line in head[1:]:
                 k, _, v = line.partition(":")
                 headers.append((k.strip(), v.strip()))
+            if urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get("early") == ["1"]:
+                status = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get("status", ["200"])[0]
+                if status == "reset":
+                    return "early"
+                self.wfile.write(f"HTTP/1.1 {status} Early\r\nContent-Length: 0\r\n"
+                                 "Connection: close\r\n\r\n".encode())
+                self.wfile.flush()
+                return "early"
             try:
                 body_len, body_sha, was_chunked = self.read_body(headers)
             except (ConnectionError, OSError, ValueError):

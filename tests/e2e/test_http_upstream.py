@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The upstream side end to end: backend down (502), backend too slow (504 on
 time), a pooled connection the backend closed (retried once for an idempotent
-request, never for a POST), and an https backend verified against
-[backend] ca_file and its name."""
+request, never for a POST), a backend that answers early or resets the
+connection while the body is still being written to it, and an https backend
+verified against [backend] ca_file and its name."""
+import threading
 import time
 
 from harness import Reader, check, curl, eq, free_port, pki, request_bytes, run, tls_connect
@@ -30,6 +32,56 @@ def test_read_timeout_504_on_time(env):
     # The timed-out backend connection is not reused: the next request gets a fresh one.
     status, body, _ = curl(d.base + "/fast", cert="good")
     eq(status, 200, "a request after the timeout")
+
+
+def _send_ignoring_errors(sock, data):
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass  # certmapd closed after answering: expected
+
+
+def test_backend_answers_early_and_resets_mid_upload(env):
+    """The backend answers after the head and resets the connection while certmapd
+    still writes the body to it (the write error surfaces from upstream_flush's
+    fallback to libevent). The client gets one well-formed answer: the backend's
+    403 if it arrived first, else 502; certmapd goes on serving."""
+    b = env.backend()
+    d = env.certmapd(b, {"server": {"workers": "1"}})
+    body = b"u" * (8 * 1024 * 1024)
+    s = tls_connect(d.port, timeout=20)
+    s.sendall(request_bytes("POST", "/up?early=1&status=403",
+                            [("Content-Length", str(len(body)))]))
+    t = threading.Thread(target=lambda: _send_ignoring_errors(s, body), daemon=True)
+    t.start()
+    r = Reader(s).response()
+    check(r.status in (403, 502), f"status {r.status}")
+    t.join(20)
+    log = d.wait_access(1)
+    eq(len(log), 1, "access log lines")
+    eq(log[0]["status"], str(r.status), "access log status")
+    status, _, _ = curl(d.base + "/after", cert="good")
+    eq(status, 200, "a request afterwards")
+
+
+def test_backend_resets_mid_upload_502(env):
+    """The backend resets the connection after the head, before any answer, while
+    certmapd writes the body: the write fails, and the client gets 502 (a POST
+    is never retried)."""
+    b = env.backend()
+    d = env.certmapd(b, {"server": {"workers": "1"}})
+    body = b"r" * (8 * 1024 * 1024)
+    s = tls_connect(d.port, timeout=20)
+    s.sendall(request_bytes("POST", "/up?early=1&status=reset",
+                            [("Content-Length", str(len(body)))]))
+    t = threading.Thread(target=lambda: _send_ignoring_errors(s, body), daemon=True)
+    t.start()
+    eq(Reader(s).response().status, 502, "status")
+    t.join(20)
+    log = d.wait_access(1)
+    eq((log[0]["status"], log[0]["reason"]), ("502", "backend_unavailable"), "access log")
+    status, _, _ = curl(d.base + "/after", cert="good")
+    eq(status, 200, "a request afterwards")
 
 
 def test_stale_pooled_connection_retried(env):
