@@ -22,6 +22,7 @@
  *
  * Running out of memory also answers R_CERT_MALFORMED: there is no better code,
  * and a certificate that cannot be examined is refused (fail closed). */
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "tls/internal.h"
 #include "tls/tls.h"
 
 /* No certificate a TLS peer can send comes near this (OpenSSL's default
@@ -503,6 +505,31 @@ static bool time_of(const ASN1_TIME *t, time_t *out)
     return true;
 }
 
+/* SHA-256 and SHA-1 fetched from the provider once. Passing EVP_sha256() to a
+ * digest function makes OpenSSL 3.0 fetch the implementation again, name-map
+ * lookup and read-write locks included, on every call; a fetched EVP_MD skips
+ * that. Should a fetch fail, the built-in handles still work (just slower). */
+static EVP_MD *fetched_sha256, *fetched_sha1;
+
+static void fetch_digests(void)
+{
+    fetched_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    fetched_sha1 = EVP_MD_fetch(NULL, "SHA1", NULL);
+}
+
+const EVP_MD *tls_sha256(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, fetch_digests);
+    return fetched_sha256 != NULL ? fetched_sha256 : EVP_sha256();
+}
+
+static const EVP_MD *tls_sha1(void)
+{
+    (void)tls_sha256(); /* the once */
+    return fetched_sha1 != NULL ? fetched_sha1 : EVP_sha1();
+}
+
 /* Digests and key identifiers: fixed-size hex fields, and the SKI. */
 static enum reason facts_digests(X509 *x, struct cert_facts *f)
 {
@@ -510,13 +537,13 @@ static enum reason facts_digests(X509 *x, struct cert_facts *f)
     unsigned int n;
     const ASN1_OCTET_STRING *ski;
 
-    if (!X509_digest(x, EVP_sha256(), md, &n) || n != 32)
+    if (!X509_digest(x, tls_sha256(), md, &n) || n != 32)
         return R_CERT_MALFORMED;
     hex_into(f->sha256, md, n, false);
-    if (!X509_digest(x, EVP_sha1(), md, &n) || n != 20)
+    if (!X509_digest(x, tls_sha1(), md, &n) || n != 20)
         return R_CERT_MALFORMED;
     hex_into(f->sha1, md, n, false);
-    if (!X509_pubkey_digest(x, EVP_sha1(), md, &n) || n != 20)
+    if (!X509_pubkey_digest(x, tls_sha1(), md, &n) || n != 20)
         return R_CERT_MALFORMED;
     hex_into(f->pubkey_sha1, md, n, false);
     ski = X509_get0_subject_key_id(x);

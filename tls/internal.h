@@ -67,6 +67,10 @@ enum reason tls_reason_from_verify(long code);
  * escaped, for log lines only (cut with "..." when longer than <len>). */
 void tls_name_for_log(const X509_NAME *name, char *buf, size_t len);
 
+/* ---- tls/facts.c ---- */
+/* SHA-256, fetched once for the process (never freed). */
+const EVP_MD *tls_sha256(void);
+
 /* ---- tls/keymeth.c ---- */
 /* Makes d2i_X509() decode RSA and EC public keys through OpenSSL's built-in
  * methods instead of a provider decoder search (see keymeth.c for why).

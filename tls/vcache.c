@@ -61,7 +61,7 @@ int tls_vcache_key(X509 *leaf, STACK_OF(X509) *peer, unsigned char key[32], time
     int ok = 0;
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned char *der = NULL;
-    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
+    if (md == NULL || EVP_DigestInit_ex(md, tls_sha256(), NULL) != 1)
         goto done;
     *not_after = 0;
     int n = peer != NULL ? sk_X509_num(peer) : 0;
