@@ -58,10 +58,10 @@ def genuine_keys_accepted(env, builtin):
         for version in ("--tlsv1.2 --tls-max 1.2", "--tlsv1.3"):
             # (TLS 1.2 needs P-256 among the groups for the server's ECDSA
             # certificate; the first group offered is the one used.)
-            for curve in ("X25519:prime256v1", "prime256v1"):
+            for curve in ("X25519:prime256v1", "prime256v1", "secp384r1:prime256v1"):
                 args = leaf.curl_args() + version.split() + ["--curves", curve]
                 accepted(env, b, d, args, cn, f"{cn} {version} {curve}")
-    eq(len(b.requests()), 8, "requests forwarded")
+    eq(len(b.requests()), 12, "requests forwarded")
 
 
 def s_client(port, leaf, extra):
