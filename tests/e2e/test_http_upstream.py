@@ -34,11 +34,32 @@ def test_read_timeout_504_on_time(env):
     eq(status, 200, "a request after the timeout")
 
 
-def _send_ignoring_errors(sock, data):
-    try:
-        sock.sendall(data)
-    except OSError:
-        pass  # certmapd closed after answering: expected
+def upload_to_failing_backend(env, target):
+    """POSTs 8 MB to <target> (a backend.py early=1 case) while reading the answer,
+    then checks that exactly one access log line was written and that certmapd
+    still serves. Returns (answer, access log line)."""
+    b = env.backend()
+    d = env.certmapd(b, {"server": {"workers": "1"}})
+    body = b"u" * (8 * 1024 * 1024)
+    s = tls_connect(d.port, timeout=20)
+    s.sendall(request_bytes("POST", target, [("Content-Length", str(len(body)))]))
+
+    def upload():
+        try:
+            s.sendall(body)
+        except OSError:
+            pass  # certmapd closed after answering: expected
+
+    t = threading.Thread(target=upload, daemon=True)
+    t.start()
+    r = Reader(s).response()
+    t.join(20)
+    log = d.wait_access(1)
+    eq(len(log), 1, "access log lines")
+    eq(log[0]["status"], str(r.status), "access log status")
+    status, _, _ = curl(d.base + "/after", cert="good")
+    eq(status, 200, "a request afterwards")
+    return r, log[0]
 
 
 def test_backend_answers_early_and_resets_mid_upload(env):
@@ -46,42 +67,16 @@ def test_backend_answers_early_and_resets_mid_upload(env):
     still writes the body to it (the write error surfaces from upstream_flush's
     fallback to libevent). The client gets one well-formed answer: the backend's
     403 if it arrived first, else 502; certmapd goes on serving."""
-    b = env.backend()
-    d = env.certmapd(b, {"server": {"workers": "1"}})
-    body = b"u" * (8 * 1024 * 1024)
-    s = tls_connect(d.port, timeout=20)
-    s.sendall(request_bytes("POST", "/up?early=1&status=403",
-                            [("Content-Length", str(len(body)))]))
-    t = threading.Thread(target=lambda: _send_ignoring_errors(s, body), daemon=True)
-    t.start()
-    r = Reader(s).response()
+    r, _ = upload_to_failing_backend(env, "/up?early=1&status=403")
     check(r.status in (403, 502), f"status {r.status}")
-    t.join(20)
-    log = d.wait_access(1)
-    eq(len(log), 1, "access log lines")
-    eq(log[0]["status"], str(r.status), "access log status")
-    status, _, _ = curl(d.base + "/after", cert="good")
-    eq(status, 200, "a request afterwards")
 
 
 def test_backend_resets_mid_upload_502(env):
     """The backend resets the connection after the head, before any answer, while
     certmapd writes the body: the write fails, and the client gets 502 (a POST
     is never retried)."""
-    b = env.backend()
-    d = env.certmapd(b, {"server": {"workers": "1"}})
-    body = b"r" * (8 * 1024 * 1024)
-    s = tls_connect(d.port, timeout=20)
-    s.sendall(request_bytes("POST", "/up?early=1&status=reset",
-                            [("Content-Length", str(len(body)))]))
-    t = threading.Thread(target=lambda: _send_ignoring_errors(s, body), daemon=True)
-    t.start()
-    eq(Reader(s).response().status, 502, "status")
-    t.join(20)
-    log = d.wait_access(1)
-    eq((log[0]["status"], log[0]["reason"]), ("502", "backend_unavailable"), "access log")
-    status, _, _ = curl(d.base + "/after", cert="good")
-    eq(status, 200, "a request afterwards")
+    r, line = upload_to_failing_backend(env, "/up?early=1&status=reset")
+    eq((r.status, line["reason"]), (502, "backend_unavailable"), "status and reason")
 
 
 def test_stale_pooled_connection_retried(env):
