@@ -89,6 +89,17 @@ MAPWHY=$(get certmapd map_not_measured)
         echo
     done
     echo
+    NC=$(nproc)
+    DP=$(get certmapd decode_providers_1_us) DB=$(get certmapd decode_builtin_1_us)
+    if [ -n "$DP" ] && [ -n "$DB" ]; then
+        echo "Decoding the client's certificate (\`d2i_X509\`, which libssl runs on every certificate a client" \
+            "sends; bench/x509decode): $DP µs through OpenSSL 3.0's provider decoders, $DB µs through the" \
+            "built-in key methods certmapd installs (\`[tls] builtin_key_methods\`). On $NC threads at once:" \
+            "$(show "$(get certmapd decode_providers_${NC}_per_s)") decodes/s through providers" \
+            "(one thread: $(show "$(get certmapd decode_providers_1_per_s)")), $(show "$(get certmapd decode_builtin_${NC}_per_s)")" \
+            "through the built-in methods (one thread: $(show "$(get certmapd decode_builtin_1_per_s)"))."
+        echo
+    fi
     SC=$(get certmapd ka_syscalls)
     if [ -n "$SC" ]; then
         printf 'System calls per keep-alive request (strace -c over a separate run of 20 000; the CPU figures come from runs without strace):'

@@ -71,11 +71,4 @@ void tls_name_for_log(const X509_NAME *name, char *buf, size_t len);
 /* SHA-256, fetched once for the process (never freed). */
 const EVP_MD *tls_sha256(void);
 
-/* ---- tls/keymeth.c ---- */
-/* Makes d2i_X509() decode RSA and EC public keys through OpenSSL's built-in
- * methods instead of a provider decoder search (see keymeth.c for why).
- * Process-wide and idempotent. 1 installed, 0 not needed by this OpenSSL,
- * -1 could not be installed (everything still works, only slower). */
-int tls_builtin_key_methods(void);
-
 #endif

@@ -25,7 +25,7 @@
 #define OPENSSL_API_COMPAT 30000
 #define OPENSSL_SUPPRESS_DEPRECATED 1
 
-#include "tls/internal.h"
+#include "tls/tls.h"
 
 #include <pthread.h>
 #include <stdbool.h>

@@ -34,6 +34,13 @@ SSL *tls_conn_new(struct tls_ctx *t);
 enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
                              struct cert_facts **facts);
 
+/* Makes d2i_X509() decode RSA and EC public keys through OpenSSL's built-in
+ * methods instead of a provider decoder search (tls/keymeth.c says why).
+ * tls_ctx_new() calls it when [tls] builtin_key_methods = yes. Process-wide
+ * and idempotent. 1 installed, 0 not available in this OpenSSL, -1 could not
+ * be installed (everything still works, only slower). */
+int tls_builtin_key_methods(void);
+
 /* Frees the intermediates the client of <ssl> sent, once its verdict is
  * known: nothing reads them afterwards (a resumed session never had them,
  * and a later certificate request replaces them), and on an idle connection
