@@ -147,12 +147,12 @@ class Handler(socketserver.StreamRequestHandler):
             for line in head[1:]:
                 k, _, v = line.partition(":")
                 headers.append((k.strip(), v.strip()))
-            if urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get("early") == ["1"]:
-                status = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get("status", ["200"])[0]
-                if status == "reset":
+            q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query))
+            if q.get("early") == "1":
+                if q.get("status") == "reset":
                     return "early"
-                self.wfile.write(f"HTTP/1.1 {status} Early\r\nContent-Length: 0\r\n"
-                                 "Connection: close\r\n\r\n".encode())
+                self.wfile.write(f"HTTP/1.1 {q.get('status', '200')} Early\r\n"
+                                 "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
                 self.wfile.flush()
                 return "early"
             try:
@@ -161,7 +161,6 @@ class Handler(socketserver.StreamRequestHandler):
                 return "eof_in_body"
             served += 1
             counter[0] = served
-            q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query))
             record = {
                 "method": method, "target": target, "version": version,
                 "headers": headers, "body_len": body_len, "body_sha256": body_sha,

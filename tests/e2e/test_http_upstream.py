@@ -79,14 +79,20 @@ def test_backend_resets_mid_upload_502(env):
     eq((r.status, line["reason"]), (502, "backend_unavailable"), "status and reason")
 
 
-def test_stale_pooled_connection_retried(env):
+def with_stale_pooled_connection(env):
+    """One request whose backend connection, back in the pool, will drop the
+    next request it gets without an answer. Returns (backend, certmapd, socket, reader)."""
     b = env.backend()
     d = env.certmapd(b, {"server": {"workers": "1"}})
     s = tls_connect(d.port)
     rd = Reader(s)
     s.sendall(request_bytes("GET", "/first?dropnext=1"))
     eq(rd.response().status, 200, "first request")
-    # The pooled connection now drops the next request it gets, without an answer.
+    return b, d, s, rd
+
+
+def test_stale_pooled_connection_retried(env):
+    b, d, s, rd = with_stale_pooled_connection(env)
     s.sendall(request_bytes("GET", "/second"))
     r = rd.response()
     eq(r.status, 200, "the request sent on the stale connection, retried")
@@ -98,12 +104,7 @@ def test_stale_pooled_connection_retried(env):
 
 
 def test_stale_pooled_connection_post_not_retried(env):
-    b = env.backend()
-    d = env.certmapd(b, {"server": {"workers": "1"}})
-    s = tls_connect(d.port)
-    rd = Reader(s)
-    s.sendall(request_bytes("GET", "/first?dropnext=1"))
-    eq(rd.response().status, 200, "first request")
+    b, _, s, rd = with_stale_pooled_connection(env)
     s.sendall(request_bytes("POST", "/second", [("Content-Length", "3")], b"abc"))
     eq(rd.response().status, 502, "a POST is never sent twice")
     eq([x["target"] for x in b.requests()], ["/first?dropnext=1"], "at the backend")
