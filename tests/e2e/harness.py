@@ -228,6 +228,20 @@ def curl(url, cert=None, args=(), data=None, timeout=30):
     return status, p.stdout, p.stderr.decode("latin-1")
 
 
+def curl_until_recovered(url, args, timeout, interval):
+    """Repeats curl <url> <args> until it gets 200, for at most <timeout> seconds;
+    every other answer meanwhile must be 503 (fail closed). Returns the last status."""
+    deadline = time.time() + timeout
+    status = 0
+    while time.time() < deadline:
+        status = curl(url, args=args)[0]
+        if status == 200:
+            break
+        eq(status, 503, "while the directory recovers: fail closed")
+        time.sleep(interval)
+    return status
+
+
 def tls_connect(port, cert="good", timeout=10.0):
     """A Python TLS client connection to certmapd, with client certificate <cert> (or None)."""
     ctx = ssl.create_default_context(cafile=pki("root-ca.crt"))

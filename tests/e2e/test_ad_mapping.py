@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import leaves
-from harness import check, curl, eq, pki, run
+from harness import check, curl, curl_until_recovered, eq, pki, run
 from samba import Samba
 from slowproxy import SlowProxy
 
@@ -214,14 +214,7 @@ def test_directory_down_then_back(env):
         eq(d.wait_access(2)[1]["reason"], "directory_unavailable", "reason")
     finally:
         AD.start()
-    deadline = time.time() + 60
-    status = 0
-    while time.time() < deadline:
-        status = curl(d.base + PATH, args=leaf.curl_args())[0]
-        if status == 200:
-            break
-        eq(status, 503, "while reconnecting: still fail closed")
-        time.sleep(1)
+    status = curl_until_recovered(d.base + PATH, leaf.curl_args(), timeout=60, interval=1)
     eq(status, 200, "recovered without a restart")
     eq(len(b.requests()), 2, "only the mapped requests reached the backend")
 

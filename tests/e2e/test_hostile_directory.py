@@ -5,12 +5,11 @@ referrals, too many entries, entries that do not hold what was asked for, or
 plain garbage: certmapd must fail closed (503), refuse (403) or ignore, never
 crash and never let anyone in, and recover once the answers are sane again."""
 import os
-import time
 
 import leaves
 from fakedc import entry, reference
 from fakedc import FakeDC
-from harness import check, curl, eq, pki, run
+from harness import check, curl, curl_until_recovered, eq, pki, run
 from samba import sid_to_bytes
 
 BASE = "DC=corp,DC=example,DC=test"
@@ -140,13 +139,7 @@ def test_garbage_answer_then_recovery(env):
         status = curl(d.base + PATH, args=leaf.curl_args())[0]
         eq(status, 503, "garbage from the directory")
         state["scenario"] = lambda: [good]
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            status = curl(d.base + PATH, args=leaf.curl_args())[0]
-            if status == 200:
-                break
-            eq(status, 503, "while reconnecting: fail closed")
-            time.sleep(0.5)
+        status = curl_until_recovered(d.base + PATH, leaf.curl_args(), timeout=30, interval=0.5)
         eq(status, 200, "recovered without a restart")
     finally:
         dc.stop()
