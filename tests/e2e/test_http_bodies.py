@@ -22,37 +22,34 @@ def upload_file(env, size):
     return path, hashlib.sha256(data).hexdigest()
 
 
-def test_upload_content_length_10mb(env):
+def upload_10mb(env, curl_args):
+    """POSTs 10 MB with curl <curl_args>; checks the status and that the backend got
+    exactly those bytes once. Returns (certmapd, the backend's record of it)."""
     b = env.backend()
     d = env.certmapd(b)
     path, sha = upload_file(env, TEN_MB)
-    status, body, _ = curl(d.base + "/upload", cert="good",
-                           args=["--data-binary", "@" + path, "-H", "Expect:"])
+    status, _, _ = curl(d.base + "/upload", cert="good",
+                        args=["--data-binary", "@" + path, "-H", "Expect:"] + curl_args)
     eq(status, 200, "status")
     reqs = b.requests()
     eq(len(reqs), 1, "requests at the backend")
     eq(reqs[0]["body_len"], TEN_MB, "body length at the backend")
     eq(reqs[0]["body_sha256"], sha, "body SHA-256 at the backend")
-    eq(reqs[0]["chunked"], False, "forwarded with Content-Length")
-    h = {k.lower(): v for k, v in reqs[0]["headers"]}
+    return d, reqs[0]
+
+
+def test_upload_content_length_10mb(env):
+    d, req = upload_10mb(env, [])
+    eq(req["chunked"], False, "forwarded with Content-Length")
+    h = {k.lower(): v for k, v in req["headers"]}
     eq(h["content-length"], str(TEN_MB), "Content-Length forwarded")
     log = d.wait_access(1)
     check(int(log[0]["in"]) > TEN_MB, f"access log bytes in: {log[0]['in']}")
 
 
 def test_upload_chunked_10mb(env):
-    b = env.backend()
-    d = env.certmapd(b)
-    path, sha = upload_file(env, TEN_MB)
-    status, _, _ = curl(d.base + "/upload", cert="good",
-                        args=["--data-binary", "@" + path, "-H", "Transfer-Encoding: chunked",
-                              "-H", "Expect:"])
-    eq(status, 200, "status")
-    reqs = b.requests()
-    eq(len(reqs), 1, "requests at the backend")
-    eq(reqs[0]["body_len"], TEN_MB, "body length at the backend")
-    eq(reqs[0]["body_sha256"], sha, "body SHA-256 at the backend")
-    eq(reqs[0]["chunked"], True, "forwarded chunked")
+    _, req = upload_10mb(env, ["-H", "Transfer-Encoding: chunked"])
+    eq(req["chunked"], True, "forwarded chunked")
 
 
 def test_upload_chunked_odd_chunks(env):
