@@ -4,7 +4,7 @@
  *
  * Builds certmapd's own server context (tls_ctx_new, from a configuration like
  * bench/run's), runs N TLS 1.3 handshakes over memory BIOs with the client
- * certificate good.chain.pem (leaf + issuing CA), does what proxy/conn.c does
+ * certificate good.chain.pem (leaf + issuing CA; tests/support/tlspair.c), does what proxy/conn.c does
  * after a handshake (verdict, tls_conn_drop_chain), gives each server SSL a
  * null BIO (so no transport buffer is counted) and keeps all N. The heap in use
  * (glibc mallinfo2) before and after, divided by N, is the SSL object with its
@@ -24,6 +24,7 @@
 #include <openssl/x509v3.h>
 
 #include "conf/conf.h"
+#include "tests/support/tlspair.h"
 #include "tls/tls.h"
 
 static size_t heap_used(void)
@@ -36,34 +37,6 @@ static int die(const char *what)
     fprintf(stderr, "connmem: %s\n", what);
     ERR_print_errors_fp(stderr);
     return 1;
-}
-
-/* Steps both ends until both finished (or one fails): 0 or -1. */
-static int handshake(SSL *cl, SSL *sv)
-{
-    BIO *bc = NULL, *bs = NULL;
-    if (BIO_new_bio_pair(&bc, 0, &bs, 0) != 1)
-        return -1;
-    SSL_set_connect_state(cl);
-    SSL_set_accept_state(sv);
-    SSL_set_bio(cl, bc, bc);
-    SSL_set_bio(sv, bs, bs);
-    int cdone = 0, sdone = 0;
-    for (int i = 0; i < 50 && !(cdone && sdone); i++) {
-        int r = 0;
-        if (!cdone && (r = SSL_do_handshake(cl)) != 1 && SSL_get_error(cl, r) != SSL_ERROR_WANT_READ)
-            return -1;
-        cdone = cdone || r == 1;
-        if (!sdone && (r = SSL_do_handshake(sv)) != 1 && SSL_get_error(sv, r) != SSL_ERROR_WANT_READ)
-            return -1;
-        sdone = sdone || r == 1;
-    }
-    /* One message each way, as a request and its response would. */
-    char buf[8];
-    if (!cdone || !sdone || SSL_write(cl, "ping", 4) != 4 || SSL_read(sv, buf, sizeof buf) != 4 ||
-        SSL_write(sv, "pong", 4) != 4 || SSL_read(cl, buf, sizeof buf) != 4)
-        return -1;
-    return 0;
 }
 
 /* Bytes of heap per decoded copy of the first certificate in <path>. */
@@ -158,7 +131,7 @@ int main(int argc, char **argv)
         if (i == 0)
             before = heap_used();
         SSL *cl = SSL_new(cctx), *sv = tls_conn_new(t);
-        if (cl == NULL || sv == NULL || handshake(cl, sv) != 0)
+        if (cl == NULL || sv == NULL || tlspair_handshake(cl, sv) != 0)
             return die("handshake failed");
         struct cert_facts *facts = NULL;
         if (tls_conn_verdict(t, sv, CERT_REQUIRE, &facts) != R_NONE)

@@ -17,6 +17,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "tests/support/tlspair.h"
 #include "tls/tls.h"
 
 #define ALICE "alice@corp.example.test"
@@ -148,40 +149,11 @@ static SSL_CTX *client_for(const struct vcase *k)
     return c;
 }
 
-static bool step(SSL *s, bool *done)
-{
-    if (*done)
-        return true;
-    int r = SSL_do_handshake(s);
-    if (r == 1) {
-        *done = true;
-        return true;
-    }
-    int e = SSL_get_error(s, r);
-    return e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE;
-}
-
-/* Runs a handshake between <cl> and <sv> over a BIO pair, then one message
- * each way (which makes a TLS 1.3 client take its session tickets).
- * Returns 0, or -1 with OpenSSL's errors printed. */
+/* A handshake over a BIO pair (tests/support/tlspair.c), with OpenSSL's
+ * errors printed when it fails. */
 static int handshake(SSL *cl, SSL *sv)
 {
-    BIO *bc = NULL, *bs = NULL;
-    if (BIO_new_bio_pair(&bc, 0, &bs, 0) != 1)
-        return -1;
-    SSL_set_connect_state(cl);
-    SSL_set_accept_state(sv);
-    SSL_set_bio(cl, bc, bc);
-    SSL_set_bio(sv, bs, bs);
-    bool cdone = false, sdone = false;
-    for (int i = 0; i < 50 && !(cdone && sdone); i++) {
-        if (!step(cl, &cdone) || !step(sv, &sdone))
-            break;
-    }
-    char buf[8] = "";
-    if (cdone && sdone && SSL_write(cl, "ping", 4) == 4 && SSL_read(sv, buf, sizeof buf) == 4 &&
-        SSL_write(sv, "pong", 4) == 4 && SSL_read(cl, buf, sizeof buf) == 4 &&
-        memcmp(buf, "pong", 4) == 0)
+    if (tlspair_handshake(cl, sv) == 0)
         return 0;
     ERR_print_errors_fp(stderr);
     return -1;
