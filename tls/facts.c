@@ -517,16 +517,17 @@ static void fetch_digests(void)
     fetched_sha1 = EVP_MD_fetch(NULL, "SHA1", NULL);
 }
 
+static pthread_once_t digests_once = PTHREAD_ONCE_INIT;
+
 const EVP_MD *tls_sha256(void)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, fetch_digests);
+    pthread_once(&digests_once, fetch_digests);
     return fetched_sha256 != NULL ? fetched_sha256 : EVP_sha256();
 }
 
 static const EVP_MD *tls_sha1(void)
 {
-    (void)tls_sha256(); /* the once */
+    pthread_once(&digests_once, fetch_digests);
     return fetched_sha1 != NULL ? fetched_sha1 : EVP_sha1();
 }
 
