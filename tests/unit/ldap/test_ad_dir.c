@@ -85,17 +85,6 @@ static struct conf *conf_for(const char *uri1, const char *uri2, const char *sec
     return c;
 }
 
-static void conf_release(struct conf *c)
-{
-    for (size_t i = 0; i < c->n_ldap_uri; i++)
-        free(c->ldap_uri[i]);
-    free(c->base_dn);
-    free(c->bind_dn);
-    free(c->bind_password_file);
-    free(c->ldap_ca_file);
-    free(c);
-}
-
 /* ---- one search, copied out of the callback ------------------------------------- */
 
 struct answer {
@@ -224,7 +213,7 @@ static struct fixture *fixture_new(const char *uri1, const char *uri2, uint64_t 
 static void fixture_free(struct fixture *f)
 {
     dir_free(f->d);
-    conf_release(f->c);
+    conf_free(f->c);
     event_base_free(f->base);
     free(f);
 }
@@ -413,7 +402,7 @@ static void test_check_errors(void **state)
     char err[2048] = "", bad[1300];
     struct conf *c = conf_for(g->uri, NULL, g->secret, 3000);
     assert_int_equal(dir_check(c, err, sizeof err), 0);
-    conf_release(c);
+    conf_free(c);
 
     snprintf(bad, sizeof bad, "%s/wrong.secret", g->samba);
     FILE *fp = fopen(bad, "w");
@@ -425,7 +414,7 @@ static void test_check_errors(void **state)
     assert_non_null(
         strstr(err, "ldap: bind as svc-seg@corp.example.test failed: Invalid credentials (49)"));
     assert_null(strstr(err, "Not-The-Password1"));
-    conf_release(c);
+    conf_free(c);
     unlink(bad);
 
     /* Nothing listens on port 1. */
@@ -433,7 +422,7 @@ static void test_check_errors(void **state)
     assert_int_equal(dir_check(c, err, sizeof err), -2); /* unreachable, not refused */
     assert_non_null(strstr(err, "Can't contact LDAP server"));
     assert_non_null(strstr(err, "ldaps://127.0.0.1:1"));
-    conf_release(c);
+    conf_free(c);
 
     /* The DC's certificate does not chain to [ldap] ca_file: refused. */
     c = conf_for(g->uri, NULL, g->secret, 3000);
@@ -443,26 +432,26 @@ static void test_check_errors(void **state)
     assert_non_null(strstr(err, "cannot connect to ldaps://127.0.0.1"));
     assert_non_null(strstr(err, "certificate is not trusted"));
     assert_non_null(strstr(err, "ca_file"));
-    conf_release(c);
+    conf_free(c);
 
     /* Trusted, but not issued for the name asked for: the DC's certificate
      * names IP:127.0.0.1, not ::1 (Samba listens on both). */
     c = conf_for("ldaps://[::1]", NULL, g->secret, 3000);
     assert_int_equal(dir_check(c, err, sizeof err), -2); /* unreachable, not refused */
     assert_non_null(strstr(err, "certificate does not name \"::1\""));
-    conf_release(c);
+    conf_free(c);
 
     /* libldap checks "localhost" as the machine's host name: said plainly. */
     c = conf_for("ldaps://localhost", NULL, g->secret, 3000);
     assert_int_equal(dir_check(c, err, sizeof err), -2); /* unreachable, not refused */
     assert_non_null(strstr(err, "this machine's host name"));
-    conf_release(c);
+    conf_free(c);
 
     /* Plain ldap:// goes through StartTLS, never a bind in clear (which AD refuses). */
     c = conf_for("ldap://127.0.0.1", NULL, g->secret, 3000);
     if (dir_check(c, err, sizeof err) != 0)
         fail_msg("StartTLS: %s", err);
-    conf_release(c);
+    conf_free(c);
 
     /* An empty password file would be an anonymous bind. */
     snprintf(bad, sizeof bad, "%s/empty.secret", g->samba);
@@ -476,7 +465,7 @@ static void test_check_errors(void **state)
     struct event_base *base = event_base_new();
     assert_null(dir_new(base, c, err, sizeof err));
     event_base_free(base);
-    conf_release(c);
+    conf_free(c);
     unlink(bad);
 }
 
