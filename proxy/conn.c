@@ -379,20 +379,26 @@ static void late_answered(void *arg)
     event_active(c->late_ev, 0, 0);
 }
 
+/* Judges the certificate the client sent in a handshake that just ended (the
+ * first, or a late one), which then holds for the connection; frees the
+ * intermediates, which nothing needs afterwards; and has libevent read what
+ * the client sent right behind its handshake. Returns what a log line says of
+ * the certificate: its subject, the refusal, or <none>. */
+static const char *conn_judge_certificate(struct proxy_conn *c, SSL *ssl, const char *none)
+{
+    tls_facts_free(c->facts);
+    c->facts = NULL;
+    c->cert_reason = tls_conn_verdict(c->w->tls, ssl, CERT_ACCEPT, &c->facts);
+    tls_conn_drop_chain(ssl);
+    conn_read_soon(c);
+    return c->facts ? c->facts->subject : c->cert_reason ? reason_name(c->cert_reason) : none;
+}
+
 static void conn_late_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct proxy_conn *c = arg;
-    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
-    tls_facts_free(c->facts);
-    c->facts = NULL;
-    /* Judged as in a handshake; the certificate then holds for the connection. */
-    c->cert_reason = tls_conn_verdict(c->w->tls, ssl, CERT_ACCEPT, &c->facts);
-    tls_conn_drop_chain(ssl);
-    conn_read_soon(c); /* what the client sent right behind its handshake */
-    log_debug("%s: late certificate: %s", c->peer,
-              c->facts         ? c->facts->subject
-              : c->cert_reason ? reason_name(c->cert_reason)
-                               : "none sent");
+    const char *cert = conn_judge_certificate(c, bufferevent_openssl_get_ssl(c->bev), "none sent");
+    log_debug("%s: late certificate: %s", c->peer, cert);
     conn_continue(c);
 }
 
@@ -753,14 +759,9 @@ static void conn_handshake_done(struct proxy_conn *c)
     /* The certificate verdict is computed once per connection (verification
      * itself ran in the handshake, or, for a resumed session, not at all:
      * tls_conn_verdict re-checks validity and revocation either way). */
-    c->cert_reason = tls_conn_verdict(c->w->tls, ssl, CERT_ACCEPT, &c->facts);
-    tls_conn_drop_chain(ssl);
+    const char *cert = conn_judge_certificate(c, ssl, "none");
     c->state = CS_IDLE;
-    log_debug("%s: %s handshake done, certificate %s", c->peer, tls_conn_protocol(ssl),
-              c->facts         ? c->facts->subject
-              : c->cert_reason ? reason_name(c->cert_reason)
-                               : "none");
-    conn_read_soon(c); /* a request sent right behind the client's Finished */
+    log_debug("%s: %s handshake done, certificate %s", c->peer, tls_conn_protocol(ssl), cert);
 }
 
 static void conn_event_cb(struct bufferevent *bev, short events, void *arg)
