@@ -100,13 +100,17 @@ MAPWHY=$(get certmapd map_not_measured)
             "through the built-in methods (one thread: $(show "$(get certmapd decode_builtin_1_per_s)"))."
         echo
     fi
-    SC=$(get certmapd ka_syscalls)
+    SC=$(get certmapd ka_syscalls) SCWHY=$(get certmapd ka_syscalls_why)
     if [ -n "$SC" ]; then
         printf 'System calls per keep-alive request (strace -c over a separate run of 20 000; the CPU figures come from runs without strace):'
         for f in certmapd nginx haproxy; do
-            printf ' %s %s (of which epoll_ctl %s);' "$f" "$(show "$(get $f ka_syscalls)")" "$(show "$(get $f ka_epoll_ctl)")"
+            printf ' %s %s (of which epoll_ctl %s);' "$f" "$(show "$(get $f ka_syscalls)")" \
+                "$(show "$(get $f ka_epoll_ctl)")"
         done
         echo
+        echo
+    elif [ -n "$SCWHY" ]; then
+        echo "System calls per keep-alive request: not measured: $SCWHY."
         echo
     fi
     KA=$(get certmapd ka_cpu_us) KAK=$(get certmapd ka_sys_us)
