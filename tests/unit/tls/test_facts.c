@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <cmocka.h>
@@ -19,35 +20,30 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "tests/support/testpki.h"
 #include "tls/tls.h"
 
 #define PKI_SUBJ_BASE "CN=Corp Issuing CA,DC=corp,DC=example,DC=test"
 #define ISSUING_ASI "DC=test,DC=example,DC=corp,CN=Corp Issuing CA"
 #define SID_ALICE "S-1-5-21-436880987-830612363-2677326092-1102"
 
-static const char *pki_dir(void)
-{
-    const char *d = getenv("CERTMAPD_TEST_PKI");
-    assert_non_null(d);
-    return d;
-}
-
 static char *pki_path(const char *name)
 {
     static char buf[4096];
-    int n = snprintf(buf, sizeof(buf), "%s/%s.crt", pki_dir(), name);
-    assert_true(n > 0 && (size_t)n < sizeof(buf));
-    return buf;
+    char file[256];
+    snprintf(file, sizeof file, "%s.crt", name);
+    char *path = testpki_path(buf, sizeof buf, file);
+    assert_non_null(path);
+    return path;
 }
 
 /* NULL when OpenSSL cannot decode the file. */
 static X509 *try_load(const char *name)
 {
-    FILE *fp = fopen(pki_path(name), "r");
-    assert_non_null(fp);
-    X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
-    fclose(fp);
-    return x;
+    char file[256];
+    snprintf(file, sizeof file, "%s.crt", name);
+    assert_int_equal(access(pki_path(name), R_OK), 0); /* it is there: only decoding may fail */
+    return testpki_cert(file);
 }
 
 static X509 *load(const char *name)

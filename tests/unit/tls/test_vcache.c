@@ -11,17 +11,12 @@
 #include <cmocka.h>
 #include <openssl/pem.h>
 
+#include "tests/support/testpki.h"
 #include "tls/internal.h"
 
 static X509 *load(const char *name)
 {
-    char path[1024];
-    const char *dir = getenv("CERTMAPD_TEST_PKI");
-    snprintf(path, sizeof path, "%s/%s", dir ? dir : "build/test-pki", name);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
-    fclose(fp);
+    X509 *x = testpki_cert(name);
     assert_non_null(x);
     return x;
 }

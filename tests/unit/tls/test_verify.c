@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -17,6 +18,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "tests/support/testpki.h"
 #include "tests/support/tlspair.h"
 #include "tls/tls.h"
 
@@ -40,19 +42,12 @@ struct vcase {
     const char *want_upn; /* with R_NONE: the facts' first UPN; NULL: no facts expected */
 };
 
-static const char *pki_dir(void)
-{
-    const char *d = getenv("CERTMAPD_TEST_PKI");
-    if (d == NULL || d[0] == '\0')
-        fail_msg("CERTMAPD_TEST_PKI is not set (ctest sets it; or run tests/pki/mkpki.sh DIR)");
-    return d;
-}
-
 static char *pki(char *buf, size_t len, const char *file)
 {
-    int n = snprintf(buf, len, "%s/%s", pki_dir(), file);
-    assert_true(n > 0 && (size_t)n < len);
-    return buf;
+    char *path = testpki_path(buf, len, file);
+    if (path == NULL)
+        fail_msg("CERTMAPD_TEST_PKI is not set (ctest sets it; or run tests/pki/mkpki.sh DIR)");
+    return path;
 }
 
 /* The configuration an operator would write for the test PKI. Strings point
@@ -541,7 +536,7 @@ static void test_missing_certificate(void **state)
     struct paths p;
     base_conf(&c, &p, NULL);
     char missing[600];
-    snprintf(missing, sizeof missing, "%s/no-such-server.pem", pki_dir());
+    pki(missing, sizeof missing, "no-such-server.pem");
     c.certificate = missing;
     ctx_fails(&c, missing, "No such file");
 }
@@ -551,7 +546,7 @@ static void test_missing_trust_files(void **state)
     struct conf c;
     struct paths p;
     char missing[600];
-    snprintf(missing, sizeof missing, "%s/no-such-file.pem", pki_dir());
+    pki(missing, sizeof missing, "no-such-file.pem");
     base_conf(&c, &p, NULL);
     c.trust_anchors = missing;
     ctx_fails(&c, "trust_anchors", "No such file");
@@ -593,10 +588,8 @@ static void test_wrong_content(void **state)
 static void test_badutf8_undecodable(void **state)
 {
     char path[512];
-    FILE *fp = fopen(pki(path, sizeof path, "badutf8.crt"), "r");
-    assert_non_null(fp);
-    X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
-    fclose(fp);
+    assert_int_equal(access(pki(path, sizeof path, "badutf8.crt"), R_OK), 0);
+    X509 *x = testpki_cert("badutf8.crt");
     ERR_clear_error();
     assert_null(x);
 }
