@@ -110,6 +110,13 @@ void accesslog_write(struct accesslog *l, const struct proxy_conn *c, const stru
         p = put(p, end, " upstream_ms=%.3f", proxy_ms_between(&r->t_upstream, &r->t_upstream_done));
     else
         p = put(p, end, " upstream_ms=-");
+    /* Every backend address the request tried, in order, each failed one with why. */
+    static const char *const how[] = {[UP_USED] = "", [UP_ERROR] = "(error)",
+                                      [UP_TIMEOUT] = "(timeout)", [UP_STALE] = "(stale)"};
+    const struct backend_addr *ba = c->w->backend;
+    p = put(p, end, " upstream=%s", r->trail.n == 0 ? "-" : "");
+    for (size_t i = 0; i < r->trail.n && ba != NULL; i++)
+        p = put(p, end, "%s%s%s", i ? "," : "", ba->text[r->trail.addr[i]], how[r->trail.how[i]]);
     const struct cert_facts *f = c->facts;
     const char *user = "-";
     if (r->map_done && r->ident.reason == R_NONE)

@@ -311,7 +311,7 @@ static void conn_forward(struct proxy_conn *c)
         return;
     }
     proxy_http_request_head(c, head);
-    c->up = upstream_acquire(c->w, c);
+    c->up = upstream_acquire(c->w, c, &r->trail);
     if (c->up == NULL) {
         evbuffer_free(head);
         conn_refuse(c, R_BACKEND_UNAVAILABLE);
@@ -509,10 +509,12 @@ static bool conn_retry(struct proxy_conn *c)
         c->up->resp_started)
         return false;
     r->retried = true;
+    if (r->trail.n > 0)
+        r->trail.how[r->trail.n - 1] = UP_STALE;
     upstream_release(c->up, false);
     c->up = NULL;
     upstream_pool_purge(c->w); /* its siblings are likely as stale */
-    c->up = upstream_acquire(c->w, c);
+    c->up = upstream_acquire(c->w, c, &r->trail);
     if (c->up == NULL)
         return false;
     bufferevent_write(c->up->bev, evbuffer_pullup(r->upstream_head, -1),

@@ -60,10 +60,27 @@ bool proxy_head_name_is(const struct proxy_head *hd, size_t i, const char *name)
 
 struct proxy_conn;
 
+/* The backend addresses one request tried, in order, and how each attempt
+ * ended: the access log's upstream= field. */
+enum upstream_outcome {
+    UP_USED = 0, /* the request went (or was going) to this address */
+    UP_ERROR,    /* connecting failed (refused, unreachable, TLS handshake) */
+    UP_TIMEOUT,  /* connecting took longer than [backend] connect_timeout */
+    UP_STALE,    /* a pooled connection the backend had closed */
+};
+#define UPSTREAM_TRAIL_MAX 16
+struct upstream_trail {
+    uint8_t addr[UPSTREAM_TRAIL_MAX]; /* index into struct backend_addr */
+    uint8_t how[UPSTREAM_TRAIL_MAX];  /* enum upstream_outcome */
+    uint8_t n;
+};
+
 struct upstream {
     struct worker *w;
     struct bufferevent *bev;
     struct proxy_conn *client; /* NULL while idle in the pool */
+    struct upstream_trail *trail; /* the client request's record, NULL while idle */
+    unsigned addr_idx;         /* the backend address this connection goes to */
     llhttp_t parser;
     struct proxy_head head; /* response head being received */
     uint64_t body_out;      /* response body bytes relayed */
@@ -81,10 +98,13 @@ struct upstream {
 };
 TAILQ_HEAD(upstream_list, upstream);
 
-/* Resolved backend addresses, shared read-only by all workers. */
+/* Resolved backend addresses, in the resolver's order, shared read-only by
+ * all workers. A new connection tries them in that order. */
+#define BACKEND_MAX_ADDR 8
 struct backend_addr {
-    struct sockaddr_storage addr[8];
-    socklen_t len[8];
+    struct sockaddr_storage addr[BACKEND_MAX_ADDR];
+    socklen_t len[BACKEND_MAX_ADDR];
+    char text[BACKEND_MAX_ADDR][64]; /* "127.0.0.1:8080", "[::1]:443", for logs */
     size_t n;
 };
 
@@ -92,8 +112,14 @@ struct backend_addr {
 int proxy_backend_resolve(const struct conf *c, struct backend_addr *out, char *err, size_t errlen);
 
 /* Binds an upstream connection to <c> for its current request: an idle pooled one
- * if there is one, else a new connection. NULL on failure (resources). */
-struct upstream *upstream_acquire(struct worker *w, struct proxy_conn *c);
+ * if there is one, else a new connection, which tries every backend address in
+ * order until one connects. Each address it tries is appended to <trail>.
+ * NULL on failure (resources). */
+struct upstream *upstream_acquire(struct worker *w, struct proxy_conn *c,
+                                  struct upstream_trail *trail);
+
+/* Appends <addr> with outcome <how> to <t> (a full trail keeps its first entries). */
+void upstream_trail_add(struct upstream_trail *t, unsigned addr, enum upstream_outcome how);
 
 /* Writes what the client side has put in <u>'s output now, rather than on the
  * next loop turn. A backend socket is nearly always writable, and waiting for
@@ -145,6 +171,7 @@ struct proxy_req {
     struct evbuffer *readahead;     /* body held while a late certificate is asked */
     struct map_result ident;        /* the mapped account, when map_done */
     struct evbuffer *upstream_head; /* kept until the response starts, for one retry */
+    struct upstream_trail trail;    /* backend addresses tried */
     uint64_t bytes_in;              /* request bytes received (head + body) */
     uint64_t bytes_out;             /* response bytes sent */
     int status;

@@ -1,5 +1,6 @@
 /* Upstream connections to [backend] url: connecting (plain or TLS), relaying
  * responses to the client with llhttp, and the per-worker keep-alive pool. */
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -22,6 +23,17 @@
 /* Towards the backend, queue at most this much before the client is paused. */
 #define UP_LOW_MARK (128 * 1024)
 
+static void addr_text(const struct sockaddr *sa, socklen_t len, char *out, size_t outlen)
+{
+    char host[INET6_ADDRSTRLEN], port[8];
+    if (getnameinfo(sa, len, host, sizeof host, port, sizeof port,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+        snprintf(out, outlen, "?");
+        return;
+    }
+    snprintf(out, outlen, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+}
+
 int proxy_backend_resolve(const struct conf *c, struct backend_addr *out, char *err, size_t errlen)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -33,13 +45,27 @@ int proxy_backend_resolve(const struct conf *c, struct backend_addr *out, char *
         return -1;
     }
     out->n = 0;
-    for (struct addrinfo *ai = res; ai != NULL && out->n < 8; ai = ai->ai_next) {
+    for (struct addrinfo *ai = res; ai != NULL && out->n < BACKEND_MAX_ADDR; ai = ai->ai_next) {
         memcpy(&out->addr[out->n], ai->ai_addr, ai->ai_addrlen);
         out->len[out->n] = ai->ai_addrlen;
+        addr_text(ai->ai_addr, ai->ai_addrlen, out->text[out->n], sizeof out->text[out->n]);
         out->n++;
     }
     freeaddrinfo(res);
+    if (out->n == 0) {
+        snprintf(err, errlen, "[backend] url: \"%s\" has no address", c->backend.host);
+        return -1;
+    }
     return 0;
+}
+
+void upstream_trail_add(struct upstream_trail *t, unsigned addr, enum upstream_outcome how)
+{
+    if (t == NULL || t->n >= UPSTREAM_TRAIL_MAX)
+        return;
+    t->addr[t->n] = (uint8_t)addr;
+    t->how[t->n] = (uint8_t)how;
+    t->n++;
 }
 
 /* ---- response parsing --------------------------------------------------------- */
@@ -227,11 +253,14 @@ static void up_write_cb(struct bufferevent *bev, void *arg)
         proxy_conn_upstream_writable(u->client);
 }
 
+static bool up_dial_next(struct upstream *u, enum upstream_outcome how, const char *why);
+
 static void up_event_cb(struct bufferevent *bev, short events, void *arg)
 {
     struct upstream *u = arg;
     if (events & BEV_EVENT_CONNECTED) {
         u->connected = true;
+        upstream_trail_add(u->trail, u->addr_idx, UP_USED);
         /* The connect timeout was a write timeout; from now on only reads are timed. */
         struct timeval rd = proxy_tv_ms(u->w->conf->backend_read_timeout_ms);
         bufferevent_set_timeouts(bev, &rd, NULL);
@@ -240,8 +269,20 @@ static void up_event_cb(struct bufferevent *bev, short events, void *arg)
         direct_mode(u);
         return;
     }
+    if (!u->connected) {
+        /* Nothing was sent yet: the next address of the backend may answer. */
+        unsigned long e = bufferevent_get_openssl_error(bev);
+        bool timeout = (events & BEV_EVENT_TIMEOUT) != 0;
+        const char *why = timeout ? "connection timed out"
+                          : e     ? tls_error_text(e)
+                                  : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
+        if (up_dial_next(u, timeout ? UP_TIMEOUT : UP_ERROR, why))
+            return;
+        up_fail(u, timeout ? R_BACKEND_TIMEOUT : R_BACKEND_UNAVAILABLE);
+        return;
+    }
     if (events & BEV_EVENT_TIMEOUT) {
-        log_info("backend %s timed out", u->connected ? "response" : "connection");
+        log_info("backend %s: response timed out", u->w->backend->text[u->addr_idx]);
         up_fail(u, R_BACKEND_TIMEOUT);
         return;
     }
@@ -253,64 +294,118 @@ static void up_event_cb(struct bufferevent *bev, short events, void *arg)
             return;
         }
     }
-    if (!u->connected) {
-        unsigned long e = bufferevent_get_openssl_error(bev);
-        log_info("backend connection failed: %s",
-                 e ? tls_error_text(e) : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-    } else if (!u->reused || u->resp_started) {
-        log_info("backend closed the connection before the response was complete");
-    }
+    if (!u->reused || u->resp_started)
+        log_info("backend %s closed the connection before the response was complete",
+                 u->w->backend->text[u->addr_idx]);
     up_fail(u, R_BACKEND_UNAVAILABLE);
 }
 
-static struct upstream *up_connect(struct worker *w)
+/* A new, unconnected bufferevent for <w>'s backend, plain or TLS; NULL on
+ * allocation failure. */
+static struct bufferevent *up_bev_new(struct worker *w)
+{
+    int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
+    if (w->backend_tls == NULL)
+        return bufferevent_socket_new(w->base, -1, opts);
+    SSL *ssl = tls_client_conn_new(w->backend_tls);
+    if (ssl == NULL)
+        return NULL;
+    struct bufferevent *bev =
+        bufferevent_openssl_socket_new(w->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, opts);
+    if (bev == NULL) {
+        tls_conn_free(ssl);
+        return NULL;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
+}
+
+/* Starts connecting <u> to backend address <idx> on a new bufferevent, which
+ * takes over what was queued on the old one (nothing of it was sent: the old
+ * one never connected). Returns 0, or -1 when it could not even start. */
+static int up_dial(struct upstream *u, unsigned idx)
+{
+    struct worker *w = u->w;
+    const struct backend_addr *ba = w->backend;
+    struct bufferevent *bev = up_bev_new(w);
+    if (bev == NULL) {
+        log_warn("backend %s: out of memory for a connection", ba->text[idx]);
+        return -1;
+    }
+    struct timeval ct = proxy_tv_ms(w->conf->backend_connect_timeout_ms);
+    bufferevent_set_timeouts(bev, NULL, &ct);
+    /* Connection refusals surface as an event, not here, except for local errors. */
+    if (bufferevent_socket_connect(bev, (const struct sockaddr *)&ba->addr[idx], (int)ba->len[idx]) <
+        0) {
+        log_info("backend %s: cannot connect: %s", ba->text[idx],
+                 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        bufferevent_free(bev);
+        return -1;
+    }
+    if (u->bev != NULL) {
+        struct evbuffer *old = bufferevent_get_output(u->bev);
+        evbuffer_unfreeze(old, 1); /* a bufferevent's output is drained by libevent only */
+        evbuffer_add_buffer(bufferevent_get_output(bev), old);
+        bufferevent_free(u->bev);
+        bufferevent_setcb(bev, up_read_cb, up_write_cb, up_event_cb, u);
+        bufferevent_setwatermark(bev, EV_WRITE, UP_LOW_MARK, 0);
+        bufferevent_enable(bev, EV_READ | EV_WRITE);
+    }
+    u->bev = bev;
+    u->addr_idx = idx;
+    return 0;
+}
+
+/* The connection to the current address failed before anything was sent
+ * (<how>, <why>): records it and dials the next address that can be dialled.
+ * false when none is left, after saying which addresses were tried. */
+static bool up_dial_next(struct upstream *u, enum upstream_outcome how, const char *why)
+{
+    const struct backend_addr *ba = u->w->backend;
+    unsigned idx = u->addr_idx;
+    upstream_trail_add(u->trail, idx, how);
+    while (idx + 1 < ba->n) {
+        log_info("backend %s: %s; trying %s", ba->text[idx], why, ba->text[idx + 1]);
+        idx++;
+        if (up_dial(u, idx) == 0)
+            return true;
+        upstream_trail_add(u->trail, idx, UP_ERROR);
+        why = "cannot connect";
+    }
+    log_info("backend %s: %s; %s", ba->text[idx], why,
+             ba->n > 1 ? "no other address of the backend to try" : "the backend has no other address");
+    return false;
+}
+
+static struct upstream *up_connect(struct worker *w, struct upstream_trail *trail)
 {
     struct upstream *u = calloc(1, sizeof *u);
-    SSL *ssl = NULL;
     if (u == NULL)
         return NULL;
     u->w = w;
-    int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
-    if (w->backend_tls != NULL) {
-        ssl = tls_client_conn_new(w->backend_tls);
-        if (ssl == NULL)
-            goto fail;
-        u->bev = bufferevent_openssl_socket_new(w->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, opts);
-        if (u->bev == NULL)
-            goto fail;
-        ssl = NULL;
-        bufferevent_openssl_set_allow_dirty_shutdown(u->bev, 1);
-    } else {
-        u->bev = bufferevent_socket_new(w->base, -1, opts);
-        if (u->bev == NULL)
-            goto fail;
-        u->direct = true;
+    u->trail = trail;
+    u->direct = w->backend_tls == NULL;
+    for (unsigned idx = 0; idx < w->backend->n; idx++) {
+        if (up_dial(u, idx) == 0)
+            return u;
+        upstream_trail_add(trail, idx, UP_ERROR);
     }
-    struct timeval ct = proxy_tv_ms(w->conf->backend_connect_timeout_ms);
-    bufferevent_set_timeouts(u->bev, NULL, &ct);
-    const struct backend_addr *ba = w->backend;
-    /* Connection refusals surface as an event, not here, except for local errors. */
-    if (bufferevent_socket_connect(u->bev, (const struct sockaddr *)&ba->addr[0], (int)ba->len[0]) <
-        0) {
-        log_info("backend connect failed at once");
-        goto fail;
-    }
-    return u;
-fail:
-    tls_conn_free(ssl);
     up_free(u);
     return NULL;
 }
 
-struct upstream *upstream_acquire(struct worker *w, struct proxy_conn *c)
+struct upstream *upstream_acquire(struct worker *w, struct proxy_conn *c,
+                                  struct upstream_trail *trail)
 {
     struct upstream *u = TAILQ_FIRST(&w->pool);
     if (u != NULL) {
         TAILQ_REMOVE(&w->pool, u, link);
         w->pool_size--;
         u->reused = true;
+        u->trail = trail;
+        upstream_trail_add(trail, u->addr_idx, UP_USED);
     } else {
-        u = up_connect(w);
+        u = up_connect(w, trail);
         if (u == NULL)
             return NULL;
         u->reused = false;
@@ -358,6 +453,7 @@ void upstream_release(struct upstream *u, bool reusable)
 {
     struct worker *w = u->w;
     u->client = NULL;
+    u->trail = NULL;
     if (!reusable || u->failed || !u->connected || w->draining ||
         w->pool_size >= w->conf->keepalive_connections ||
         evbuffer_get_length(bufferevent_get_output(u->bev)) > 0) {

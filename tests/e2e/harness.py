@@ -155,10 +155,23 @@ class Certmapd:
                         f.write(f"{k} = {item}\n")
                 f.write("\n")
         self.proc = None
+        self.wrapper = []
+
+    def use_hosts(self, text):
+        """Runs certmapd with <text> as its /etc/hosts: a private mount namespace
+        (unshare) with a file bind-mounted over /etc/hosts, so a test controls what
+        a backend name resolves to, and in which order, without touching the machine's."""
+        path = os.path.join(self.workdir, f"hosts-{self.port}")
+        with open(path, "w") as f:
+            f.write(text)
+        userns = [] if os.geteuid() == 0 else ["-r"]
+        # exec: the process the harness signals is certmapd itself.
+        self.wrapper = ["unshare", "-m"] + userns + [
+            "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', path]
 
     def start(self):
         self.err = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([BIN, "-c", self.conf_path], stderr=self.err,
+        self.proc = subprocess.Popen(self.wrapper + [BIN, "-c", self.conf_path], stderr=self.err,
                                      stdout=subprocess.DEVNULL)
         wait_port(self.port, self.proc)
         return self
@@ -402,9 +415,12 @@ class Env:
         self.backends.append(b)
         return b
 
-    def certmapd(self, backend=None, sections=None, start=True, backend_url=None):
+    def certmapd(self, backend=None, sections=None, start=True, backend_url=None, hosts=None):
+        """<hosts>: the text of the /etc/hosts certmapd sees (see Certmapd.use_hosts)."""
         url = backend_url or (backend.url if backend else "http://127.0.0.1:9")
         d = Certmapd(self.dir, url, sections)
+        if hosts is not None:
+            d.use_hosts(hosts)
         self.daemons.append(d)
         return d.start() if start else d
 

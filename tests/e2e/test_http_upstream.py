@@ -2,12 +2,25 @@
 """The upstream side end to end: backend down (502), backend too slow (504 on
 time), a pooled connection the backend closed (retried once for an idempotent
 request, never for a POST), a backend that answers early or resets the
-connection while the body is still being written to it, and an https backend
-verified against [backend] ca_file and its name."""
+connection while the body is still being written to it, an https backend
+verified against [backend] ca_file and its name, and a backend name with
+several addresses, tried in order (a hosts file the test controls)."""
+import socket
 import threading
 import time
 
 from harness import Reader, check, curl, eq, free_port, pki, request_bytes, run, tls_connect
+
+# What a new Debian machine's /etc/hosts says of localhost: ::1 as well as
+# 127.0.0.1, and the resolver puts ::1 first.
+DEBIAN_HOSTS = "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+def nothing_on_v6(port):
+    """Checks that nothing listens on [::1]:<port>, so that connecting there is refused."""
+    with socket.socket(socket.AF_INET6) as s:
+        s.settimeout(2)
+        check(s.connect_ex(("::1", port)) != 0, f"something listens on [::1]:{port}")
 
 
 def test_backend_down_502(env):
@@ -100,7 +113,10 @@ def test_stale_pooled_connection_retried(env):
     reqs = b.requests()
     eq([x["target"] for x in reqs], ["/first?dropnext=1", "/second"], "at the backend, once each")
     check(reqs[0]["conn_id"] != reqs[1]["conn_id"], "retried on a new backend connection")
-    eq(len(d.wait_access(2)), 2, "access log lines")
+    log = d.wait_access(2)
+    eq(len(log), 2, "access log lines")
+    addr = f"127.0.0.1:{b.port}"
+    eq(log[1]["upstream"], f"{addr}(stale),{addr}", "the stale pooled connection, then a new one")
 
 
 def test_stale_pooled_connection_post_not_retried(env):
@@ -162,6 +178,90 @@ def test_https_backend_wrong_name_502(env):
     eq(status, 502, "status with a backend certificate for another name")
     check("certificate verify failed" in d.stderr(), "refused for its certificate")
     eq(b.requests(), [], "nothing reached the backend")
+
+
+def test_second_address_after_refusal(env):
+    """backend.test is ::1 first, then 127.0.0.1; the backend listens on
+    127.0.0.1 only. The refused first address is logged, the second serves,
+    and both are in the access log, in order."""
+    b = env.backend()
+    nothing_on_v6(b.port)
+    d = env.certmapd(backend_url=f"http://backend.test:{b.port}",
+                     hosts="::1 backend.test\n127.0.0.1 backend.test\n")
+    status, body, _ = curl(d.base + "/x", cert="good")
+    eq(status, 200, "served by the second address")
+    eq([x["target"] for x in b.requests()], ["/x"], "at the backend, once")
+    line = d.wait_access(1)[0]
+    eq(line["upstream"], f"[::1]:{b.port}(error),127.0.0.1:{b.port}", "addresses tried")
+    check(f"backend [::1]:{b.port}: Connection refused; trying 127.0.0.1:{b.port}" in d.stderr(),
+          "the error log says which address failed and which comes next")
+    # A pooled connection is reused as it is: no address is tried again.
+    status, _, _ = curl(d.base + "/y", cert="good")
+    eq(status, 200, "second request")
+
+
+def test_second_address_after_connect_timeout(env):
+    """The first address accepts no connection at all (a listener whose backlog
+    is full: the kernel drops the SYN), so connecting there times out after
+    connect_timeout; the second address then serves the request."""
+    b = env.backend()
+    hold = socket.socket(socket.AF_INET6)
+    hold.bind(("::1", b.port))
+    hold.listen(0)
+    fillers = []
+    try:
+        # Fill the accept queue: a further SYN to [::1]:port goes unanswered.
+        for _ in range(4):
+            f = socket.socket(socket.AF_INET6)
+            f.setblocking(False)
+            f.connect_ex(("::1", b.port))
+            fillers.append(f)
+        time.sleep(0.2)
+        d = env.certmapd(backend_url=f"http://backend.test:{b.port}",
+                         sections={"backend": {"connect_timeout": "500ms"}},
+                         hosts="::1 backend.test\n127.0.0.1 backend.test\n")
+        t0 = time.time()
+        status, _, _ = curl(d.base + "/x", cert="good")
+        took = time.time() - t0
+        eq(status, 200, "served by the second address")
+        check(0.4 <= took < 3, f"answered after {took:.2f}s with connect_timeout = 500ms")
+        eq(d.wait_access(1)[0]["upstream"], f"[::1]:{b.port}(timeout),127.0.0.1:{b.port}",
+           "addresses tried")
+        check(f"backend [::1]:{b.port}: connection timed out; trying 127.0.0.1:{b.port}"
+              in d.stderr(), "the error log says the first address timed out")
+    finally:
+        for f in fillers:
+            f.close()
+        hold.close()
+
+
+def test_every_address_refused_502(env):
+    port = free_port()
+    nothing_on_v6(port)
+    d = env.certmapd(backend_url=f"http://backend.test:{port}",
+                     hosts="::1 backend.test\n127.0.0.1 backend.test\n")
+    status, _, _ = curl(d.base + "/x", cert="good")
+    eq(status, 502, "status")
+    line = d.wait_access(1)[0]
+    eq((line["reason"], line["upstream"]),
+       ("backend_unavailable", f"[::1]:{port}(error),127.0.0.1:{port}(error)"),
+       "reason and addresses tried")
+    check(f"backend 127.0.0.1:{port}: Connection refused; no other address of the backend to try"
+          in d.stderr(), "the error log says the last address failed too")
+
+
+def test_https_backend_localhost_as_on_debian(env):
+    """https://localhost with /etc/hosts as a new Debian machine has it: the
+    backend listens on 127.0.0.1 only, ::1 is refused, and the request still
+    reaches the backend over verified TLS."""
+    b = env.backend(tls=True)
+    nothing_on_v6(b.port)
+    d = env.certmapd(backend_url=f"https://localhost:{b.port}",
+                     sections={"backend": {"ca_file": pki("root-ca.crt")}}, hosts=DEBIAN_HOSTS)
+    status, body, _ = curl(d.base + "/x", cert="good")
+    eq(status, 200, "status")
+    eq(d.wait_access(1)[0]["upstream"], f"[::1]:{b.port}(error),127.0.0.1:{b.port}",
+       "addresses tried")
 
 
 if __name__ == "__main__":
