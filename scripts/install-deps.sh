@@ -7,8 +7,12 @@ PACKAGES=(
   # build
   build-essential cmake pkg-config libssl-dev libevent-dev libldap-dev libinih-dev
   node-llhttp libcmocka-dev libjemalloc-dev
-  # tests: real clients, a real directory, real peers
-  python3 curl openssl ldap-utils samba samba-ad-dc krb5-user nginx haproxy procps
+  # tests: real clients, a real directory, real peers. Every package named,
+  # none left to Recommends (installed without them): samba-ad-provision holds
+  # the AD schema that "samba-tool domain provision" reads; mount and
+  # util-linux give tests a private /etc/hosts (unshare + mount --bind).
+  python3 curl openssl ldap-utils samba samba-ad-dc samba-ad-provision krb5-user nginx haproxy
+  procps mount util-linux iproute2
   # benchmarks
   gnuplot-nox apache2-utils strace
 )
