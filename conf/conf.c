@@ -383,6 +383,13 @@ static void finish(struct loader *ld)
         fail_at(ld, where(ld, SEC_MAPPING, "source"), "[mapping] source = ldif needs ldif_file");
         return;
     }
+    if (c->has_mapping_section && c->map_source == MAP_SOURCE_LDAP && c->bind_dn == NULL) {
+        /* Active Directory answers no anonymous search for accounts. */
+        fail_at(ld, where(ld, SEC_MAPPING, "source"),
+                "[mapping] source = ldap needs [ldap] bind_dn and bind_password_file (Active "
+                "Directory refuses anonymous searches)");
+        return;
+    }
     if (c->bind_dn != NULL && c->bind_password_file == NULL) {
         fail_at(ld, where(ld, SEC_LDAP, "bind_dn"), "[ldap] bind_dn needs bind_password_file");
         return;
@@ -439,6 +446,7 @@ int conf_load(const char *path, struct conf **out, char *err, size_t errlen)
     }
     if (!ld->failed)
         finish(ld);
+    memcpy(c->key_line, ld->key_line, sizeof c->key_line);
     if (ld->failed) {
         snprintf(err, errlen, "%s", ld->err);
         goto fail;
@@ -487,6 +495,25 @@ void conf_free(struct conf *c)
     for (size_t i = 0; i < c->n_locations; i++)
         free(c->locations[i].prefix);
     free(c);
+}
+
+const char *conf_where(const struct conf *c, const char *section, const char *key, char *buf,
+                       size_t len)
+{
+    int line = 0;
+
+    for (size_t i = 0; i < conf_n_keys; i++) {
+        if (strcmp(conf_keys[i].name, key) == 0 &&
+            strcmp(conf_section_name(conf_keys[i].sec), section) == 0) {
+            line = c->key_line[i];
+            break;
+        }
+    }
+    if (line > 0)
+        snprintf(buf, len, "%s:%d: [%s] %s", c->path, line, section, key);
+    else
+        snprintf(buf, len, "%s: [%s] %s", c->path, section, key);
+    return buf;
 }
 
 /* Case-insensitive: IIS and Exchange treat URL paths so, and a policy that a

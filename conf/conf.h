@@ -18,6 +18,7 @@ enum map_method { METHOD_SID = 0, METHOD_ALTSECID, METHOD_UPN, METHOD_DNS, METHO
 #define CONF_MAX_LISTEN 16
 #define CONF_MAX_URIS 8
 #define CONF_MAX_LOCATIONS 64
+#define CONF_KEY_SLOTS 96 /* at least the number of rows in the key table */
 
 struct conf_listen {
     char *text;                  /* as written: "0.0.0.0:443", "[::1]:8443" */
@@ -109,12 +110,22 @@ struct conf {
     /* Which sections appeared, so that later stages know what was configured. */
     bool has_mapping_section;
     bool has_ldap_section;
+
+    /* Line of each key of the table that was set (0: not set), for conf_where(). */
+    int key_line[CONF_KEY_SLOTS];
 };
 
 /* Loads and validates <path>. On success returns a new snapshot in <*out> and 0.
  * On failure returns -1 and writes "FILE:LINE: reason" (or "FILE: reason") to
  * <err>. Checks that referenced files are readable; does not parse PEM. */
 int conf_load(const char *path, struct conf **out, char *err, size_t errlen);
+
+/* "FILE:LINE: [section] key" for key <key> of section <section> ("tls",
+ * "certificate"), so that errors found after loading (a PEM that does not
+ * parse, a backend that does not resolve) point at the line that set it:
+ * "FILE: [section] key" when the key was not set. Writes it into <buf>, returns <buf>. */
+const char *conf_where(const struct conf *c, const char *section, const char *key, char *buf,
+                       size_t len);
 
 /* Frees a snapshot from conf_load(); NULL is fine. */
 void conf_free(struct conf *c);
@@ -125,6 +136,12 @@ const struct conf_location *conf_location_for(const struct conf *c, const char *
 
 /* Prints the key table (section, key, default, description) for --help-config. */
 void conf_print_keys(void *fp /* FILE * */);
+
+/* The secret in file <path> (a password), one trailing newline stripped.
+ * Returns a heap copy the caller wipes with conf_secret_free, or NULL with a
+ * reason in <err> (unreadable, not a regular file, empty, too long, NUL inside). */
+char *conf_secret_read(const char *path, size_t *len, char *err, size_t errlen);
+void conf_secret_free(char *secret, size_t len);
 
 /* Parsers for values, exposed for unit tests. Return 0 or -1 with a reason in <why>. */
 int conf_parse_size(const char *s, size_t *out, const char **why);

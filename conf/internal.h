@@ -55,7 +55,7 @@ struct conf_key {
 };
 
 /* Enough for the table; keys.c checks it at compile time. */
-#define CONF_KEYS_MAX 64
+#define CONF_KEYS_MAX CONF_KEY_SLOTS
 
 extern const struct conf_key conf_keys[];
 extern const size_t conf_n_keys;

@@ -267,6 +267,23 @@ static int kp_file(const struct conf_key *k, const char *val, void *base, char *
     return set_str(k, base, val, msg, n);
 }
 
+/* A file holding a secret (a password): readable now, and its content one
+ * that start-up will accept (not empty, not too long, no NUL). */
+static int kp_secret_file(const struct conf_key *k, const char *val, void *base, char *msg,
+                          size_t n)
+{
+    size_t len;
+    char *secret;
+
+    if (kp_file(k, val, base, msg, n) < 0 || *val == '\0')
+        return *val == '\0' ? 0 : -1;
+    secret = conf_secret_read(val, &len, msg, n);
+    if (secret == NULL)
+        return -1;
+    conf_secret_free(secret, len);
+    return 0;
+}
+
 static int kp_user(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
 {
     char q[VAL_MAX * 4 + 8];
@@ -850,7 +867,7 @@ const struct conf_key conf_keys[] = {
     {SEC_LDAP, "bind_dn", kp_string, F(bind_dn),
      .help = "account to bind as (DN or user@domain); unset: anonymous",
      .iis = "none (the server's machine account)"},
-    {SEC_LDAP, "bind_password_file", kp_file, F(bind_password_file),
+    {SEC_LDAP, "bind_password_file", kp_secret_file, F(bind_password_file),
      .help = "file holding the bind password", .iis = "none"},
     {SEC_LDAP, "ca_file", kp_file, F(ldap_ca_file),
      .help = "PEM CA for ldaps:// and StartTLS; unset: system store", .iis = "none"},

@@ -22,83 +22,13 @@
 #include "ldap/dir.h"
 #include "ldap/internal.h"
 
-/* A password file is a few dozen bytes; anything large is a wrong path. */
-#define PASSWORD_FILE_MAX 4096
-
-char *dir_password_read(const char *path, size_t *len, char *err, size_t errlen)
+char *dir_password_read(const struct conf *c, size_t *len, char *err, size_t errlen)
 {
-    int fd = -1;
-    char *buf = NULL;
-    size_t n = 0;
-    struct stat st;
-
-    if (path == NULL || *path == '\0') {
-        snprintf(err, errlen, "[ldap] bind_password_file is not set");
-        goto fail;
-    }
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        snprintf(err, errlen, "[ldap] bind_password_file \"%s\": %s", path, strerror(errno));
-        goto fail;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "[ldap] bind_password_file \"%s\": not a regular file", path);
-        goto fail;
-    }
-    buf = malloc(PASSWORD_FILE_MAX + 1);
-    if (buf == NULL) {
-        snprintf(err, errlen, "out of memory");
-        goto fail;
-    }
-    for (;;) {
-        ssize_t r = read(fd, buf + n, PASSWORD_FILE_MAX + 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            snprintf(err, errlen, "[ldap] bind_password_file \"%s\": %s", path, strerror(errno));
-            goto fail;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-        if (n > PASSWORD_FILE_MAX) {
-            snprintf(err, errlen, "[ldap] bind_password_file \"%s\": longer than %d bytes", path,
-                     PASSWORD_FILE_MAX);
-            goto fail;
-        }
-    }
-    /* Editors add a newline; the password never ends with one. */
-    if (n > 0 && buf[n - 1] == '\n')
-        n--;
-    if (n > 0 && buf[n - 1] == '\r')
-        n--;
-    /* An empty password turns a simple bind into an anonymous one (RFC 4513 5.1.2). */
-    if (n == 0) {
-        snprintf(err, errlen, "[ldap] bind_password_file \"%s\": empty", path);
-        goto fail;
-    }
-    if (memchr(buf, '\0', n) != NULL) {
-        snprintf(err, errlen, "[ldap] bind_password_file \"%s\": NUL byte in the password", path);
-        goto fail;
-    }
-    buf[n] = '\0';
-    close(fd);
-    *len = n;
-    return buf;
-fail:
-    if (buf != NULL)
-        dir_password_free(buf, PASSWORD_FILE_MAX + 1);
-    if (fd >= 0)
-        close(fd);
-    return NULL;
-}
-
-void dir_password_free(char *pw, size_t len)
-{
+    char why[1024];
+    char *pw = conf_secret_read(c->bind_password_file, len, why, sizeof why);
     if (pw == NULL)
-        return;
-    explicit_bzero(pw, len);
-    free(pw);
+        snprintf(err, errlen, "[ldap] bind_password_file: %s", why);
+    return pw;
 }
 
 void dir_ld_error(LDAP *ld, int rc, const char *what, char *err, size_t errlen)
@@ -327,7 +257,7 @@ int dir_check(const struct conf *c, char *err, size_t errlen)
         snprintf(err, errlen, "ldap: [ldap] bind_dn and base_dn are required");
         goto fail;
     }
-    pw = dir_password_read(c->bind_password_file, &pwlen, err, errlen);
+    pw = dir_password_read(c, &pwlen, err, errlen);
     if (pw == NULL)
         goto fail;
     ld = dir_connect_any(c, pw, pwlen, &which, &refused, err, errlen);
@@ -351,6 +281,6 @@ int dir_check(const struct conf *c, char *err, size_t errlen)
 fail:
     if (ld != NULL)
         ldap_unbind_ext(ld, NULL, NULL);
-    dir_password_free(pw, pwlen);
+    conf_secret_free(pw, pwlen);
     return ret;
 }

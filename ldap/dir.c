@@ -627,7 +627,7 @@ struct dir *dir_new(struct event_base *base, const struct conf *c, char *err, si
     d->timeout_ms = c->ldap_timeout_ms ? c->ldap_timeout_ms : 5000;
     d->source = (struct map_source){
         .ctx = d, .search = source_search, .cancel = source_cancel, .netbios = source_netbios};
-    d->password = dir_password_read(c->bind_password_file, &d->password_len, err, errlen);
+    d->password = dir_password_read(c, &d->password_len, err, errlen);
     if (d->password == NULL)
         goto fail;
     d->ev_handoff = event_new(base, -1, 0, on_handoff, d);
@@ -666,7 +666,7 @@ fail:
         }
         if (d->ev_handoff != NULL)
             event_free(d->ev_handoff);
-        dir_password_free(d->password, d->password_len);
+        conf_secret_free(d->password, d->password_len);
         free(d);
     }
     return NULL;
@@ -693,7 +693,7 @@ void dir_free(struct dir *d)
     event_free(d->ev_handoff);
     pthread_cond_destroy(&d->cv);
     pthread_mutex_destroy(&d->mu);
-    dir_password_free(d->password, d->password_len);
+    conf_secret_free(d->password, d->password_len);
     free(d->netbios);
     free(d);
 }

@@ -22,11 +22,10 @@
 
 /* ---- connect.c ---------------------------------------------------------------- */
 
-/* The service account's password from [ldap] bind_password_file, one trailing
- * newline stripped. Returns a heap copy the caller wipes with dir_password_free,
- * or NULL with a reason in <err> (unreadable, empty, too long, NUL inside). */
-char *dir_password_read(const char *path, size_t *len, char *err, size_t errlen);
-void dir_password_free(char *pw, size_t len);
+/* The service account's password from [ldap] bind_password_file
+ * (conf_secret_read), or NULL with a reason naming the key in <err>. The
+ * caller wipes it with conf_secret_free. */
+char *dir_password_read(const struct conf *c, size_t *len, char *err, size_t errlen);
 
 /* Connects to <uri> (LDAPS, or StartTLS for ldap://), verifies the server
  * against [ldap] ca_file and binds as [ldap] bind_dn, synchronously (off the

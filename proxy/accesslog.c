@@ -33,8 +33,7 @@ struct accesslog *accesslog_open(const char *spec, char *err, size_t errlen)
     } else {
         l->fd = open(spec, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
         if (l->fd < 0) {
-            snprintf(err, errlen, "[server] access_log: cannot open \"%s\": %s", spec,
-                     strerror(errno));
+            snprintf(err, errlen, "cannot open \"%s\": %s", spec, strerror(errno));
             free(l);
             return NULL;
         }

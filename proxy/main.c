@@ -57,26 +57,43 @@ static int drop_privileges(const char *user)
     return 0;
 }
 
+/* What start-up opens and checks from the configuration before anything
+ * listens, besides the TLS context: the access log, the backend's TLS context
+ * and its addresses. `certmapd -t` runs it too, so that it refuses whatever
+ * start-up would. Returns 0, or -1 with "FILE:LINE: [section] key: reason" in
+ * <err>; what was made stays in <sh> for proxy_shared_purge(). */
+static int prepare(const struct conf *c, struct proxy_shared *sh, char *err, size_t errlen)
+{
+    char why[768], where[512];
+    sh->alog = accesslog_open(c->access_log, why, sizeof why);
+    if (sh->alog == NULL) {
+        snprintf(err, errlen, "%s: %s", conf_where(c, "server", "access_log", where, sizeof where),
+                 why);
+        return -1;
+    }
+    if (c->backend.https) {
+        sh->backend_tls = tls_client_ctx_new(c, err, errlen);
+        if (sh->backend_tls == NULL)
+            return -1;
+    }
+    return proxy_backend_resolve(c, &sh->backend, err, errlen);
+}
+
+static void proxy_shared_purge(struct proxy_shared *sh)
+{
+    accesslog_close(sh->alog);
+    tls_client_ctx_free(sh->backend_tls);
+    map_cache_free(sh->cache);
+}
+
 static int serve(const struct conf *c, struct tls_ctx *tls)
 {
     struct proxy_shared sh = {.conf = c, .tls = tls};
     struct worker *ws = NULL;
-    char err[512];
+    char err[2048];
     int rc = 1;
 
-    sh.alog = accesslog_open(c->access_log, err, sizeof err);
-    if (sh.alog == NULL) {
-        log_error("%s", err);
-        goto out;
-    }
-    if (c->backend.https) {
-        sh.backend_tls = tls_client_ctx_new(c, err, sizeof err);
-        if (sh.backend_tls == NULL) {
-            log_error("%s", err);
-            goto out;
-        }
-    }
-    if (proxy_backend_resolve(c, &sh.backend, err, sizeof err) < 0) {
+    if (prepare(c, &sh, err, sizeof err) < 0) {
         log_error("%s", err);
         goto out;
     }
@@ -134,9 +151,29 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
     rc = 0;
 out:
     free(ws);
-    accesslog_close(sh.alog);
-    tls_client_ctx_free(sh.backend_tls);
-    map_cache_free(sh.cache);
+    proxy_shared_purge(&sh);
+    return rc;
+}
+
+/* `certmapd -t` beyond the TLS context: what prepare() opens, and the LDIF
+ * file of source = ldif (a bad entry is a configuration error). The directory
+ * itself is not contacted. 0, or 1 with the reason in <err>. */
+static int check_only(const struct conf *c, char *err, size_t errlen)
+{
+    struct proxy_shared sh = {.conf = c};
+    int rc = prepare(c, &sh, err, errlen) < 0 ? 1 : 0;
+    proxy_shared_purge(&sh);
+    if (rc == 0 && c->has_mapping_section && c->map_source == MAP_SOURCE_LDIF) {
+        struct event_base *base = event_base_new();
+        struct map_source *src =
+            base ? map_ldif_open(c->ldif_file, c->netbios_domain, base, err, errlen) : NULL;
+        if (base == NULL)
+            snprintf(err, errlen, "out of memory");
+        rc = src == NULL ? 1 : 0;
+        map_ldif_close(src);
+        if (base != NULL)
+            event_base_free(base);
+    }
     return rc;
 }
 
@@ -180,7 +217,7 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    char err[1024];
+    char err[2048];
     struct conf *c = NULL;
     if (conf_load(path, &c, err, sizeof err) < 0) {
         fprintf(stderr, "%s\n", err);
@@ -191,30 +228,19 @@ int main(int argc, char **argv)
      * part of what a configuration check must prove. */
     struct tls_ctx *tls = tls_ctx_new(c, err, sizeof err);
     if (tls == NULL) {
-        fprintf(stderr, "%s: %s\n", path, err);
+        fprintf(stderr, "%s\n", err);
         conf_free(c);
         return 1;
     }
-    if (test_only && c->has_mapping_section && c->map_source == MAP_SOURCE_LDIF) {
-        /* The LDIF file is parsed too: a bad entry is a configuration error. */
-        struct event_base *base = event_base_new();
-        struct map_source *src =
-            base ? map_ldif_open(c->ldif_file, c->netbios_domain, base, err, sizeof err) : NULL;
-        map_ldif_close(src);
-        if (base != NULL)
-            event_base_free(base);
-        if (src == NULL) {
-            fprintf(stderr, "%s\n", base ? err : "out of memory");
-            tls_ctx_free(tls);
-            conf_free(c);
-            return 1;
-        }
-    }
     if (test_only) {
-        printf("%s: configuration OK\n", path);
+        int rc = check_only(c, err, sizeof err);
+        if (rc == 0)
+            printf("%s: configuration OK\n", path);
+        else
+            fprintf(stderr, "%s\n", err);
         tls_ctx_free(tls);
         conf_free(c);
-        return 0;
+        return rc;
     }
     signal(SIGPIPE, SIG_IGN);
     if (evthread_use_pthreads() < 0) {

@@ -253,7 +253,8 @@ const char *proxy_http_status_text(int status);
 
 /* ---- access log (accesslog.c) -------------------------------------------- */
 
-/* Opens the access log named by [server] access_log ("stderr", "off", a path). */
+/* Opens the access log named by [server] access_log ("stderr", "off", a path).
+ * NULL with a reason in <err> when the file cannot be opened for appending. */
 struct accesslog *accesslog_open(const char *spec, char *err, size_t errlen);
 void accesslog_close(struct accesslog *l);
 

@@ -38,9 +38,11 @@ int proxy_backend_resolve(const struct conf *c, struct backend_addr *out, char *
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *res = NULL;
+    char what[1024];
     int rc = getaddrinfo(c->backend.host, c->backend.port, &hints, &res);
     if (rc != 0) {
-        snprintf(err, errlen, "[backend] url: cannot resolve \"%s\": %s", c->backend.host,
+        snprintf(err, errlen, "%s: cannot resolve \"%s\": %s",
+                 conf_where(c, "backend", "url", what, sizeof what), c->backend.host,
                  gai_strerror(rc));
         return -1;
     }
@@ -53,7 +55,8 @@ int proxy_backend_resolve(const struct conf *c, struct backend_addr *out, char *
     }
     freeaddrinfo(res);
     if (out->n == 0) {
-        snprintf(err, errlen, "[backend] url: \"%s\" has no address", c->backend.host);
+        snprintf(err, errlen, "%s: \"%s\" has no address",
+                 conf_where(c, "backend", "url", what, sizeof what), c->backend.host);
         return -1;
     }
     return 0;

@@ -35,7 +35,9 @@ struct tls_client_ctx *tls_client_ctx_new(const struct conf *c, char *err, size_
                  ? SSL_CTX_load_verify_locations(t->ctx, c->backend_ca_file, NULL)
                  : SSL_CTX_set_default_verify_paths(t->ctx);
     if (ok != 1) {
-        snprintf(err, errlen, "[backend] ca_file: cannot load \"%s\": %s",
+        char what[1024];
+        snprintf(err, errlen, "%s: cannot load \"%s\": %s",
+                 conf_where(c, "backend", "ca_file", what, sizeof what),
                  c->backend_ca_file ? c->backend_ca_file : "(system store)",
                  ERR_reason_error_string(ERR_peek_last_error()));
         goto fail;

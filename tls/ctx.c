@@ -138,15 +138,18 @@ static X509 *crl_signer_in(STACK_OF(X509) *certs, X509_CRL *crl)
 /* Loads every CRL of <path> into the store and into t->crls, each tied to the
  * anchor or trusted issuer that signed it. Stale CRLs are kept (they make
  * certificates of their issuer "revocation status unknown") but warned of. */
-static int load_crls(struct tls_ctx *t, const char *path, char *err, size_t errlen)
+static int load_crls(struct tls_ctx *t, const struct conf *cf, char *err, size_t errlen)
 {
     int rc = -1;
-    STACK_OF(X509_INFO) *infos = read_pem("client_certificate crl_file", path, err, errlen);
+    const char *path = cf->crl_file;
+    char what[1024];
+    conf_where(cf, "client_certificate", "crl_file", what, sizeof what);
+    STACK_OF(X509_INFO) *infos = read_pem(what, path, err, errlen);
     if (infos == NULL)
         goto fail;
     t->crls = calloc((size_t)sk_X509_INFO_num(infos) + 1, sizeof *t->crls);
     if (t->crls == NULL) {
-        set_err(err, errlen, "client_certificate crl_file %s: out of memory", path);
+        set_err(err, errlen, "%s %s: out of memory", what, path);
         goto fail;
     }
     for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
@@ -155,7 +158,7 @@ static int load_crls(struct tls_ctx *t, const char *path, char *err, size_t errl
         if (crl == NULL)
             continue;
         if (X509_STORE_add_crl(t->store, crl) != 1) {
-            set_err(err, errlen, "client_certificate crl_file %s: cannot add CRL", path);
+            set_err(err, errlen, "%s %s: cannot add CRL", what, path);
             goto fail;
         }
         info->crl = NULL;
@@ -191,7 +194,7 @@ static int load_crls(struct tls_ctx *t, const char *path, char *err, size_t errl
         }
     }
     if (t->n_crls == 0) {
-        set_err(err, errlen, "client_certificate crl_file %s: no CRL found", path);
+        set_err(err, errlen, "%s %s: no CRL found", what, path);
         goto fail;
     }
     rc = 0;
@@ -280,21 +283,22 @@ static int setup_trust(struct tls_ctx *t, const struct conf *c, char *err, size_
         set_err(err, errlen, "certificate store: out of memory");
         return -1;
     }
+    char what[1024];
     if (c->trust_anchors != NULL) {
-        t->anchors = load_certs("client_certificate trust_anchors", c->trust_anchors, err, errlen);
+        conf_where(c, "client_certificate", "trust_anchors", what, sizeof what);
+        t->anchors = load_certs(what, c->trust_anchors, err, errlen);
         if (t->anchors == NULL)
             return -1;
         for (int i = 0; i < sk_X509_num(t->anchors); i++) {
             if (X509_STORE_add_cert(t->store, sk_X509_value(t->anchors, i)) != 1) {
-                set_err(err, errlen, "client_certificate trust_anchors %s: cannot add certificate",
-                        c->trust_anchors);
+                set_err(err, errlen, "%s %s: cannot add certificate", what, c->trust_anchors);
                 return -1;
             }
         }
     }
     if (c->trusted_issuers != NULL) {
-        t->issuers =
-            load_certs("client_certificate trusted_issuers", c->trusted_issuers, err, errlen);
+        conf_where(c, "client_certificate", "trusted_issuers", what, sizeof what);
+        t->issuers = load_certs(what, c->trusted_issuers, err, errlen);
         if (t->issuers == NULL)
             return -1;
     } else {
@@ -304,7 +308,7 @@ static int setup_trust(struct tls_ctx *t, const struct conf *c, char *err, size_
     if (c->verify_depth > 0)
         X509_STORE_set_depth(t->store, (int)c->verify_depth);
     if (c->crl_file != NULL) {
-        if (load_crls(t, c->crl_file, err, errlen) != 0)
+        if (load_crls(t, c, err, errlen) != 0)
             return -1;
         /* Only the leaf's issuer must have a current CRL: CA certificates are
          * covered by trusted_issuers, which the operator controls. */
@@ -336,19 +340,23 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
         set_err(err, errlen, "cannot create the TLS context");
         goto fail;
     }
+    char what[1024];
     int min = c->min_protocol != 0 ? c->min_protocol : TLS1_2_VERSION;
     if (SSL_CTX_set_min_proto_version(t->ssl, min) != 1 ||
         SSL_CTX_set_max_proto_version(t->ssl, TLS1_3_VERSION) != 1) {
-        set_err(err, errlen, "tls min_protocol: unsupported protocol version 0x%x", min);
+        set_err(err, errlen, "%s: unsupported protocol version 0x%x",
+                conf_where(c, "tls", "min_protocol", what, sizeof what), min);
         goto fail;
     }
     if (SSL_CTX_use_certificate_chain_file(t->ssl, c->certificate) != 1) {
-        set_err(err, errlen, "tls certificate %s", c->certificate);
+        set_err(err, errlen, "%s %s", conf_where(c, "tls", "certificate", what, sizeof what),
+                c->certificate);
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(t->ssl, c->private_key, SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(t->ssl) != 1) {
-        set_err(err, errlen, "tls private_key %s (for certificate %s)", c->private_key,
+        set_err(err, errlen, "%s %s (for certificate %s)",
+                conf_where(c, "tls", "private_key", what, sizeof what), c->private_key,
                 c->certificate);
         goto fail;
     }

@@ -108,6 +108,45 @@ BAD = [
 ]
 
 
+def file_bad_cases(tmp):
+    """Bad configurations that start-up refuses after loading the file (what a
+    named file holds, the backend's name, the access log's directory): -t must
+    refuse each of them too, with the line of the key. Same shape as BAD."""
+    notpem = os.path.join(tmp, "not.pem")
+    empty = os.path.join(tmp, "empty.secret")
+    nul = os.path.join(tmp, "nul.secret")
+    with open(notpem, "w") as f:
+        f.write("this is not a PEM file\n")
+    open(empty, "w").close()
+    with open(nul, "wb") as f:
+        f.write(b"Passw\0rd\n")
+    ldap = ["[mapping]", "[ldap]", "uri = ldaps://127.0.0.1", "base_dn = DC=corp,DC=example,DC=test"]
+    return [
+        ("mapping ldap without bind_dn", base() + ldap, N + 1,
+         "[mapping] source = ldap needs [ldap] bind_dn and bind_password_file"),
+        ("empty password file", base() + ldap + ["bind_dn = svc@corp", f"bind_password_file = {empty}"],
+         N + 6, f'[ldap] bind_password_file: "{empty}" is empty'),
+        ("NUL in the password", base() + ldap + ["bind_dn = svc@corp", f"bind_password_file = {nul}"],
+         N + 6, "NUL byte"),
+        ("certificate not PEM", without(base(), "certificate") + ["[tls]", f"certificate = {notpem}"],
+         N + 1, f"[tls] certificate {notpem}"),
+        ("key of another certificate", without(base(), "private_key")
+         + ["[tls]", f"private_key = {pki('good.key')}"], N + 1, "[tls] private_key"),
+        ("trust anchors not PEM", without(base(), "trust_anchors")
+         + ["[client_certificate]", f"trust_anchors = {notpem}"], N + 1,
+         f"[client_certificate] trust_anchors {notpem}"),
+        ("crl_file without a CRL", without(base(), "crl_file")
+         + ["[client_certificate]", f"crl_file = {pki('trust-anchors.pem')}"], N + 1, "no CRL found"),
+        ("backend ca_file not PEM", without(base("https://127.0.0.1:8443"), "url")
+         + [f"url = https://127.0.0.1:8443", f"ca_file = {notpem}"], N + 1,
+         "[backend] ca_file: cannot load"),
+        ("backend name that does not resolve", without(base(), "url") + ["url = http://eas.invalid"],
+         N, '[backend] url: cannot resolve "eas.invalid"'),
+        ("access log in a missing directory", base() + ["[server]", "access_log = /nonexistent/a.log"],
+         N + 2, '[server] access_log: cannot open "/nonexistent/a.log"'),
+    ]
+
+
 def good_cases(tmp):
     ldif = os.path.join(tmp, "users.ldif")
     with open(ldif, "w") as f:
@@ -159,8 +198,21 @@ def example_conf(tmp):
     return text
 
 
-def run(args):
-    return subprocess.run([BIN] + args, capture_output=True, text=True, timeout=60)
+def run(args, hosts=None):
+    """certmapd ARGS; with <hosts>, the text of the only name database it sees:
+    /etc/hosts, with no DNS (a private mount namespace with both files bound
+    over the machine's: -t resolves the backend's name, as start-up does)."""
+    wrap = []
+    if hosts is not None:
+        d = tempfile.mkdtemp(prefix="certmapd-hosts-")
+        with open(os.path.join(d, "hosts"), "w") as f:
+            f.write(hosts)
+        with open(os.path.join(d, "nsswitch.conf"), "w") as f:
+            f.write("hosts: files\n")
+        wrap = ["unshare", "-m"] + ([] if os.geteuid() == 0 else ["-r"]) + [
+            "sh", "-c", 'mount --bind "$0/hosts" /etc/hosts && '
+            'mount --bind "$0/nsswitch.conf" /etc/nsswitch.conf && exec "$@"', d]
+    return subprocess.run(wrap + [BIN] + args, capture_output=True, text=True, timeout=60)
 
 
 def main():
@@ -183,9 +235,10 @@ def main():
         return path
 
     try:
-        for name, lines, line, phrase in BAD:
+        for name, lines, line, phrase in BAD + file_bad_cases(tmp):
             path = write(name, "\n".join(lines) + "\n")
-            r = run(["-t", "-c", path])
+            # Names resolve from a hosts file only: no case waits for DNS.
+            r = run(["-t", "-c", path], hosts="127.0.0.1 localhost\n")
             prefix = f"{path}:{line}: " if line else f"{path}: "
             ok = (r.returncode == 1 and r.stderr.startswith(prefix) and phrase in r.stderr
                   and "configuration OK" not in r.stdout)
@@ -201,7 +254,8 @@ def main():
 
         try:
             path = write("example", example_conf(tmp))
-            r = run(["-t", "-c", path])
+            # The example's backend, eas.corp.example.test, as a site's DNS would have it.
+            r = run(["-t", "-c", path], hosts="127.0.0.1 localhost\n127.0.0.1 eas.corp.example.test\n")
             report("good: shipped example", r.returncode == 0 and "configuration OK" in r.stdout,
                    f"exit {r.returncode}, stderr {r.stderr.strip()!r}")
         except (AssertionError, OSError) as e:

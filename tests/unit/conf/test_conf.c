@@ -680,6 +680,8 @@ static const struct bad_case bad_cases[] = {
     {BASE "[mapping]\nsource = ldap\n[ldap]\nuri = ldaps://dc1\n", L(2),
      "source = ldap needs [ldap] base_dn"},
     {BASE "[mapping]\n\nsource = ldif\n", L(3), "source = ldif needs ldif_file"},
+    {BASE "[mapping]\nsource = ldap\n[ldap]\nuri = ldaps://dc1\nbase_dn = DC=corp\n", L(2),
+     "source = ldap needs [ldap] bind_dn and bind_password_file"},
     {BASE "[ldap]\nbind_dn = svc@corp\n", L(2), "bind_dn needs bind_password_file"},
     {BASE "[ldap]\n\nbind_password_file = @F@\n", L(3), "bind_password_file needs bind_dn"},
 };
@@ -710,6 +712,79 @@ static void test_errors(void **state)
         const struct bad_case *b = &bad_cases[i];
         check_bad(state, b->text, strlen(b->text), b->line, b->phrase);
     }
+}
+
+/* conf_secret_read: what -t validates and start-up reads is one function. */
+static void test_secret_file(void **state)
+{
+    static const struct {
+        const char *content;
+        size_t len;
+        const char *want; /* NULL: refused */
+        const char *why;
+    } cases[] = {
+        {"Passw0rd!\n", 10, "Passw0rd!", NULL},
+        {"Passw0rd!\r\n", 11, "Passw0rd!", NULL},
+        {"Passw0rd!", 9, "Passw0rd!", NULL},
+        {" spaced \n\n", 10, " spaced \n", NULL}, /* one newline only; spaces are the secret's */
+        {"", 0, NULL, "is empty"},
+        {"\n", 1, NULL, "is empty"},
+        {"pa\0ss\n", 6, NULL, "NUL byte"},
+    };
+    char path[] = "/tmp/certmapd-secret-XXXXXX", err[512];
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, cases[i].content, cases[i].len), (ssize_t)cases[i].len);
+        close(fd);
+        size_t len = 0;
+        err[0] = '\0';
+        char *got = conf_secret_read(path, &len, err, sizeof(err));
+        unlink(path);
+        memcpy(path + strlen(path) - 6, "XXXXXX", 6);
+        if (cases[i].want == NULL) {
+            assert_null(got);
+            assert_non_null(strstr(err, cases[i].why));
+            continue;
+        }
+        assert_non_null(got);
+        assert_int_equal(len, strlen(cases[i].want));
+        assert_memory_equal(got, cases[i].want, len);
+        conf_secret_free(got, len);
+    }
+    char big[5000];
+    memset(big, 'x', sizeof(big));
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, big, sizeof(big)), (ssize_t)sizeof(big));
+    close(fd);
+    size_t len;
+    assert_null(conf_secret_read(path, &len, err, sizeof(err)));
+    assert_non_null(strstr(err, "is longer than 4096 bytes"));
+    unlink(path);
+    assert_null(conf_secret_read("/nonexistent/secret", &len, err, sizeof(err)));
+    assert_non_null(strstr(err, "No such file or directory"));
+}
+
+/* conf_where: the line of a key that was set, the file alone for one that was not. */
+static void test_where(void **state)
+{
+    static const char text[] = "[tls]\ncertificate = @F@\nprivate_key = @F@\n[backend]\n"
+                               "url = http://x\n[client_certificate]\nmode = ignore\n";
+    char path[64], err[4096], want[128], buf[256];
+    struct conf *c = NULL;
+
+    assert_int_equal(write_conf(*state, text, sizeof(text) - 1, path, sizeof(path)), 0);
+    assert_int_equal(conf_load(path, &c, err, sizeof(err)), 0);
+    unlink(path);
+    snprintf(want, sizeof(want), "%s:3: [tls] private_key", path);
+    assert_string_equal(conf_where(c, "tls", "private_key", buf, sizeof(buf)), want);
+    snprintf(want, sizeof(want), "%s:5: [backend] url", path);
+    assert_string_equal(conf_where(c, "backend", "url", buf, sizeof(buf)), want);
+    snprintf(want, sizeof(want), "%s: [backend] ca_file", path);
+    assert_string_equal(conf_where(c, "backend", "ca_file", buf, sizeof(buf)), want);
+    conf_free(c);
 }
 
 static void test_error_nul_byte(void **state)
@@ -854,6 +929,8 @@ int main(void)
         cmocka_unit_test(test_mapping_ldif),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_error_nul_byte),
+        cmocka_unit_test(test_secret_file),
+        cmocka_unit_test(test_where),
         cmocka_unit_test(test_error_too_many_locations),
         cmocka_unit_test(test_error_too_many_listen),
         cmocka_unit_test(test_error_unopenable),
