@@ -865,7 +865,7 @@ const struct conf_key conf_keys[] = {
     {SEC_LDAP, "base_dn", kp_dn, F(base_dn), .help = "search base, e.g. DC=corp,DC=example,DC=test",
      .iis = "none (domain naming context)"},
     {SEC_LDAP, "bind_dn", kp_string, F(bind_dn),
-     .help = "account to bind as (DN or user@domain); unset: anonymous",
+     .help = "account to bind as (DN or user@domain); required with source = ldap",
      .iis = "none (the server's machine account)"},
     {SEC_LDAP, "bind_password_file", kp_secret_file, F(bind_password_file),
      .help = "file holding the bind password", .iis = "none"},
