@@ -21,6 +21,7 @@
 #include <event2/event.h>
 
 #include "common/log.h"
+#include "common/text.h"
 #include "ldap/dir.h"
 #include "ldap/internal.h"
 
@@ -316,7 +317,7 @@ static void on_entry(struct dir_search *s, LDAPMessage *msg, int computed_index)
     if (s->kind == K_NETBIOS) {
         struct berval **v = ldap_get_values_len(d->ld, msg, "nETBIOSName");
         if (v != NULL && v[0] != NULL && v[1] == NULL && v[0]->bv_len > 0 &&
-            v[0]->bv_len <= NETBIOS_MAX && dir_text_ok(v[0]->bv_val, v[0]->bv_len) &&
+            v[0]->bv_len <= NETBIOS_MAX && cm_dirtext_valid(v[0]->bv_val, v[0]->bv_len) &&
             strcspn(v[0]->bv_val, "\\/:*?\"<>| ") >= v[0]->bv_len) {
             memcpy(s->netbios, v[0]->bv_val, v[0]->bv_len);
             s->netbios[v[0]->bv_len] = '\0';

@@ -1,51 +1,15 @@
 /* Directory answers → struct map_entry. LDAP answers are as hostile as client
- * input: every value is length-checked, strings must be UTF-8 without control
- * characters (they end up in HTTP headers and logs), single-valued attributes
- * must have exactly one value, numbers must parse whole. */
+ * input: every string must be directory text (cm_dirtext_valid: bounded UTF-8
+ * without control characters, the rule the LDIF source applies too), objectSid
+ * a well-formed binary SID, single-valued attributes must have exactly one
+ * value, numbers must parse whole. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "common/text.h"
 #include "ldap/internal.h"
-
-bool dir_text_ok(const char *s, size_t len)
-{
-    const unsigned char *p = (const unsigned char *)s, *end = p + len;
-    while (p < end) {
-        unsigned c = *p;
-        if (c < 0x80) {
-            if (c < 0x20 || c == 0x7f)
-                return false;
-            p++;
-            continue;
-        }
-        size_t n;
-        unsigned cp, min;
-        if ((c & 0xe0) == 0xc0) {
-            n = 1, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 2, cp = c & 0x0f, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            n = 3, cp = c & 0x07, min = 0x10000;
-        } else {
-            return false;
-        }
-        if ((size_t)(end - p) <= n)
-            return false;
-        for (size_t i = 1; i <= n; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (p[i] & 0x3f);
-        }
-        /* Overlong forms, UTF-16 surrogates and C1 controls are refused. */
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ||
-            (cp >= 0x80 && cp < 0xa0))
-            return false;
-        p += n + 1;
-    }
-    return true;
-}
 
 int dir_parse_int(const char *s, size_t len, int64_t min, int64_t max, int64_t *out)
 {
@@ -126,38 +90,9 @@ int dir_parse_gentime(const char *s, size_t len, time_t *out)
     return 0;
 }
 
-int dir_sid_format(const unsigned char *b, size_t len, char *out, size_t outlen)
+char *dir_text_dup(const struct berval *bv)
 {
-    /* Revision 1, 1..15 sub-authorities, nothing after them (MS-DTYP 2.4.2.2). */
-    if (len < 8 || b[0] != 1 || b[1] == 0 || b[1] > 15 || len != 8 + 4 * (size_t)b[1])
-        return -1;
-    uint64_t auth = 0;
-    for (int i = 2; i < 8; i++)
-        auth = (auth << 8) | b[i];
-    int n;
-    /* MS-DTYP: authorities of 2^32 and above are written in hex. */
-    if (auth >= (1ULL << 32))
-        n = snprintf(out, outlen, "S-1-0x%012llX", (unsigned long long)auth);
-    else
-        n = snprintf(out, outlen, "S-1-%llu", (unsigned long long)auth);
-    if (n < 0 || (size_t)n >= outlen)
-        return -1;
-    size_t used = (size_t)n;
-    for (size_t i = 0; i < b[1]; i++) {
-        const unsigned char *p = b + 8 + 4 * i;
-        uint32_t sub =
-            (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-        n = snprintf(out + used, outlen - used, "-%lu", (unsigned long)sub);
-        if (n < 0 || (size_t)n >= outlen - used)
-            return -1;
-        used += (size_t)n;
-    }
-    return 0;
-}
-
-static char *text_dup(const struct berval *bv)
-{
-    if (bv->bv_len > DIR_MAX_VALUE || !dir_text_ok(bv->bv_val, bv->bv_len))
+    if (!cm_dirtext_valid(bv->bv_val, bv->bv_len))
         return NULL;
     char *s = malloc(bv->bv_len + 1);
     if (s != NULL) {
@@ -246,8 +181,9 @@ static int take_attr(struct map_entry *e, enum attr_id id, struct berval **v, un
         slot = &e->dns_host_name;
         break;
     case A_SID: {
-        char sid[DIR_SID_MAX];
-        if (dir_sid_format((const unsigned char *)v[0]->bv_val, v[0]->bv_len, sid, sizeof sid)) {
+        char sid[CM_SID_TEXT_MAX];
+        if (cm_sid_from_binary((const unsigned char *)v[0]->bv_val, v[0]->bv_len, sid,
+                               sizeof sid) != 0) {
             *why = "malformed objectSid";
             return -1;
         }
@@ -294,7 +230,7 @@ static int take_attr(struct map_entry *e, enum attr_id id, struct berval **v, un
         if (e->altsecids == NULL)
             goto oom;
         for (size_t i = 0; i < n; i++) {
-            e->altsecids[i] = text_dup(v[i]);
+            e->altsecids[i] = dir_text_dup(v[i]);
             if (e->altsecids[i] == NULL) {
                 *why = "value too long, not UTF-8 or with control characters";
                 return -1;
@@ -305,7 +241,7 @@ static int take_attr(struct map_entry *e, enum attr_id id, struct berval **v, un
     default:
         return 0;
     }
-    *slot = text_dup(v[0]);
+    *slot = dir_text_dup(v[0]);
     if (*slot == NULL) {
         *why = "value too long, not UTF-8 or with control characters";
         return -1;
@@ -354,7 +290,7 @@ static int parse_dn(LDAP *ld, LDAPMessage *msg, struct map_entry *e, char *err, 
         snprintf(err, errlen, "entry without a DN: %s", ldap_err2string(rc));
         goto fail;
     }
-    e->dn = dn.bv_len > 0 ? text_dup(&dn) : NULL;
+    e->dn = dn.bv_len > 0 ? dir_text_dup(&dn) : NULL;
     if (e->dn == NULL) {
         snprintf(err, errlen, "entry DN empty, too long, not UTF-8 or with control characters");
         goto fail;

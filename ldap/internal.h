@@ -14,11 +14,8 @@
 #include "conf/conf.h"
 #include "mapping/mapping.h"
 
-/* Longest value taken from the directory, and most altSecurityIdentities per entry. */
-#define DIR_MAX_VALUE 16384
+/* Most altSecurityIdentities per entry (a value's length: CM_DIRTEXT_MAX). */
 #define DIR_MAX_ALTSECIDS 256
-/* "S-1-" + 48-bit authority + 15 sub-authorities of 10 digits, with room to spare. */
-#define DIR_SID_MAX 200
 
 /* ---- connect.c ---------------------------------------------------------------- */
 
@@ -45,8 +42,8 @@ void dir_ld_error(LDAP *ld, int rc, const char *what, char *err, size_t errlen);
 /* ---- entry.c ------------------------------------------------------------------ */
 
 /* Fills <e> (zeroed by the caller) from a LDAP_RES_SEARCH_ENTRY. Every value is
- * checked (single-valued attributes once, strings valid UTF-8 without control
- * characters, numbers in range, objectSid well-formed). Returns 0, or -1 with a
+ * checked (single-valued attributes once, strings by dir_text_dup, numbers in
+ * range, objectSid by cm_sid_from_binary). Returns 0, or -1 with a
  * reason in <err>; <e> then holds what was taken so far (caller purges). */
 int dir_entry_parse(LDAP *ld, LDAPMessage *msg, struct map_entry *e, char *err, size_t errlen);
 
@@ -54,16 +51,15 @@ int dir_entry_parse(LDAP *ld, LDAPMessage *msg, struct map_entry *e, char *err, 
 int dir_entry_parse_computed(LDAP *ld, LDAPMessage *msg, struct map_entry *e, char *err,
                              size_t errlen);
 
-/* objectSid (binary) as "S-1-5-21-…" in <out>: 0, or -1 when malformed. */
-int dir_sid_format(const unsigned char *b, size_t len, char *out, size_t outlen);
-
 /* LDAP GeneralizedTime in UTC as AD writes it ("20231122001234.0Z"): 0, or -1. */
 int dir_parse_gentime(const char *s, size_t len, time_t *out);
 
 /* A decimal integer with nothing around it, in [<min>, <max>]: 0, or -1. */
 int dir_parse_int(const char *s, size_t len, int64_t min, int64_t max, int64_t *out);
 
-/* True when <s> (length <len>) is UTF-8 without NUL or other control characters. */
-bool dir_text_ok(const char *s, size_t len);
+/* A malloc'ed NUL-terminated copy of the value <bv>, or NULL when it is not
+ * directory text (cm_dirtext_valid) or memory runs out. Every string of an
+ * entry, its DN included, goes through it. */
+char *dir_text_dup(const struct berval *bv);
 
 #endif

@@ -13,15 +13,6 @@
  * without it the KDC allows 10 minutes, the time AD CS backdates notBefore by. */
 #define MAP_BACKDATING_ALLOWANCE_S 600
 
-/* "S-1-5-21-…" for the binary SID <p, n>: revision 1, sub-authority count,
- * 48-bit big-endian authority, little-endian 32-bit sub-authorities. Returns
- * a malloc'ed string, or NULL when <p, n> is not such a SID (or no memory). */
-char *map_sid_to_text(const unsigned char *p, size_t n);
-
-/* The binary form of the SID text <s> into <out> (at least 68 bytes); its
- * length, or 0 when <s> is not "S-1-<authority>(-<sub>){1,15}" in decimal. */
-size_t map_sid_from_text(const char *s, unsigned char *out);
-
 /* Deep copy of <src> into <dst>; 0, or -1 (no memory: <dst> is left empty). */
 int map_entry_copy(struct map_entry *dst, const struct map_entry *src);
 

@@ -18,6 +18,7 @@
 
 #include <event2/event.h>
 
+#include "common/text.h"
 #include "mapping/internal.h"
 
 struct ldif_entry {
@@ -58,27 +59,11 @@ static void fail_at(char *err, size_t errlen, const char *path, unsigned long li
     va_end(ap);
 }
 
-/* A text value: no NUL, valid UTF-8 (libldap does not check either). */
+/* A text value: directory text, the rule the LDAP source applies (libldap's
+ * LDIF reader checks nothing of it). */
 static bool text_ok(const struct berval *v)
 {
-    const unsigned char *p = (const unsigned char *)v->bv_val;
-    size_t i = 0;
-
-    while (i < v->bv_len) {
-        unsigned char c = p[i];
-        size_t k = c < 0x80             ? 1
-                   : (c & 0xE0) == 0xC0 ? 2
-                   : (c & 0xF0) == 0xE0 ? 3
-                   : (c & 0xF8) == 0xF0 ? 4
-                                        : 0;
-        if (c == 0 || k == 0 || (k == 2 && c < 0xC2) || (k == 4 && c > 0xF4) || i + k > v->bv_len)
-            return false;
-        for (size_t j = 1; j < k; j++)
-            if ((p[i + j] & 0xC0) != 0x80)
-                return false;
-        i += k;
-    }
-    return true;
+    return cm_dirtext_valid(v->bv_val, v->bv_len);
 }
 
 /* A signed decimal in [min, max]. */
@@ -132,8 +117,12 @@ static const char *take_attr(struct ldif_entry *le, const LDAPMod *m)
     if (strcasecmp(t, "objectSid") == 0) {
         if (n != 1 || e->sid != NULL)
             return "objectSid must have one value";
-        e->sid = map_sid_to_text((const unsigned char *)vals[0]->bv_val, vals[0]->bv_len);
-        return e->sid ? NULL : "objectSid is not a binary SID (base64, \"objectSid::\")";
+        char sid[CM_SID_TEXT_MAX];
+        if (cm_sid_from_binary((const unsigned char *)vals[0]->bv_val, vals[0]->bv_len, sid,
+                               sizeof sid) != 0)
+            return "objectSid is not a binary SID (base64, \"objectSid::\")";
+        e->sid = strdup(sid);
+        return e->sid ? NULL : "out of memory";
     }
     if (strcasecmp(t, "objectClass") == 0) {
         for (size_t i = 0; i < n; i++) {
@@ -151,7 +140,8 @@ static const char *take_attr(struct ldif_entry *le, const LDAPMod *m)
             return "out of memory";
         for (; e->n_altsecids < n; e->n_altsecids++) {
             if (!text_ok(vals[e->n_altsecids]))
-                return "altSecurityIdentities holds a NUL or invalid UTF-8";
+                return "altSecurityIdentities holds a NUL, a control character, invalid UTF-8 or "
+                       "too many bytes";
             e->altsecids[e->n_altsecids] = bvdup(vals[e->n_altsecids]);
             if (e->altsecids[e->n_altsecids] == NULL)
                 return "out of memory";
@@ -171,7 +161,8 @@ static const char *take_attr(struct ldif_entry *le, const LDAPMod *m)
         if (strcasecmp(t, strs[i].name) != 0)
             continue;
         if (n != 1 || *slot != NULL || !text_ok(vals[0]))
-            return "a single-valued text attribute has several values, a NUL or invalid UTF-8";
+            return "a single-valued text attribute has several values, or one with a NUL, a "
+                   "control character, invalid UTF-8 or too many bytes";
         *slot = bvdup(vals[0]);
         return *slot ? NULL : "out of memory";
     }
@@ -239,7 +230,8 @@ static const char *parse_record(char *buf, unsigned long line, struct ldif_entry
         goto done;
     }
     if (lr.lr_dn.bv_len == 0 || !text_ok(&lr.lr_dn)) {
-        why = "the entry has no DN, or one with a NUL or invalid UTF-8";
+        why = "the entry has no DN, or one with a NUL, a control character, invalid UTF-8 "
+              "or too many bytes";
         goto done;
     }
     le->e.dn = bvdup(&lr.lr_dn);

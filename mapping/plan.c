@@ -1,7 +1,7 @@
 /* Certificate facts → the directory lookups AD would make (KB5014754,
  * MS-PKCA 3.1.5.2.1): one lookup per configured method, in order, each a list
  * of values for one attribute and an LDAP filter that libldap escaped. */
-#include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,78 +9,11 @@
 
 #include <ldap.h>
 
+#include "common/text.h"
 #include "mapping/internal.h"
 
 /* Only user and computer objects are accounts a certificate may log on as. */
 #define ACCOUNTS "(|(objectClass=user)(objectClass=computer))"
-
-/* 1 + 1 + 6 + 15 * 4 */
-#define SID_BIN_MAX 68
-
-char *map_sid_to_text(const unsigned char *p, size_t n)
-{
-    char buf[256];
-    uint64_t auth = 0;
-    size_t count, len;
-
-    if (n < 8 || p[0] != 1)
-        return NULL;
-    count = p[1];
-    if (count < 1 || count > 15 || n != 8 + 4 * count)
-        return NULL;
-    for (int i = 2; i < 8; i++)
-        auth = auth << 8 | p[i];
-    len = (size_t)snprintf(buf, sizeof(buf), "S-1-%" PRIu64, auth);
-    for (size_t i = 0; i < count; i++) {
-        const unsigned char *s = p + 8 + 4 * i;
-        uint32_t v =
-            (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24;
-        len += (size_t)snprintf(buf + len, sizeof(buf) - len, "-%" PRIu32, v);
-    }
-    return strdup(buf);
-}
-
-/* Decimal digits at <*s> into <*v>, at most <max>; advances <*s>. */
-static bool sid_number(const char **s, uint64_t max, uint64_t *v)
-{
-    size_t digits = 0;
-
-    *v = 0;
-    while (**s >= '0' && **s <= '9') {
-        if (++digits > 15)
-            return false;
-        *v = *v * 10 + (uint64_t)(**s - '0');
-        (*s)++;
-    }
-    return digits > 0 && *v <= max;
-}
-
-size_t map_sid_from_text(const char *s, unsigned char *out)
-{
-    uint64_t auth, v;
-    size_t count = 0;
-
-    if (strncasecmp(s, "S-1-", 4) != 0)
-        return 0;
-    s += 4;
-    if (!sid_number(&s, 0xFFFFFFFFFFFFull, &auth))
-        return 0;
-    out[0] = 1;
-    for (int i = 7; i >= 2; i--, auth >>= 8)
-        out[i] = (unsigned char)(auth & 0xFF);
-    while (*s == '-') {
-        s++;
-        if (count == 15 || !sid_number(&s, 0xFFFFFFFFull, &v))
-            return 0;
-        for (int b = 0; b < 4; b++)
-            out[8 + 4 * count + (size_t)b] = (unsigned char)(v >> (8 * b));
-        count++;
-    }
-    if (*s != '\0' || count == 0)
-        return 0;
-    out[1] = (unsigned char)count;
-    return 8 + 4 * count;
-}
 
 static void lookup_purge(struct map_lookup *l)
 {
@@ -193,13 +126,14 @@ static int build_filter(struct map_lookup *l)
     if (l->n_values > 1 && append(&f, &len, "(|", 2) != 0)
         goto fail;
     for (size_t i = 0; i < l->n_values; i++) {
-        unsigned char sid[SID_BIN_MAX];
+        unsigned char sid[CM_SID_BIN_MAX];
         const void *v = l->values[i];
         size_t n = strlen(l->values[i]);
         if (l->method == METHOD_SID) {
-            n = map_sid_from_text(l->values[i], sid);
+            size_t text_len = n;
+            n = sizeof sid;
             v = sid;
-            if (n == 0)
+            if (cm_sid_to_binary(l->values[i], text_len, sid, &n) != 0)
                 goto fail;
         }
         if (append_assertion(&f, &len, l->attr, v, n) != 0)

@@ -1,8 +1,10 @@
 /* Certificate facts: the plain-struct view of an X.509 certificate that
  * mapping/ and proxy/ work from. Every string is checked here, once: a name
- * with an embedded NUL or bytes that are not UTF-8 refuses the whole
+ * with an embedded NUL or bytes that are not UTF-8 (cm_utf8_valid: RFC 3629,
+ * no overlong form, surrogate or code point past U+10FFFF) refuses the whole
  * certificate (R_CERT_MALFORMED), so no later strcmp, LDAP filter or header
- * can see a value cut short or re-interpreted.
+ * can see a value cut short or re-interpreted. The SID extension must be
+ * spelled as objectSid is printed (cm_sid_to_binary).
  *
  * altSecurityIdentities form (subject_asi / issuer_asi), as Windows writes
  * X509:<I>...<S>... strings: RDNs in encoded order, joined with "," and no
@@ -24,7 +26,6 @@
  * and a certificate that cannot be examined is refused (fail closed). */
 #include <pthread.h>
 #include <stdbool.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -36,6 +37,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "common/text.h"
 #include "tls/internal.h"
 #include "tls/tls.h"
 
@@ -108,21 +110,6 @@ static char *hex_dup(const unsigned char *p, size_t n, bool reverse)
     return s;
 }
 
-/* True when <p, n> is UTF-8 without NUL, overlong forms, surrogates or code
- * points past U+10FFFF. */
-static bool utf8_clean(const unsigned char *p, size_t n)
-{
-    while (n > 0) {
-        unsigned long cp;
-        int k = UTF8_getc(p, n > INT32_MAX ? INT32_MAX : (int)n, &cp);
-        if (k <= 0 || cp == 0 || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        p += k;
-        n -= (size_t)k;
-    }
-    return true;
-}
-
 /* Types whose content is one byte per character from a 7-bit repertoire: a
  * byte past 0x7F is not a character of theirs, whatever OpenSSL converts it to. */
 static bool is_ascii_type(int type)
@@ -154,7 +141,7 @@ static bool string_utf8(const ASN1_STRING *s, char **out)
         return false;
     /* Look at the bytes as sent before OpenSSL maps them: a UTF8String must
      * already be clean UTF-8, an ASCII type plain ASCII. */
-    if (type == V_ASN1_UTF8STRING && !utf8_clean(raw, (size_t)rawlen))
+    if (type == V_ASN1_UTF8STRING && !cm_utf8_valid((const char *)raw, (size_t)rawlen))
         return false;
     if (is_ascii_type(type)) {
         for (int i = 0; i < rawlen; i++)
@@ -164,7 +151,7 @@ static bool string_utf8(const ASN1_STRING *s, char **out)
     n = ASN1_STRING_to_UTF8(&u, s);
     if (n < 0)
         return false;
-    if (utf8_clean(u, (size_t)n)) {
+    if (cm_utf8_valid((const char *)u, (size_t)n)) {
         *out = malloc((size_t)n + 1);
         if (*out != NULL) {
             memcpy(*out, u, (size_t)n);
@@ -386,35 +373,6 @@ fail:
     return r;
 }
 
-/* "S-1-<authority>(-<subauthority>)+": at most 15 sub-authorities of 32 bits,
- * an authority of 48 bits, plain decimal (no sign, no leading zero): the one
- * spelling objectSid is printed in, so that comparing strings compares SIDs. */
-static bool sid_valid(const char *s, size_t n)
-{
-    size_t parts = 0;
-    size_t i = 4;
-
-    if (n < 4 || memcmp(s, "S-1-", 4) != 0)
-        return false;
-    while (i < n) {
-        uint64_t v = 0;
-        size_t digits = 0;
-        if (i + 1 < n && s[i] == '0' && s[i + 1] >= '0' && s[i + 1] <= '9')
-            return false;
-        while (i < n && s[i] >= '0' && s[i] <= '9') {
-            if (++digits > 15)
-                return false;
-            v = v * 10 + (uint64_t)(s[i++] - '0');
-        }
-        if (digits == 0 || v > (parts == 0 ? 0xFFFFFFFFFFFFull : 0xFFFFFFFFull))
-            return false;
-        parts++;
-        if (i < n && (s[i++] != '-' || i == n))
-            return false;
-    }
-    return parts >= 2 && parts <= 16;
-}
-
 /* The SID from extension 1.3.6.1.4.1.311.25.2: GeneralNames holding an
  * otherName 1.3.6.1.4.1.311.25.2.1 whose value is the SID as an OCTET STRING
  * of ASCII. OpenSSL has no type for it. Absent: R_NONE, <sid> NULL. Present but
@@ -457,7 +415,11 @@ static enum reason facts_sid(X509 *x, struct cert_facts *f)
             goto fail; /* two SIDs, or one that is not an OCTET STRING */
         const char *s = (const char *)ASN1_STRING_get0_data(val->value.octet_string);
         size_t n = (size_t)ASN1_STRING_length(val->value.octet_string);
-        if (n > 256 || !sid_valid(s, n))
+        unsigned char bin[CM_SID_BIN_MAX];
+        size_t binlen = sizeof bin;
+        /* Only the spelling objectSid is printed in (cm_sid_from_binary), so
+         * that comparing the texts compares the SIDs. */
+        if (cm_sid_to_binary(s, n, bin, &binlen) != 0)
             goto fail;
         f->sid = strndup(s, n);
         if (f->sid == NULL)

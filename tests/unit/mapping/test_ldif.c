@@ -12,7 +12,11 @@
 
 #include <event2/event.h>
 
+#include <openssl/evp.h>
+
+#include "common/text.h"
 #include "helpers.h"
+#include "tests/support/hostile_text.h"
 
 struct answer {
     int calls;
@@ -224,12 +228,88 @@ static void test_bad_files(void **state)
     event_base_free(base);
 }
 
+/* "<attr>:: <base64 of prefix, <s, len>, suffix>\n" appended to <out>. */
+static void b64_line(char *out, size_t outlen, const char *attr, const char *prefix, const char *s,
+                     size_t len, const char *suffix)
+{
+    size_t pl = strlen(prefix), sl = strlen(suffix), n = pl + len + sl;
+    unsigned char *raw = malloc(n + 1);
+    char *b64 = malloc(4 * (n / 3 + 1) + 1);
+    size_t used = strlen(out);
+
+    assert_true(raw != NULL && b64 != NULL);
+    memcpy(raw, prefix, pl);
+    memcpy(raw + pl, s, len);
+    memcpy(raw + pl + len, suffix, sl);
+    assert_true(EVP_EncodeBlock((unsigned char *)b64, raw, (int)n) >= 0);
+    assert_true((size_t)snprintf(out + used, outlen - used, "%s:: %s\n", attr, b64) <
+                outlen - used);
+    free(raw);
+    free(b64);
+}
+
+/* Whether the LDIF source takes <s, len> in <where> ("dn", or a text attribute). */
+static bool ldif_takes(const char *where, const char *s, size_t len)
+{
+    size_t cap = 4 * CM_DIRTEXT_MAX + 1024;
+    char *text = calloc(1, cap);
+    char path[64];
+    bool ok;
+
+    assert_non_null(text);
+    if (strcmp(where, "dn") == 0) {
+        b64_line(text, cap, "dn", "CN=", s, len, ",DC=x");
+    } else {
+        snprintf(text, cap, "dn: CN=a,DC=x\n");
+        b64_line(text, cap, where, "", s, len, "");
+    }
+    snprintf(text + strlen(text), cap - strlen(text), "objectClass: user\n");
+    const char *err = try_open(text, path, sizeof(path));
+    ok = err[0] == '\0';
+    /* A refusal names the value's record and why, not an LDIF syntax error. */
+    if (!ok && (strstr(err, ":1: ") == NULL || strstr(err, "control character") == NULL))
+        fail_msg("%s: unexpected error \"%s\"", where, err);
+    free(text);
+    return ok;
+}
+
+/* The table test_dir_entry.c runs through the LDAP source: the LDIF source
+ * decides every row as the LDAP source does, in a DN and in text attributes. */
+static void test_hostile_values(void **state)
+{
+    static const char *const where[] = {"dn", "userPrincipalName", "sAMAccountName", "dNSHostName",
+                                        "altSecurityIdentities"};
+    char *big = malloc(CM_DIRTEXT_MAX + 1);
+
+    (void)state;
+    for (size_t i = 0; i < HOSTILE_TEXTS; i++) {
+        const struct hostile_text *h = &hostile_texts[i];
+        for (size_t w = 0; w < sizeof(where) / sizeof(where[0]); w++)
+            if (ldif_takes(where[w], h->bytes, h->len) != h->dirtext)
+                fail_msg("LDIF source, %s: %s %s", where[w], h->name,
+                         h->dirtext ? "refused" : "taken");
+    }
+    /* The LDAP source's bound on a value, too. */
+    assert_non_null(big);
+    memset(big, 'a', CM_DIRTEXT_MAX + 1);
+    assert_true(ldif_takes("userPrincipalName", big, CM_DIRTEXT_MAX));
+    assert_false(ldif_takes("userPrincipalName", big, CM_DIRTEXT_MAX + 1));
+    free(big);
+
+    /* The three the LDIF source used to take, by name. */
+    expect_error("dn: CN=a,DC=x\nuserPrincipalName:: YQFi\n", 1, "control character"); /* a^Ab */
+    expect_error("dn: CN=a,DC=x\naltSecurityIdentities:: 7aCA\n", 1,
+                 "invalid UTF-8");                               /* ED A0 80 */
+    expect_error("dn:: Q049wK8sREM9eA==\n", 1, "invalid UTF-8"); /* CN=<C0 AF>,DC=x */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_and_match),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_hostile_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

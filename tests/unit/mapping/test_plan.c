@@ -11,6 +11,7 @@
 
 #include <openssl/evp.h>
 
+#include "common/text.h"
 #include "helpers.h"
 
 /* Decodes the filter assertion value <v> (RFC 4515 escapes) into <out>; its length. */
@@ -145,17 +146,21 @@ static void test_sid(void **state)
     assert_filter_sane(s->filter);
 
     /* the text <-> binary helpers agree with AD's bytes */
-    char *text = map_sid_to_text(want, 28);
+    char text[CM_SID_TEXT_MAX];
+    size_t glen = sizeof got;
+    assert_int_equal(cm_sid_from_binary(want, 28, text, sizeof text), 0);
     assert_string_equal(text, SID_ALICE);
-    free(text);
-    assert_int_equal(map_sid_from_text(SID_ALICE, got), 28);
+    assert_int_equal(cm_sid_to_binary(SID_ALICE, strlen(SID_ALICE), got, &glen), 0);
+    assert_int_equal(glen, 28);
     assert_memory_equal(got, want, 28);
-    assert_int_equal(map_sid_from_text("S-1-5", got), 0);
-    assert_int_equal(map_sid_from_text("S-1-5-21-x", got), 0);
-    assert_int_equal(map_sid_from_text("S-1-5-4294967296", got), 0);
-    assert_null(map_sid_to_text(want, 27));
+#define REFUSED(s) (glen = sizeof got, cm_sid_to_binary(s, strlen(s), got, &glen) == -1)
+    assert_true(REFUSED("S-1-5"));
+    assert_true(REFUSED("S-1-5-21-x"));
+    assert_true(REFUSED("S-1-5-4294967296"));
+#undef REFUSED
+    assert_int_equal(cm_sid_from_binary(want, 27, text, sizeof text), -1);
     want[0] = 2;
-    assert_null(map_sid_to_text(want, 28));
+    assert_int_equal(cm_sid_from_binary(want, 28, text, sizeof text), -1);
 
     assert_string_equal(p.lookups[2].values[0], "sidalice@corp.example.test");
     map_plan_purge(&p);
@@ -212,11 +217,41 @@ static void test_dns_and_empty(void **state)
     tls_facts_free(f);
 }
 
+/* A SID whose authority is 2^32 or more (MS-DTYP: written in hex, as objectSid
+ * is printed) still becomes its binary form in the filter. */
+static void test_sid_hex_authority(void **state)
+{
+    char sid[] = "S-1-0x000100000000-5";
+    struct cert_facts f = {.sid = sid};
+    static const unsigned char want[] = {1, 1, 0, 1, 0, 0, 0, 0, 5, 0, 0, 0};
+    unsigned char got[128];
+    struct conf c;
+    struct map_plan p;
+
+    (void)state;
+    test_conf(&c, ENFORCE_FULL, METHOD_SID, METHOD_MAX, METHOD_MAX, METHOD_MAX);
+    assert_int_equal(map_plan_build(&c, &f, &p), 0);
+    assert_int_equal(p.n, 1);
+    const char *head = ACCOUNTS "(objectSid=";
+    const char *v = p.lookups[0].filter + strlen(head);
+    assert_int_equal(strncmp(p.lookups[0].filter, head, strlen(head)), 0);
+    assert_int_equal(unescape(v, strlen(v) - 2, got), sizeof want);
+    assert_memory_equal(got, want, sizeof want);
+    assert_filter_sane(p.lookups[0].filter);
+    map_plan_purge(&p);
+
+    /* The same SID in decimal is not objectSid's spelling: no filter is built. */
+    char dec[] = "S-1-4294967296-5";
+    f.sid = dec;
+    assert_int_equal(map_plan_build(&c, &f, &p), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_good),
         cmocka_unit_test(test_sid),
+        cmocka_unit_test(test_sid_hex_authority),
         cmocka_unit_test(test_meta),
         cmocka_unit_test(test_dns_and_empty),
     };

@@ -20,6 +20,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "tests/support/hostile_text.h"
 #include "tests/support/testpki.h"
 #include "tls/tls.h"
 
@@ -543,7 +544,10 @@ static void test_sid_validation(void **state)
         "S-1-5-1-2-3-4-5-6-7-8-9-10-11-12-13-14-15-16",
         "S-1-5-021",
         "S-1-5-21-18446744073709551617" /* 2^64 + 1: must not wrap to 1 */,
-        "S-1-281474976710656-1" /* authority past 48 bits */};
+        "S-1-281474976710656-1" /* authority past 48 bits */,
+        "S-1-4294967296-1" /* 2^32 in decimal: objectSid prints it in hex */,
+        "S-1-0x00000000FFFF-1" /* hex below 2^32: printed in decimal */,
+        "S-1-0x00010000000a-1" /* lower-case hex */};
     X509 *x = make_cert(contoso, plain_cn, "01", sid_ext("S-1-5-21-1-2-3-4294967295", 0));
     struct cert_facts *f = facts_ok(x);
     assert_string_equal(f->sid, "S-1-5-21-1-2-3-4294967295");
@@ -566,6 +570,34 @@ static void test_sid_validation(void **state)
     assert_string_equal(f->sid, "S-1-0-0");
     tls_facts_free(f);
     X509_free(x);
+    /* An authority of 2^32 or more, spelled as objectSid is (MS-DTYP 2.4.2.1). */
+    x = make_cert(contoso, plain_cn, "01", sid_ext("S-1-0x000100000000-1", 0));
+    f = facts_ok(x);
+    assert_string_equal(f->sid, "S-1-0x000100000000-1");
+    tls_facts_free(f);
+    X509_free(x);
+}
+
+/* A UPN is certificate text: refused (cert_malformed) exactly when the shared
+ * table says it is not UTF-8 (cm_utf8_valid); control characters other than
+ * NUL are the header writer's business (written as \xHH), not refused here. */
+static void test_hostile_upn(void **state)
+{
+    for (size_t i = 0; i < HOSTILE_TEXTS; i++) {
+        const struct hostile_text *h = &hostile_texts[i];
+        X509 *x = make_cert(contoso, plain_cn, "01", san_ext(GEN_OTHERNAME, h->bytes, (int)h->len));
+        struct cert_facts *f = NULL;
+        enum reason r = tls_facts_from_x509(x, &f);
+        if ((r == R_NONE) != h->utf8)
+            fail_msg("UPN %s: reason %d", h->name, (int)r);
+        if (r == R_NONE) {
+            assert_int_equal(f->n_upn, 1);
+            assert_memory_equal(f->upn[0], h->bytes, h->len);
+            assert_int_equal(strlen(f->upn[0]), h->len);
+        }
+        tls_facts_free(f);
+        X509_free(x);
+    }
 }
 
 int main(void)
@@ -585,6 +617,7 @@ int main(void)
         cmocka_unit_test(test_bad_names_in_memory),
         cmocka_unit_test(test_bad_san_in_memory),
         cmocka_unit_test(test_sid_validation),
+        cmocka_unit_test(test_hostile_upn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
