@@ -119,6 +119,35 @@ class Backend:
         return f"{'https' if getattr(self, 'tls', False) else 'http'}://127.0.0.1:{self.port}"
 
 
+def private_hosts(hosts, workdir, nsswitch=None):
+    """A command prefix that runs a program with <hosts> as its /etc/hosts (and,
+    with <nsswitch>, that as its /etc/nsswitch.conf), so that a test controls what
+    a name resolves to, and in which order, without touching the machine's files:
+    a private mount namespace (unshare) with the files bind-mounted over them."""
+    d = tempfile.mkdtemp(prefix="hosts-", dir=workdir)
+    binds = [("hosts", hosts, "/etc/hosts")]
+    if nsswitch is not None:
+        binds.append(("nsswitch.conf", nsswitch, "/etc/nsswitch.conf"))
+    script = []
+    for name, text, target in binds:
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+        script.append(f'mount --bind "$0/{name}" {target}')
+    # unshare -m makes every mount of the new namespace private first, which
+    # fails where "/" is no mount point (a chroot such as a new Debian root made
+    # by mmdebstrap). There the copy is left as it is: safe only when no mount
+    # is shared, or the bind mounts would show through to the machine.
+    prop = []
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        with open("/proc/self/mountinfo") as f:
+            if any(" shared:" in line for line in f):
+                raise RuntimeError("cannot give a test its own /etc/hosts here: unshare -m fails "
+                                   "and mounts are shared")
+        prop = ["--propagation", "unchanged"]
+    # exec: the process a test signals is the program itself.
+    return ["unshare", "-m"] + prop + ["sh", "-c", " && ".join(script) + ' && exec "$@"', d]
+
+
 class Certmapd:
     """certmapd with a generated configuration; access log to a file."""
 
@@ -158,16 +187,8 @@ class Certmapd:
         self.wrapper = []
 
     def use_hosts(self, text):
-        """Runs certmapd with <text> as its /etc/hosts: a private mount namespace
-        (unshare) with a file bind-mounted over /etc/hosts, so a test controls what
-        a backend name resolves to, and in which order, without touching the machine's."""
-        path = os.path.join(self.workdir, f"hosts-{self.port}")
-        with open(path, "w") as f:
-            f.write(text)
-        userns = [] if os.geteuid() == 0 else ["-r"]
-        # exec: the process the harness signals is certmapd itself.
-        self.wrapper = ["unshare", "-m"] + userns + [
-            "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', path]
+        """Runs certmapd with <text> as its /etc/hosts (see private_hosts)."""
+        self.wrapper = private_hosts(text, self.workdir)
 
     def start(self):
         self.err = open(self.stderr_path, "w")

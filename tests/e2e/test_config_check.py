@@ -8,6 +8,8 @@ import subprocess
 import sys
 import tempfile
 
+from harness import private_hosts
+
 SRC = os.environ.get("CERTMAPD_SOURCE_DIR",
                      os.path.abspath(os.path.join(os.path.dirname(__file__), "../..")))
 BIN = os.environ.get("CERTMAPD_BIN", os.path.join(SRC, "build", "certmapd"))
@@ -198,20 +200,12 @@ def example_conf(tmp):
     return text
 
 
-def run(args, hosts=None):
+def run(args, hosts=None, workdir=None):
     """certmapd ARGS; with <hosts>, the text of the only name database it sees:
-    /etc/hosts, with no DNS (a private mount namespace with both files bound
-    over the machine's: -t resolves the backend's name, as start-up does)."""
+    /etc/hosts, with no DNS (-t resolves the backend's name, as start-up does)."""
     wrap = []
     if hosts is not None:
-        d = tempfile.mkdtemp(prefix="certmapd-hosts-")
-        with open(os.path.join(d, "hosts"), "w") as f:
-            f.write(hosts)
-        with open(os.path.join(d, "nsswitch.conf"), "w") as f:
-            f.write("hosts: files\n")
-        wrap = ["unshare", "-m"] + ([] if os.geteuid() == 0 else ["-r"]) + [
-            "sh", "-c", 'mount --bind "$0/hosts" /etc/hosts && '
-            'mount --bind "$0/nsswitch.conf" /etc/nsswitch.conf && exec "$@"', d]
+        wrap = private_hosts(hosts, workdir, nsswitch="hosts: files\n")
     return subprocess.run(wrap + [BIN] + args, capture_output=True, text=True, timeout=60)
 
 
@@ -238,7 +232,7 @@ def main():
         for name, lines, line, phrase in BAD + file_bad_cases(tmp):
             path = write(name, "\n".join(lines) + "\n")
             # Names resolve from a hosts file only: no case waits for DNS.
-            r = run(["-t", "-c", path], hosts="127.0.0.1 localhost\n")
+            r = run(["-t", "-c", path], hosts="127.0.0.1 localhost\n", workdir=tmp)
             prefix = f"{path}:{line}: " if line else f"{path}: "
             ok = (r.returncode == 1 and r.stderr.startswith(prefix) and phrase in r.stderr
                   and "configuration OK" not in r.stdout)
@@ -255,7 +249,8 @@ def main():
         try:
             path = write("example", example_conf(tmp))
             # The example's backend, eas.corp.example.test, as a site's DNS would have it.
-            r = run(["-t", "-c", path], hosts="127.0.0.1 localhost\n127.0.0.1 eas.corp.example.test\n")
+            r = run(["-t", "-c", path], hosts="127.0.0.1 localhost\n127.0.0.1 eas.corp.example.test\n",
+                  workdir=tmp)
             report("good: shipped example", r.returncode == 0 and "configuration OK" in r.stdout,
                    f"exit {r.returncode}, stderr {r.stderr.strip()!r}")
         except (AssertionError, OSError) as e:
