@@ -9,6 +9,8 @@ PACKAGES=(
   node-llhttp libcmocka-dev libjemalloc-dev
   # tests: real clients, a real directory, real peers
   python3 curl openssl ldap-utils samba samba-ad-dc krb5-user nginx haproxy procps
+  # tests: GnuTLS clients (tests/e2e/test_late_cert_clients.py)
+  gnutls-bin wget
   # benchmarks
   gnuplot-nox apache2-utils strace
 )
