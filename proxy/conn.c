@@ -434,6 +434,45 @@ static bool conn_ask_late(struct proxy_conn *c)
     return false;
 }
 
+/* The connection ends while its request waits for a late certificate: no
+ * answer can reach the client (OpenSSL has failed the connection, or gave up
+ * waiting), but the request is logged, once, with the verdict: cert_required,
+ * with 499 when the client closed the connection itself, 403 otherwise. */
+static void conn_late_lost(struct proxy_conn *c, int status)
+{
+    c->req.status = status;
+    c->req.reason = R_CERT_REQUIRED;
+    accesslog_write(c->w->alog, c, &c->req);
+    c->state = CS_CLOSING; /* logged: conn_free must not log it again */
+    proxy_conn_close(c);
+}
+
+/* libevent reported the end of a connection in CS_LATE (<events>). */
+static void conn_late_failed(struct proxy_conn *c, short events)
+{
+    unsigned long e = bufferevent_get_openssl_error(c->bev);
+    int status = reason_status(R_CERT_REQUIRED);
+    switch (tls_late_failure(e, (events & BEV_EVENT_EOF) != 0)) {
+    case TLS_LATE_NO_RENEGOTIATION:
+        log_info("%s: a client certificate is needed, but this TLS 1.2 client refused "
+                 "renegotiation (no_renegotiation alert); negotiate_at_handshake = yes asks "
+                 "for it in the handshake",
+                 c->peer);
+        break;
+    case TLS_LATE_CLOSED:
+        log_info("%s: the client closed the connection instead of answering the request for a "
+                 "client certificate",
+                 c->peer);
+        status = 499; /* gone, as any client that leaves mid-request */
+        break;
+    case TLS_LATE_BROKEN:
+        log_info("%s: the client's answer to the request for a client certificate failed: %s",
+                 c->peer, tls_error_text(e));
+        break;
+    }
+    conn_late_lost(c, status);
+}
+
 static void map_done(void *arg, const struct map_result *res)
 {
     struct proxy_conn *c = arg;
@@ -773,6 +812,10 @@ static void conn_event_cb(struct bufferevent *bev, short events, void *arg)
         conn_handshake_done(c);
         return;
     }
+    if (c->state == CS_LATE) {
+        conn_late_failed(c, events);
+        return;
+    }
     if (c->state == CS_HANDSHAKE && (events & BEV_EVENT_ERROR)) {
         unsigned long e = bufferevent_get_openssl_error(bev);
         log_debug("%s: TLS handshake failed: %s", c->peer,
@@ -791,6 +834,13 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         [CS_BODY] = "request body",         [CS_WAIT] = "response",
         [CS_CLOSING] = "final write",
     };
+    if (c->state == CS_LATE) {
+        /* A TLS 1.2 client may ignore a HelloRequest (RFC 5246, 7.4.1.1). */
+        log_info("%s: no answer to the request for a client certificate within %llu ms", c->peer,
+                 (unsigned long long)c->w->conf->header_timeout_ms);
+        conn_late_lost(c, reason_status(R_CERT_REQUIRED));
+        return;
+    }
     log_debug("%s: %s timeout", c->peer, what_timed_out[c->state]);
     proxy_conn_close(c);
 }

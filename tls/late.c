@@ -114,3 +114,22 @@ void tls_conn_late_cancel(struct tls_ctx *t, SSL *ssl)
     SSL_set_ex_data(ssl, t->late_idx, NULL);
     free(w);
 }
+
+enum tls_late_end tls_late_failure(unsigned long e, bool eof)
+{
+    /* libevent keeps SSL_get_error's code (1..8: no library) below OpenSSL's
+     * own errors and hands out the latest first. OpenSSL turns a
+     * no_renegotiation warning alert into a fatal error of its own. */
+    if (eof || ERR_GET_LIB(e) == 0 || ERR_GET_LIB(e) == ERR_LIB_SYS)
+        return TLS_LATE_CLOSED; /* an end of stream, or a reset */
+    if (ERR_GET_LIB(e) != ERR_LIB_SSL)
+        return TLS_LATE_BROKEN;
+    switch (ERR_GET_REASON(e)) {
+    case SSL_R_NO_RENEGOTIATION:
+        return TLS_LATE_NO_RENEGOTIATION;
+    case SSL_R_UNEXPECTED_EOF_WHILE_READING:
+        return TLS_LATE_CLOSED; /* a FIN without close_notify */
+    default:
+        return TLS_LATE_BROKEN;
+    }
+}

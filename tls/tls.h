@@ -95,6 +95,18 @@ enum tls_late tls_conn_request_cert(struct tls_ctx *t, SSL *ssl, void (*done)(vo
 /* Forgets a pending late request of <ssl> (the connection is going away). */
 void tls_conn_late_cancel(struct tls_ctx *t, SSL *ssl);
 
+enum tls_late_end {
+    TLS_LATE_CLOSED,           /* the client closed the connection (close_notify, FIN, reset) */
+    TLS_LATE_NO_RENEGOTIATION, /* TLS 1.2: it answered the HelloRequest with no_renegotiation */
+    TLS_LATE_BROKEN,           /* another alert, or bytes that are not the TLS expected */
+};
+
+/* Why a connection ended while its late certificate request was pending,
+ * from what libevent reported: the error <e> (bufferevent_get_openssl_error,
+ * 0 for none; tls_error_text says more) and whether it saw an end of
+ * stream, <eof>. OpenSSL has failed such a connection: nothing can be sent. */
+enum tls_late_end tls_late_failure(unsigned long e, bool eof);
+
 /* ---- backend side (tls/client.c) ---- */
 
 struct tls_client_ctx; /* opaque; for an https:// backend, shared by all workers */

@@ -5,9 +5,12 @@ post-handshake authentication, with the body held in the read-ahead buffer
 meanwhile (IIS uploadReadAheadSize). Real clients: Python's ssl module and
 openssl s_client."""
 import hashlib
+import os
+import select
 import socket
 import ssl
 import subprocess
+import time
 
 from harness import check, eq, pki, run
 
@@ -265,6 +268,96 @@ def test_negotiate_at_handshake(env):
     eq(identity(b.requests()[0]), "2B0000000011AC0000000012", "identity")
 
 
+def late_request_lost(env, conf=None):
+    """certmapd, and a TLS 1.2 client whose GET to a protected path has been
+    answered with the HelloRequest, not yet read. Returns (backend, certmapd, conn)."""
+    b = env.backend()
+    d = env.certmapd(b, late(conf))
+    c = Conn(d.port, client_ctx(ssl.TLSVersion.TLSv1_2))
+    c.send(get(EAS))
+    # Nothing else is due after a TLS 1.2 handshake: what arrives is the HelloRequest.
+    check(select.select([c.s], [], [], 10)[0], "certmapd asks for a certificate")
+    return b, d, c
+
+
+def logged_once(d, status, reason):
+    """The request's only access log line (after a while: no second one comes)."""
+    log = d.wait_access(1)
+    time.sleep(0.3)
+    eq(len(d.access()), 1, "access log lines for the request")
+    eq((log[0]["status"], log[0]["reason"]), (status, reason), "status and reason")
+
+
+def still_serves(d, b):
+    c = Conn(d.port, client_ctx(ssl.TLSVersion.TLSv1_2))
+    c.send(get(EAS + "?Cmd=Ping"))
+    eq(c.response()[0], 200, "certmapd still serves")
+    c.close()
+    eq(len(b.requests()), 1, "backend requests: only the one after")
+
+
+def test_tls12_client_refuses_renegotiation(env):
+    """A TLS 1.2 client that answers the HelloRequest with a no_renegotiation
+    alert: OpenSSL ends the connection, so no 403 can be sent, but the access
+    log has the verdict and the error log says why."""
+    b = env.backend()
+    d = env.certmapd(b, late())
+    ctx = client_ctx(ssl.TLSVersion.TLSv1_2)
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    c = Conn(d.port, ctx)
+    c.send(get(EAS))
+    try:
+        got = c.response()
+        raise AssertionError(f"an answer over a connection OpenSSL has failed: {got[:2]}")
+    except (ssl.SSLError, ConnectionError, OSError):
+        pass
+    c.close()
+    logged_once(d, "403", "cert_required")
+    check("127.0.0.1: a client certificate is needed, but this TLS 1.2 client refused "
+          "renegotiation (no_renegotiation alert)" in d.stderr(),
+          f"the error log says the client refused renegotiation:\n{d.stderr()[-2000:]}")
+    check("negotiate_at_handshake = yes" in d.stderr(), "the error log names the remedy")
+    eq(b.requests(), [], "backend requests")
+    still_serves(d, b)
+
+
+def test_client_closes_instead_of_answering(env):
+    """The client goes away (FIN) rather than answer the certificate request:
+    499, as any client gone mid-request, with the reason it was waiting for."""
+    b, d, c = late_request_lost(env)
+    c.s.shutdown(socket.SHUT_WR)
+    c.close()
+    logged_once(d, "499", "cert_required")
+    check("closed the connection instead of answering the request for a client certificate"
+          in d.stderr(), "the error log says so")
+    eq(b.requests(), [], "backend requests")
+    still_serves(d, b)
+
+
+def test_client_answers_with_garbage(env):
+    """Bytes that are not TLS where the answer to the HelloRequest belongs."""
+    b, d, c = late_request_lost(env)
+    os.write(c.s.fileno(), b"GARBAGE GARBAGE GARBAGE\r\n")
+    c.close()
+    logged_once(d, "403", "cert_required")
+    check("the client's answer to the request for a client certificate failed: wrong version number"
+          in d.stderr(), f"the error log has OpenSSL's reason:\n{d.stderr()[-2000:]}")
+    eq(b.requests(), [], "backend requests")
+    still_serves(d, b)
+
+
+def test_client_never_answers(env):
+    """A TLS 1.2 client may ignore a HelloRequest (RFC 5246, 7.4.1.1): after
+    header_timeout the request is refused, though no 403 can be sent."""
+    b, d, c = late_request_lost(env, {"server": {"header_timeout": "1s"}})
+    logged_once(d, "403", "cert_required")
+    c.close()
+    check("no answer to the request for a client certificate within 1000 ms" in d.stderr(),
+          "the error log says so")
+    eq(b.requests(), [], "backend requests")
+    still_serves(d, b)
+
+
 if __name__ == "__main__":
     run([
         test_tls13_post_handshake_auth_python,
@@ -274,6 +367,10 @@ if __name__ == "__main__":
         test_tls13_without_pha_gets_403,
         test_client_declines_late_certificate,
         test_late_bad_certificate_refused,
+        test_tls12_client_refuses_renegotiation,
+        test_client_closes_instead_of_answering,
+        test_client_answers_with_garbage,
+        test_client_never_answers,
         test_read_ahead_limits_tls13,
         test_read_ahead_limits_tls12,
         test_read_ahead_limits_chunked,
