@@ -4,15 +4,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <llhttp.h>
-
-#include "proxy/proxy.h"
+#include "proxy/accesslog.h"
 
 struct accesslog {
     int fd;     /* -1: off */
@@ -82,45 +81,34 @@ static char *put(char *p, char *end, const char *fmt, ...)
     return (size_t)n >= (size_t)(end - p) ? end - 1 : p + n;
 }
 
-void accesslog_write(struct accesslog *l, const struct proxy_conn *c, const struct proxy_req *r)
+void accesslog_write(struct accesslog *l, const struct access_record *r)
 {
     if (l == NULL || l->fd < 0)
         return;
     char line[4096];
     char *p = line;
     char *end = line + sizeof line - 1; /* room for the newline */
-    struct timespec now_real, now;
+    struct timespec now_real;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &now_real);
-    proxy_now(&now);
     gmtime_r(&now_real.tv_sec, &tm);
     p += strftime(p, (size_t)(end - p), "%Y-%m-%dT%H:%M:%S", &tm);
-    bool has_head = r->head.url_len > 0 && r->head.buf != NULL;
-    p = put(p, end, ".%03ldZ client=%s method=%s path=", now_real.tv_nsec / 1000000, c->peer,
-            has_head ? llhttp_method_name((llhttp_method_t)r->method) : "-");
-    if (has_head)
-        p = put_escaped(p, end, r->head.buf + r->head.url_off, r->head.url_len);
+    p = put(p, end, ".%03ldZ conn=%llu req=%u client=%s method=%s path=",
+            now_real.tv_nsec / 1000000, (unsigned long long)r->conn_id, r->req_no,
+            r->client != NULL ? r->client : "-", r->method != NULL ? r->method : "-");
+    if (r->path != NULL && r->path_len > 0)
+        p = put_escaped(p, end, r->path, r->path_len);
     else
         p = put(p, end, "-");
-    double ms = r->t_start.tv_sec ? proxy_ms_between(&r->t_start, &now) : 0;
     p = put(p, end, " status=%d in=%llu out=%llu ms=%.3f", r->status,
-            (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, ms);
-    if (r->t_upstream.tv_sec && r->t_upstream_done.tv_sec)
-        p = put(p, end, " upstream_ms=%.3f", proxy_ms_between(&r->t_upstream, &r->t_upstream_done));
+            (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, r->ms);
+    if (r->upstream_ms >= 0)
+        p = put(p, end, " upstream_ms=%.3f", r->upstream_ms);
     else
         p = put(p, end, " upstream_ms=-");
-    /* Every backend address the request tried, in order, each failed one with why. */
-    static const char *const how[] = {[UP_USED] = "", [UP_ERROR] = "(error)",
-                                      [UP_TIMEOUT] = "(timeout)", [UP_STALE] = "(stale)"};
-    const struct backend_addr *ba = c->w->backend;
-    p = put(p, end, " upstream=%s", r->trail.n == 0 ? "-" : "");
-    for (size_t i = 0; i < r->trail.n && ba != NULL; i++)
-        p = put(p, end, "%s%s%s", i ? "," : "", ba->text[r->trail.addr[i]], how[r->trail.how[i]]);
-    const struct cert_facts *f = c->facts;
-    const char *user = "-";
-    if (r->map_done && r->ident.reason == R_NONE)
-        user = r->ident.upn != NULL ? r->ident.upn : r->ident.sam != NULL ? r->ident.sam : "-";
-    p = put(p, end, " serial=%s user=", f != NULL && f->serial_hex != NULL ? f->serial_hex : "-");
+    p = put(p, end, " upstream=%s serial=%s user=", r->upstream != NULL ? r->upstream : "-",
+            r->serial != NULL ? r->serial : "-");
+    const char *user = r->user != NULL ? r->user : "-";
     p = put_escaped(p, end, user, strlen(user));
     p = put(p, end, " reason=%s", r->reason != R_NONE ? reason_name(r->reason) : "-");
     *p++ = '\n';

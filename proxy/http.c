@@ -8,7 +8,9 @@
 
 #include <event2/buffer.h>
 
-#include "proxy/proxy.h"
+#include <llhttp.h>
+
+#include "proxy/http.h"
 
 /* ---- received heads ---------------------------------------------------- */
 
@@ -99,6 +101,12 @@ bool proxy_head_name_is(const struct proxy_head *hd, size_t i, const char *name)
 {
     size_t n = strlen(name);
     return hd->h[i].name_len == n && strncasecmp(hd->buf + hd->h[i].name_off, name, n) == 0;
+}
+
+bool proxy_head_value_is(const struct proxy_head *hd, size_t i, const char *v)
+{
+    size_t n = strlen(v);
+    return hd->h[i].val_len == n && strncasecmp(hd->buf + hd->h[i].val_off, v, n) == 0;
 }
 
 static bool name_has_prefix(const struct proxy_head *hd, size_t i, const char *prefix)
@@ -214,13 +222,12 @@ static void add_identity_header(struct evbuffer *out, const char *name, const ch
     add_lit(out, "\r\n");
 }
 
-void proxy_http_request_head(const struct proxy_conn *c, struct evbuffer *out)
+void proxy_http_request_head(const struct http_forward *f, struct evbuffer *out)
 {
-    const struct proxy_req *r = &c->req;
-    const struct proxy_head *hd = &r->head;
+    const struct proxy_head *hd = f->head;
     bool has_host = false;
 
-    add_str(out, llhttp_method_name((llhttp_method_t)r->method));
+    add_str(out, llhttp_method_name((llhttp_method_t)f->method));
     add_lit(out, " ");
     evbuffer_add(out, hd->buf + hd->url_off, hd->url_len);
     add_lit(out, " HTTP/1.1\r\n");
@@ -233,28 +240,27 @@ void proxy_http_request_head(const struct proxy_conn *c, struct evbuffer *out)
     }
     if (!has_host) {
         add_lit(out, "Host: ");
-        add_str(out, c->w->conf->backend.host_header);
+        add_str(out, f->host_header);
         add_lit(out, "\r\n");
     }
-    if (r->chunked)
+    if (f->chunked)
         add_lit(out, "Transfer-Encoding: chunked\r\n");
-    else if (r->has_body) {
+    else if (f->has_body) {
         add_lit(out, "Content-Length: ");
-        add_uint(out, r->content_length, false);
+        add_uint(out, f->content_length, false);
         add_lit(out, "\r\n");
     }
     add_lit(out, "X-Forwarded-For: ");
-    add_str(out, c->peer);
+    add_str(out, f->peer);
     add_lit(out, "\r\nX-Forwarded-Proto: https\r\n");
-    if (c->facts != NULL && r->cert_mode != CERT_IGNORE) {
-        const struct cert_facts *f = c->facts;
-        add_identity_header(out, "X-Client-Cert-Subject", f->subject);
-        add_identity_header(out, "X-Client-Cert-Issuer", f->issuer);
-        add_identity_header(out, "X-Client-Cert-Serial", f->serial_hex);
-        add_identity_header(out, "X-Client-Cert-SHA256", f->sha256);
+    if (f->facts != NULL) {
+        add_identity_header(out, "X-Client-Cert-Subject", f->facts->subject);
+        add_identity_header(out, "X-Client-Cert-Issuer", f->facts->issuer);
+        add_identity_header(out, "X-Client-Cert-Serial", f->facts->serial_hex);
+        add_identity_header(out, "X-Client-Cert-SHA256", f->facts->sha256);
     }
-    if (r->map_done && r->ident.reason == R_NONE) {
-        const struct map_result *id = &r->ident;
+    if (f->ident != NULL) {
+        const struct map_result *id = f->ident;
         add_identity_header(out, "X-Remote-User", id->upn != NULL ? id->upn : id->sam);
         add_identity_header(out, "X-Remote-User-DN", id->dn);
         add_identity_header(out, "X-Remote-User-SID", id->sid);
@@ -288,15 +294,18 @@ void proxy_http_response_head(const struct proxy_head *hd, int status, bool chun
     add_str(out, keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
 }
 
-void proxy_http_body(struct evbuffer *out, const char *data, size_t len, bool chunked)
+size_t proxy_http_chunk_header(char buf[24], size_t len)
 {
-    if (chunked) {
-        add_uint(out, len, true);
-        add_lit(out, "\r\n");
-    }
-    evbuffer_add(out, data, len);
-    if (chunked)
-        add_lit(out, "\r\n");
+    char tmp[20];
+    char *p = tmp + sizeof tmp;
+    do {
+        *--p = "0123456789abcdef"[len % 16];
+        len /= 16;
+    } while (len != 0);
+    size_t n = (size_t)(tmp + sizeof tmp - p);
+    memcpy(buf, p, n);
+    memcpy(buf + n, "\r\n", 2);
+    return n + 2;
 }
 
 const char *proxy_http_status_text(int status)

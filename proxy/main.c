@@ -116,13 +116,15 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
             goto out;
         }
     }
-    ws = calloc(c->workers, sizeof *ws);
-    if (ws == NULL || proxy_workers_bind(ws, c->workers, &sh, err, sizeof err) < 0) {
-        log_error("%s", ws ? err : "out of memory");
+    ws = proxy_workers_bind(c->workers, &sh, err, sizeof err);
+    if (ws == NULL) {
+        log_error("%s", err);
         goto out;
     }
-    if (c->user != NULL && drop_privileges(c->user) < 0)
+    if (c->user != NULL && drop_privileges(c->user) < 0) {
+        proxy_workers_free(ws, c->workers);
         goto out;
+    }
 
     /* Signals are taken by this thread alone, with sigwait; workers inherit the mask. */
     sigset_t set;
@@ -132,7 +134,7 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     if (proxy_workers_start(ws, c->workers) < 0)
-        goto out; /* the started ones are stopped with the process */
+        goto out; /* the started ones are stopped with the process, and <ws> with them */
     for (size_t i = 0; i < c->n_listen; i++)
         log_info("listening on %s (%u workers)", c->listen[i].text, c->workers);
     int sig = 0;
@@ -150,7 +152,6 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
     log_info("stopped");
     rc = 0;
 out:
-    free(ws);
     proxy_shared_purge(&sh);
     return rc;
 }

@@ -17,17 +17,34 @@
 #include "common/log.h"
 #include "ldap/dir.h"
 #include "mapping/mapping.h"
+#include "proxy/conn.h"
 #include "proxy/proxy.h"
 
-void proxy_now(struct timespec *ts)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-}
+struct worker_post;
 
-double proxy_ms_between(const struct timespec *a, const struct timespec *b)
-{
-    return (double)(b->tv_sec - a->tv_sec) * 1e3 + (double)(b->tv_nsec - a->tv_nsec) / 1e6;
-}
+struct worker {
+    unsigned id;
+    const struct conf *conf;
+    struct event_base *base;
+    int listen_fds[CONF_MAX_LISTEN];
+    struct evconnlistener *listeners[CONF_MAX_LISTEN];
+    size_t n_listeners;
+    struct upstream_pool pool;
+    struct conn_env env; /* what its connections share */
+    struct event *stop_ev;
+    struct event *grace_ev;
+    pthread_t thread;
+    /* Certificate mapping, when [mapping] is configured: this worker's source
+     * (LDAP connection or LDIF view) and mapper over the shared cache. */
+    struct dir *dir;
+    struct map_source *ldif;
+    struct mapper *mapper;
+    /* Work handed over from other threads (a lookup finished elsewhere). */
+    struct event *post_ev;
+    pthread_mutex_t post_lock;
+    bool post_lock_made;
+    struct worker_post *post_head, *post_tail;
+};
 
 struct timeval proxy_tv_ms(uint64_t ms)
 {
@@ -61,11 +78,11 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
                       int salen, void *arg)
 {
     struct worker *w = arg;
-    if (w->draining) {
+    if (w->env.draining) {
         close(fd);
         return;
     }
-    proxy_conn_accept(w, fd, sa, salen);
+    proxy_conn_accept(&w->env, fd, sa, (socklen_t)salen);
 }
 
 static void accept_error_cb(struct evconnlistener *lev, void *arg)
@@ -78,34 +95,32 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
     log_warn("worker %u: %u connection(s) still busy at the end of the shutdown grace time", w->id,
-             w->n_conns);
+             w->env.n_conns);
     event_base_loopbreak(w->base);
 }
 
 static void stop_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
-    w->draining = true;
+    w->env.draining = true;
+    w->pool.closed = true;
     for (size_t i = 0; i < w->n_listeners; i++) {
         evconnlistener_free(w->listeners[i]);
         w->listeners[i] = NULL;
     }
     w->n_listeners = 0;
-    upstream_pool_purge(w);
+    upstream_pool_purge(&w->pool);
     /* Idle connections and handshakes go now; requests in flight may finish. */
-    struct proxy_conn *c, *next;
-    for (c = TAILQ_FIRST(&w->conns); c != NULL; c = next) {
-        next = TAILQ_NEXT(c, link);
-        if (c->state == CS_IDLE || c->state == CS_HANDSHAKE)
-            proxy_conn_close(c);
-    }
-    if (w->n_conns == 0)
+    proxy_conn_drain(&w->env);
+    if (w->env.n_conns == 0)
         event_base_loopexit(w->base, NULL);
 }
 
-void proxy_worker_conn_gone(struct worker *w)
+/* A connection went away: the end of a drain, when it was the last one. */
+static void worker_conn_gone(void *arg)
 {
-    if (w->draining && w->n_conns == 0)
+    struct worker *w = arg;
+    if (w->env.draining && w->env.n_conns == 0)
         event_base_loopexit(w->base, NULL);
 }
 
@@ -179,23 +194,24 @@ static int worker_mapping_init(struct worker *w, const struct proxy_shared *sh, 
     return 0;
 }
 
-int proxy_workers_bind(struct worker *ws, unsigned n, const struct proxy_shared *sh, char *err,
-                       size_t errlen)
+static void worker_purge(struct worker *w);
+
+struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, char *err,
+                                  size_t errlen)
 {
     const struct conf *c = sh->conf;
+    struct worker *ws = calloc(n, sizeof *ws);
+    if (ws == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
     for (unsigned i = 0; i < n; i++) {
         struct worker *w = &ws[i];
-        memset(w, 0, sizeof *w);
         w->id = i;
         w->conf = c;
-        w->tls = sh->tls;
-        w->backend_tls = sh->backend_tls;
-        w->backend = &sh->backend;
-        w->alog = sh->alog;
-        TAILQ_INIT(&w->pool);
-        TAILQ_INIT(&w->conns);
-        /* The change list batches the EV_WRITE adds and deletes that every
-         * response causes into one epoll_ctl per descriptor and loop turn. */
+        /* The change list batches the EV_WRITE adds and deletes that a
+         * write which found the socket full causes, into one epoll_ctl per
+         * descriptor and loop turn. */
         struct event_config *cfg = event_config_new();
         if (cfg != NULL)
             event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
@@ -203,35 +219,60 @@ int proxy_workers_bind(struct worker *ws, unsigned n, const struct proxy_shared 
         event_config_free(cfg);
         if (w->base == NULL) {
             snprintf(err, errlen, "cannot create an event base");
-            return -1;
+            goto fail;
         }
+        upstream_pool_init(&w->pool, w->base, c, &sh->backend, sh->backend_tls);
         w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
         w->grace_ev = evtimer_new(w->base, grace_cb, w);
         w->post_ev = event_new(w->base, -1, 0, post_cb, w);
         pthread_mutex_init(&w->post_lock, NULL);
+        w->post_lock_made = true;
         if (w->stop_ev == NULL || w->grace_ev == NULL || w->post_ev == NULL) {
             snprintf(err, errlen, "out of memory");
-            return -1;
+            goto fail;
         }
         if (c->has_mapping_section && worker_mapping_init(w, sh, err, errlen) < 0)
-            return -1;
+            goto fail;
+        w->env = (struct conn_env){
+            .base = w->base,
+            .conf = c,
+            .tls = sh->tls,
+            .mapper = w->mapper,
+            .alog = sh->alog,
+            .pool = &w->pool,
+            .gone = worker_conn_gone,
+            .gone_arg = w,
+        };
+        TAILQ_INIT(&w->env.conns);
         for (size_t k = 0; k < c->n_listen; k++) {
             int fd = listen_socket(&c->listen[k], err, errlen);
             if (fd < 0)
-                return -1;
+                goto fail;
             /* backlog 0: the socket already listens */
             w->listeners[k] =
                 evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, 0, fd);
             if (w->listeners[k] == NULL) {
                 close(fd);
                 snprintf(err, errlen, "cannot create a listener");
-                return -1;
+                goto fail;
             }
             evconnlistener_set_error_cb(w->listeners[k], accept_error_cb);
             w->n_listeners++;
         }
     }
-    return 0;
+    return ws;
+fail:
+    proxy_workers_free(ws, n);
+    return NULL;
+}
+
+void proxy_workers_free(struct worker *ws, unsigned n)
+{
+    if (ws == NULL)
+        return;
+    for (unsigned i = 0; i < n; i++)
+        worker_purge(&ws[i]);
+    free(ws);
 }
 
 static void *worker_main(void *arg)
@@ -255,10 +296,11 @@ int proxy_workers_start(struct worker *ws, unsigned n)
 
 static void worker_purge(struct worker *w)
 {
-    struct proxy_conn *c;
-    while ((c = TAILQ_FIRST(&w->conns)) != NULL)
-        proxy_conn_close(c);
-    upstream_pool_purge(w);
+    if (w->base == NULL)
+        return;
+    if (w->env.gone != NULL)
+        proxy_conn_close_all(&w->env);
+    upstream_pool_purge(&w->pool);
     for (size_t i = 0; i < w->n_listeners; i++)
         if (w->listeners[i] != NULL)
             evconnlistener_free(w->listeners[i]);
@@ -267,8 +309,9 @@ static void worker_purge(struct worker *w)
     if (w->post_ev != NULL) {
         post_cb(-1, 0, w);
         event_free(w->post_ev);
-        pthread_mutex_destroy(&w->post_lock);
     }
+    if (w->post_lock_made)
+        pthread_mutex_destroy(&w->post_lock);
     mapper_free(w->mapper);
     dir_free(w->dir);
     map_ldif_close(w->ldif);
@@ -276,8 +319,8 @@ static void worker_purge(struct worker *w)
         event_free(w->stop_ev);
     if (w->grace_ev != NULL)
         event_free(w->grace_ev);
-    if (w->base != NULL)
-        event_base_free(w->base);
+    event_base_free(w->base);
+    w->base = NULL;
 }
 
 void proxy_workers_stop(struct worker *ws, unsigned n, uint64_t grace_ms)
@@ -290,6 +333,5 @@ void proxy_workers_stop(struct worker *ws, unsigned n, uint64_t grace_ms)
     }
     for (unsigned i = 0; i < n; i++)
         pthread_join(ws[i].thread, NULL);
-    for (unsigned i = 0; i < n; i++)
-        worker_purge(&ws[i]);
+    proxy_workers_free(ws, n);
 }

@@ -1,0 +1,49 @@
+/* proxy/conn: client connections. A connection owns its transport (io/), its
+ * TLS verdict and certificate facts, and at most one stream (the request in
+ * progress); pipelined requests wait in its input and get a stream each, in
+ * order. Its own states are only those of a connection: handshake, idle,
+ * active (a stream runs), closing. */
+#ifndef CM_PROXY_CONN_H
+#define CM_PROXY_CONN_H
+
+#include <stdbool.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+
+struct conf;
+struct tls_ctx;
+struct mapper;
+struct accesslog;
+struct upstream_pool;
+struct proxy_conn;
+TAILQ_HEAD(proxy_conn_list, proxy_conn);
+
+/* What a worker shares with its connections. */
+struct conn_env {
+    struct event_base *base;
+    const struct conf *conf;
+    struct tls_ctx *tls;
+    struct mapper *mapper;        /* NULL without [mapping] */
+    struct accesslog *alog;
+    struct upstream_pool *pool;
+    bool draining;                /* shutting down: no keep-alive, no new connection */
+    struct proxy_conn_list conns;
+    unsigned n_conns;
+    void (*gone)(void *arg);      /* called when a connection ended */
+    void *gone_arg;
+};
+
+/* Accepts <fd> (from <sa>) into <env>: the TLS handshake starts. Closes <fd>
+ * on failure. */
+void proxy_conn_accept(struct conn_env *env, int fd, const struct sockaddr *sa, socklen_t salen);
+
+/* The first step of a shutdown (env->draining set): connections that are idle
+ * or still in their handshake close now; those with a request in flight finish it. */
+void proxy_conn_drain(struct conn_env *env);
+
+/* Closes every connection of <env> at once. */
+void proxy_conn_close_all(struct conn_env *env);
+
+#endif

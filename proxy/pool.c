@@ -1,0 +1,90 @@
+/* The idle backend connections of one worker, kept for reuse: most recently
+ * used first (the least likely to have been closed by the backend), each
+ * closed after a minute unused, or at once when the backend says anything. */
+#include <stdlib.h>
+
+#include "proxy/upstream_int.h"
+
+/* An idle pooled connection is closed after this long. */
+#define POOL_IDLE_MS 60000
+
+void upstream_pool_init(struct upstream_pool *p, struct event_base *base, const struct conf *c,
+                        const struct backend_addr *backend, struct tls_client_ctx *tls)
+{
+    p->base = base;
+    p->conf = c;
+    p->backend = backend;
+    p->tls = tls;
+    TAILQ_INIT(&p->idle);
+    p->n_idle = 0;
+    p->closed = false;
+}
+
+void upstream_pool_drop(struct upstream *u)
+{
+    struct upstream_pool *p = u->pool;
+    TAILQ_REMOVE(&p->idle, u, link);
+    p->n_idle--;
+    upstream_free(u);
+}
+
+/* An idle backend connection has nothing to say: whatever it sends is a
+ * protocol error (or a stray late response), and the connection is unusable. */
+static void idle_read_cb(void *arg)
+{
+    upstream_pool_drop(arg);
+}
+
+static void idle_drained_cb(void *arg)
+{
+}
+
+static void idle_event_cb(void *arg, enum io_event ev)
+{
+    upstream_pool_drop(arg);
+}
+
+static const struct io_handler idle_handler = {
+    .read = idle_read_cb,
+    .drained = idle_drained_cb,
+    .event = idle_event_cb,
+};
+
+static void idle_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    upstream_pool_drop(arg);
+}
+
+bool upstream_pool_put(struct upstream_pool *p, struct upstream *u)
+{
+    if (p->closed || p->n_idle >= p->conf->keepalive_connections)
+        return false;
+    proxy_head_purge(&u->head);
+    io_set_handler(u->io, &idle_handler, u);
+    io_read_pause(u->io, false);
+    event_del(&u->timer);
+    evtimer_assign(&u->timer, p->base, idle_timer_cb, u);
+    struct timeval idle = {.tv_sec = POOL_IDLE_MS / 1000, .tv_usec = 0};
+    evtimer_add(&u->timer, &idle);
+    TAILQ_INSERT_HEAD(&p->idle, u, link);
+    p->n_idle++;
+    return true;
+}
+
+struct upstream *upstream_pool_take(struct upstream_pool *p)
+{
+    struct upstream *u = TAILQ_FIRST(&p->idle);
+    if (u == NULL)
+        return NULL;
+    TAILQ_REMOVE(&p->idle, u, link);
+    p->n_idle--;
+    event_del(&u->timer);
+    return u;
+}
+
+void upstream_pool_purge(struct upstream_pool *p)
+{
+    struct upstream *u;
+    while ((u = TAILQ_FIRST(&p->idle)) != NULL)
+        upstream_pool_drop(u);
+}
