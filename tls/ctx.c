@@ -317,6 +317,31 @@ static int setup_trust(struct tls_ctx *t, const struct conf *c, char *err, size_
     return 0;
 }
 
+/* Ciphers, TLS 1.3 suites and groups of <c> (conf/ checked them), chosen in
+ * the server's order: clients list theirs in any order, older ones with CBC
+ * ciphers first, and the configured order is the one an operator reviews. */
+static int set_algorithms(SSL_CTX *ssl, const struct conf *c, char *err, size_t errlen)
+{
+    const char *ciphers = c->ciphers != NULL ? c->ciphers : CONF_TLS_CIPHERS;
+    const char *suites = c->ciphersuites != NULL ? c->ciphersuites : CONF_TLS_CIPHERSUITES;
+    const char *groups = c->groups != NULL ? c->groups : CONF_TLS_GROUPS;
+
+    SSL_CTX_set_options(ssl, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_set_cipher_list(ssl, ciphers) != 1) {
+        set_err(err, errlen, "tls ciphers \"%s\"", ciphers);
+        return -1;
+    }
+    if (SSL_CTX_set_ciphersuites(ssl, suites) != 1) {
+        set_err(err, errlen, "tls ciphersuites \"%s\"", suites);
+        return -1;
+    }
+    if (SSL_CTX_set1_groups_list(ssl, groups) != 1) {
+        set_err(err, errlen, "tls groups \"%s\"", groups);
+        return -1;
+    }
+    return 0;
+}
+
 struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
 {
     ERR_clear_error();
@@ -342,6 +367,8 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
         set_err(err, errlen, "tls min_protocol: unsupported protocol version 0x%x", min);
         goto fail;
     }
+    if (set_algorithms(t->ssl, c, err, errlen) != 0)
+        goto fail;
     if (SSL_CTX_use_certificate_chain_file(t->ssl, c->certificate) != 1) {
         set_err(err, errlen, "tls certificate %s", c->certificate);
         goto fail;
