@@ -23,7 +23,8 @@ enum map_method { METHOD_SID = 0, METHOD_ALTSECID, METHOD_UPN, METHOD_DNS, METHO
  * without DHE. TLS 1.2: forward secrecy (ECDHE) and AEAD only, no CBC; the
  * server's order wins. TLS 1.3: OpenSSL's three suites. Groups: Mozilla's, and
  * P-521, because on TLS 1.2 OpenSSL refuses a client certificate whose EC
- * curve is not among them (illegal_parameter). tls/ctx.c applies them. */
+ * curve is not among them (illegal_parameter). conf/keys.c shows and applies
+ * them; tls/ctx.c uses them for a struct conf built without conf_load. */
 #define CONF_TLS_CIPHERS                                                                           \
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                                   \
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                                   \

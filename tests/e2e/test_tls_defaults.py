@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""TLS algorithms (tls/ctx.c): by default TLS 1.2 offers ECDHE with AEAD
-ciphers only (no CBC), TLS 1.3 OpenSSL's three suites, groups X25519, P-256,
-P-384, P-521; the server's order wins over the client's, for ciphers, suites
-and groups. The client is openssl s_client, which sends its lists in the
-order given."""
+"""TLS algorithms (tls/ctx.c, [tls] ciphers, ciphersuites, groups): by
+default TLS 1.2 offers ECDHE with AEAD ciphers only (no CBC), TLS 1.3
+OpenSSL's three suites, groups X25519, P-256, P-384, P-521; the server's order
+wins over the client's, for ciphers, suites and groups; configured values
+replace the defaults. The client is openssl s_client, which sends its lists
+in the order given."""
 import subprocess
 
 from harness import check, curl, eq, pki, run
@@ -82,6 +83,30 @@ def test_client_certificates_on_every_nist_curve(env):
             eq(status, 200, f"{key} certificate, {version[-1]} ({err[-300:]})")
 
 
+def test_configured_algorithms_replace_the_defaults(env):
+    b = env.backend()
+    for builtin in ("yes", "no"):
+        d = env.certmapd(b, {"tls": {
+            "builtin_key_methods": builtin,
+            "ciphers": "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-GCM-SHA384",
+            "ciphersuites": "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+            "groups": "secp384r1:X25519:prime256v1"}})
+        what = f"builtin_key_methods = {builtin}"
+        h = agreed(d.port, what, "-tls1_2")
+        eq(h["Ciphersuite"], "ECDHE-ECDSA-AES128-SHA", f"{what}: TLS 1.2, the first configured")
+        check("secp384r1" in h["Server Temp Key"], f"{what}: group {h['Server Temp Key']!r}")
+        refused(d.port, what, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")
+        eq(agreed(d.port, what, "-tls1_3")["Ciphersuite"], "TLS_CHACHA20_POLY1305_SHA256",
+           f"{what}: TLS 1.3, the first configured")
+        refused(d.port, what, "-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384")
+        refused(d.port, what, "-tls1_3", "-groups", "secp521r1")
+        # a request through the configured CBC cipher, certificate and all
+        status, _, err = curl(d.base + "/cbc", cert="good",
+                              args=["--tls-max", "1.2", "--ciphers", "ECDHE-ECDSA-AES128-SHA"])
+        eq(status, 200, f"{what}: request over ECDHE-ECDSA-AES128-SHA ({err[-300:]})")
+
+
 if __name__ == "__main__":
     run([test_defaults_offer_aead_with_ecdhe_only, test_server_order_wins,
-         test_client_certificates_on_every_nist_curve])
+         test_client_certificates_on_every_nist_curve,
+         test_configured_algorithms_replace_the_defaults])
