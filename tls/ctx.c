@@ -342,6 +342,41 @@ static int set_algorithms(SSL_CTX *ssl, const struct conf *c, char *err, size_t 
     return 0;
 }
 
+static const char *key_type_name(const EVP_PKEY *key)
+{
+    const char *name = key != NULL ? EVP_PKEY_get0_type_name(key) : NULL;
+    return name != NULL ? name : "unknown";
+}
+
+/* Whether a TLS 1.2 cipher of <ssl>'s list authenticates with the kind of its
+ * certificate's key (ECDSA ciphers for EC and EdDSA keys, RSA ones for RSA):
+ * OpenSSL would otherwise fail every TLS 1.2 handshake, and say so only then.
+ * Ciphers that need no certificate (PSK, anonymous) count; so does any list
+ * when the key is of another kind. */
+static bool tls12_cipher_for_key(SSL_CTX *ssl)
+{
+    EVP_PKEY *key = SSL_CTX_get0_privatekey(ssl);
+    int want = NID_undef;
+    if (key != NULL &&
+        (EVP_PKEY_is_a(key, "EC") || EVP_PKEY_is_a(key, "ED25519") || EVP_PKEY_is_a(key, "ED448")))
+        want = NID_auth_ecdsa;
+    else if (key != NULL && (EVP_PKEY_is_a(key, "RSA") || EVP_PKEY_is_a(key, "RSA-PSS")))
+        want = NID_auth_rsa;
+    if (want == NID_undef)
+        return true;
+    STACK_OF(SSL_CIPHER) *list = SSL_CTX_get_ciphers(ssl);
+    for (int i = 0; i < sk_SSL_CIPHER_num(list); i++) {
+        const SSL_CIPHER *ci = sk_SSL_CIPHER_value(list, i);
+        int auth = SSL_CIPHER_get_auth_nid(ci);
+        if (auth == NID_auth_any) /* TLS 1.3 */
+            continue;
+        if (auth == want ||
+            (auth != NID_auth_ecdsa && auth != NID_auth_rsa && auth != NID_auth_dss))
+            return true;
+    }
+    return false;
+}
+
 struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
 {
     ERR_clear_error();
@@ -377,6 +412,14 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
         SSL_CTX_check_private_key(t->ssl) != 1) {
         set_err(err, errlen, "tls private_key %s (for certificate %s)", c->private_key,
                 c->certificate);
+        goto fail;
+    }
+    if (min < TLS1_3_VERSION && !tls12_cipher_for_key(t->ssl)) {
+        set_err(err, errlen,
+                "tls ciphers: no TLS 1.2 cipher of the list can be used with the %s key of "
+                "certificate %s; TLS 1.2 clients could not connect (min_protocol = TLSv1.3 "
+                "if that is meant)",
+                key_type_name(SSL_CTX_get0_privatekey(t->ssl)), c->certificate);
         goto fail;
     }
 

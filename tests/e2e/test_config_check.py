@@ -79,6 +79,9 @@ BAD = [
      '[tls] groups: "brainpoolP999r1" is not a group this OpenSSL knows'),
     ("group twice", base() + ["[tls]", "groups = secp384r1:P-384"], N + 2,
      "[tls] groups: \"secp384r1:P-384\" names a group twice"),
+    ("ciphers unusable with the EC certificate",
+     base() + ["[tls]", "ciphers = ECDHE-RSA-AES128-GCM-SHA256"], None,
+     "tls ciphers: no TLS 1.2 cipher of the list can be used with the EC key"),
     ("bad enum", base() + ["[client_certificate]", "mode = optional"], N + 2,
      '"optional" is not one of ignore, accept, require'),
     ("unreadable file", without(base(), "crl_file") + ["[client_certificate]",
@@ -138,6 +141,8 @@ def good_cases(tmp):
             "[tls]", "ciphers = ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL",
             "ciphersuites = TLS_AES_128_GCM_SHA256 : TLS_CHACHA20_POLY1305_SHA256",
             "groups = P-384:X25519:P-256"]),
+        ("TLS 1.3 only, ciphers for another key type", base() + [
+            "[tls]", "min_protocol = TLSv1.3", "ciphers = ECDHE-RSA-AES128-GCM-SHA256"]),
         ("certificates ignored everywhere",
          [l for l in base() if not l.startswith(("trust_anchors", "trusted_issuers", "crl_file"))]
          + ["[client_certificate]", "mode = ignore"]),
