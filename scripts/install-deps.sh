@@ -8,7 +8,7 @@ PACKAGES=(
   build-essential cmake pkg-config libssl-dev libevent-dev libldap-dev libinih-dev
   node-llhttp libcmocka-dev libjemalloc-dev
   # tests: real clients, a real directory, real peers
-  python3 curl openssl ldap-utils samba samba-ad-dc krb5-user nginx haproxy procps
+  python3 curl openssl ldap-utils samba samba-ad-dc krb5-user nginx haproxy procps testssl.sh
   # benchmarks
   gnuplot-nox apache2-utils strace
 )
