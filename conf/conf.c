@@ -476,6 +476,9 @@ void conf_free(struct conf *c)
     free(c->access_log);
     free(c->certificate);
     free(c->private_key);
+    free(c->ciphers);
+    free(c->ciphersuites);
+    free(c->groups);
     free(c->trust_anchors);
     free(c->trusted_issuers);
     free(c->crl_file);

@@ -20,6 +20,20 @@ enum map_method { METHOD_SID = 0, METHOD_ALTSECID, METHOD_UPN, METHOD_DNS, METHO
 #define CONF_MAX_LOCATIONS 64
 #define CONF_KEY_SLOTS 96 /* at least the number of rows in the key table */
 
+/* [tls] defaults, in OpenSSL's syntax: Mozilla's "intermediate" profile
+ * without DHE. TLS 1.2: forward secrecy (ECDHE) and AEAD only, no CBC; the
+ * server's order wins. TLS 1.3: OpenSSL's three suites. Groups: Mozilla's, and
+ * P-521, because on TLS 1.2 OpenSSL refuses a client certificate whose EC
+ * curve is not among them (illegal_parameter). conf/keys.c shows and applies
+ * them; tls/ctx.c uses them for a struct conf built without conf_load. */
+#define CONF_TLS_CIPHERS                                                                           \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                                   \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                                   \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+#define CONF_TLS_CIPHERSUITES                                                                      \
+    "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
+#define CONF_TLS_GROUPS "X25519:prime256v1:secp384r1:secp521r1"
+
 struct conf_listen {
     char *text;                  /* as written: "0.0.0.0:443", "[::1]:8443" */
     struct sockaddr_storage addr;
@@ -62,6 +76,9 @@ struct conf {
     char *private_key;
     int min_protocol;            /* TLS1_2_VERSION or TLS1_3_VERSION (numeric, no OpenSSL include here) */
     bool builtin_key_methods;    /* tls/keymeth.c */
+    char *ciphers;               /* OpenSSL cipher string for TLS 1.2; NULL: CONF_TLS_CIPHERS */
+    char *ciphersuites;          /* TLS 1.3 suites; NULL: CONF_TLS_CIPHERSUITES */
+    char *groups;                /* key exchange groups; NULL: CONF_TLS_GROUPS */
 
     /* [client_certificate] */
     enum cert_mode cert_mode;

@@ -60,6 +60,13 @@ struct conf_key {
 extern const struct conf_key conf_keys[];
 extern const size_t conf_n_keys;
 
+/* conf/tlslists.c: checks a [tls] ciphers (TLS 1.2 and below), ciphersuites
+ * (TLS 1.3) or groups value, in OpenSSL's syntax, with OpenSSL's own parsers.
+ * Return 0, or -1 with a reason in <msg> (as for conf_parse_fn). */
+int conf_check_ciphers(const char *val, char *msg, size_t n);
+int conf_check_ciphersuites(const char *val, char *msg, size_t n);
+int conf_check_groups(const char *val, char *msg, size_t n);
+
 /* Section name as written in brackets ("server", "location"); "" for SEC_NONE. */
 const char *conf_section_name(enum conf_section s);
 

@@ -629,6 +629,23 @@ static int kp_uris(const struct conf_key *k, const char *val, void *base, char *
     return 0;
 }
 
+/* [tls] ciphers, ciphersuites, groups: OpenSSL lists, checked by OpenSSL (tlslists.c). */
+static int kp_ciphers(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
+{
+    return conf_check_ciphers(val, msg, n) < 0 ? -1 : set_str(k, base, val, msg, n);
+}
+
+static int kp_ciphersuites(const struct conf_key *k, const char *val, void *base, char *msg,
+                           size_t n)
+{
+    return conf_check_ciphersuites(val, msg, n) < 0 ? -1 : set_str(k, base, val, msg, n);
+}
+
+static int kp_groups(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
+{
+    return conf_check_groups(val, msg, n) < 0 ? -1 : set_str(k, base, val, msg, n);
+}
+
 /* An LDAPv3 DN, checked with libldap's own parser. */
 static int kp_dn(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
 {
@@ -808,6 +825,15 @@ const struct conf_key conf_keys[] = {
      .help = "RSA and EC certificate keys through OpenSSL's built-in methods, not providers "
              "(3x cheaper decoding on OpenSSL 3.0); no: providers only (FIPS)",
      .iis = "none (Schannel has no provider layer)"},
+    {SEC_TLS, "ciphers", kp_ciphers, F(ciphers), .def = CONF_TLS_CIPHERS,
+     .help = "TLS 1.2 ciphers, an OpenSSL cipher string, in the server's order of preference",
+     .iis = "SCHANNEL cipher suite order (Group Policy SSL Cipher Suite Order)"},
+    {SEC_TLS, "ciphersuites", kp_ciphersuites, F(ciphersuites), .def = CONF_TLS_CIPHERSUITES,
+     .help = "TLS 1.3 cipher suites, colon separated, in the server's order of preference",
+     .iis = "SCHANNEL cipher suite order (Group Policy SSL Cipher Suite Order)"},
+    {SEC_TLS, "groups", kp_groups, F(groups), .def = CONF_TLS_GROUPS,
+     .help = "key exchange groups (curves), colon separated, in the server's order of preference",
+     .iis = "SCHANNEL ECC curve order (Group Policy ECC Curve Order)"},
 
     /* [client_certificate] */
     {SEC_CLIENT_CERT, "mode", kp_enum, F(cert_mode), .names = cert_modes, .def = "require",

@@ -13,8 +13,8 @@ PACKAGES=(
   # util-linux give tests a private /etc/hosts (unshare + mount --bind).
   python3 curl openssl ldap-utils samba samba-ad-dc samba-ad-provision krb5-user nginx haproxy
   procps mount util-linux iproute2
-  # tests: GnuTLS clients (tests/e2e/test_late_cert_clients.py)
-  gnutls-bin wget
+  # tests: GnuTLS clients (tests/e2e/test_late_cert_clients.py), a TLS scanner
+  gnutls-bin wget testssl.sh
   # benchmarks
   gnuplot-nox apache2-utils strace
 )

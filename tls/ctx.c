@@ -321,6 +321,66 @@ static int setup_trust(struct tls_ctx *t, const struct conf *c, char *err, size_
     return 0;
 }
 
+/* Ciphers, TLS 1.3 suites and groups of <c> (conf/ checked them), chosen in
+ * the server's order: clients list theirs in any order, older ones with CBC
+ * ciphers first, and the configured order is the one an operator reviews. */
+static int set_algorithms(SSL_CTX *ssl, const struct conf *c, char *err, size_t errlen)
+{
+    const char *ciphers = c->ciphers != NULL ? c->ciphers : CONF_TLS_CIPHERS;
+    const char *suites = c->ciphersuites != NULL ? c->ciphersuites : CONF_TLS_CIPHERSUITES;
+    const char *groups = c->groups != NULL ? c->groups : CONF_TLS_GROUPS;
+
+    SSL_CTX_set_options(ssl, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_set_cipher_list(ssl, ciphers) != 1) {
+        set_err(err, errlen, "tls ciphers \"%s\"", ciphers);
+        return -1;
+    }
+    if (SSL_CTX_set_ciphersuites(ssl, suites) != 1) {
+        set_err(err, errlen, "tls ciphersuites \"%s\"", suites);
+        return -1;
+    }
+    if (SSL_CTX_set1_groups_list(ssl, groups) != 1) {
+        set_err(err, errlen, "tls groups \"%s\"", groups);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *key_type_name(const EVP_PKEY *key)
+{
+    const char *name = key != NULL ? EVP_PKEY_get0_type_name(key) : NULL;
+    return name != NULL ? name : "unknown";
+}
+
+/* Whether a TLS 1.2 cipher of <ssl>'s list authenticates with the kind of its
+ * certificate's key (ECDSA ciphers for EC and EdDSA keys, RSA ones for RSA):
+ * OpenSSL would otherwise fail every TLS 1.2 handshake, and say so only then.
+ * Ciphers that need no certificate (PSK, anonymous) count; so does any list
+ * when the key is of another kind. */
+static bool tls12_cipher_for_key(SSL_CTX *ssl)
+{
+    EVP_PKEY *key = SSL_CTX_get0_privatekey(ssl);
+    int want = NID_undef;
+    if (key != NULL &&
+        (EVP_PKEY_is_a(key, "EC") || EVP_PKEY_is_a(key, "ED25519") || EVP_PKEY_is_a(key, "ED448")))
+        want = NID_auth_ecdsa;
+    else if (key != NULL && (EVP_PKEY_is_a(key, "RSA") || EVP_PKEY_is_a(key, "RSA-PSS")))
+        want = NID_auth_rsa;
+    if (want == NID_undef)
+        return true;
+    STACK_OF(SSL_CIPHER) *list = SSL_CTX_get_ciphers(ssl);
+    for (int i = 0; i < sk_SSL_CIPHER_num(list); i++) {
+        const SSL_CIPHER *ci = sk_SSL_CIPHER_value(list, i);
+        int auth = SSL_CIPHER_get_auth_nid(ci);
+        if (auth == NID_auth_any) /* TLS 1.3 */
+            continue;
+        if (auth == want ||
+            (auth != NID_auth_ecdsa && auth != NID_auth_rsa && auth != NID_auth_dss))
+            return true;
+    }
+    return false;
+}
+
 struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
 {
     ERR_clear_error();
@@ -348,6 +408,8 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
                 conf_where(c, "tls", "min_protocol", what, sizeof what), min);
         goto fail;
     }
+    if (set_algorithms(t->ssl, c, err, errlen) != 0)
+        goto fail;
     if (SSL_CTX_use_certificate_chain_file(t->ssl, c->certificate) != 1) {
         set_err(err, errlen, "%s %s", conf_where(c, "tls", "certificate", what, sizeof what),
                 c->certificate);
@@ -358,6 +420,14 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
         set_err(err, errlen, "%s %s (for certificate %s)",
                 conf_where(c, "tls", "private_key", what, sizeof what), c->private_key,
                 c->certificate);
+        goto fail;
+    }
+    if (min < TLS1_3_VERSION && !tls12_cipher_for_key(t->ssl)) {
+        set_err(err, errlen,
+                "tls ciphers: no TLS 1.2 cipher of the list can be used with the %s key of "
+                "certificate %s; TLS 1.2 clients could not connect (min_protocol = TLSv1.3 "
+                "if that is meant)",
+                key_type_name(SSL_CTX_get0_privatekey(t->ssl)), c->certificate);
         goto fail;
     }
 

@@ -35,8 +35,8 @@ ISSUER_ASI = "DC=test,DC=example,DC=corp,CN=Corp Issuing CA"
 
 def issue(directory, name, cn=None, upn=None, email=None, dns=None, sid=None, ou="Users",
           eku="clientAuth", ski="hash", key="ec"):
-    """Issues a leaf named <name> in <directory>; returns a Leaf. <key>: "ec" (P-256)
-    or "rsa" (2048 bits)."""
+    """Issues a leaf named <name> in <directory>; returns a Leaf. <key>: "ec" (P-256),
+    "p384", "p521" or "rsa" (2048 bits)."""
     leaf = Leaf(directory, name)
     leaf.serial = f"{_serial():016X}"
     cn = cn or name
@@ -63,6 +63,8 @@ def issue(directory, name, cn=None, upn=None, email=None, dns=None, sid=None, ou
     subj = f"/DC=test/DC=example/DC=corp/OU={ou}/CN={cn}"
     run = lambda args: subprocess.run(args, check=True, capture_output=True, timeout=30)
     keyopts = {"ec": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+               "p384": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+               "p521": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"],
                "rsa": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]}[key]
     run(["openssl", "genpkey", *keyopts, "-out", leaf.key])
     run(["openssl", "req", "-new", "-key", leaf.key, "-subj", subj, "-out", csr])

@@ -234,6 +234,9 @@ static const char full_conf[] = "; every key, none at its default\n"
                                 "certificate = @F@\n"
                                 "private_key = @F@\n"
                                 "min_protocol = TLSv1.3\n"
+                                "ciphers = ECDHE+AESGCM:!aNULL:@STRENGTH\n"
+                                "ciphersuites = TLS_AES_128_CCM_SHA256:TLS_AES_128_GCM_SHA256\n"
+                                "groups = P-384:x25519:ffdhe2048\n"
                                 "\n"
                                 "[client_certificate]\n"
                                 "mode = accept\n"
@@ -313,6 +316,10 @@ static void test_full_config(void **state)
     assert_string_equal(c->certificate, fx->dummy);
     assert_string_equal(c->private_key, fx->dummy);
     assert_int_equal(c->min_protocol, 0x0304);
+    /* kept as written: OpenSSL reads them again in tls/ */
+    assert_string_equal(c->ciphers, "ECDHE+AESGCM:!aNULL:@STRENGTH");
+    assert_string_equal(c->ciphersuites, "TLS_AES_128_CCM_SHA256:TLS_AES_128_GCM_SHA256");
+    assert_string_equal(c->groups, "P-384:x25519:ffdhe2048");
 
     assert_int_equal(c->cert_mode, CERT_ACCEPT);
     assert_string_equal(c->trust_anchors, fx->dummy);
@@ -363,7 +370,7 @@ static void test_full_config(void **state)
     assert_int_equal(c->locations[0].prefix_len, strlen("/Microsoft-Server-ActiveSync"));
     assert_int_equal(c->locations[0].client_certificate, CERT_REQUIRE);
     assert_false(c->locations[0].mapping);
-    assert_int_equal(c->locations[0].line, 56);
+    assert_int_equal(c->locations[0].line, 59);
     conf_free(c);
 }
 
@@ -392,6 +399,13 @@ static void test_defaults(void **state)
     assert_int_equal(c->header_timeout_ms, 30000);
     assert_int_equal(c->keepalive_timeout_ms, 65 * 60 * 1000);
     assert_int_equal(c->min_protocol, 0x0303);
+    assert_string_equal(c->ciphers, CONF_TLS_CIPHERS);
+    assert_string_equal(c->ciphersuites, CONF_TLS_CIPHERSUITES);
+    assert_string_equal(c->groups, CONF_TLS_GROUPS);
+    /* no CBC and no key exchange without forward secrecy by default */
+    assert_null(strstr(c->ciphers, "-SHA:"));
+    assert_null(strstr(c->ciphers, ":DHE-"));
+    assert_int_not_equal(strncmp(c->ciphers, "DHE-", 4), 0);
     assert_int_equal(c->cert_mode, CERT_REQUIRE);
     assert_null(c->trusted_issuers);
     assert_null(c->crl_file);
@@ -627,6 +641,27 @@ static const struct bad_case bad_cases[] = {
     {BASE "[server]\nuser = no-such-user-certmapd\n", L(2), "no such user"},
     {BASE "[server]\naccess_log =\n", L(2), "empty value"},
     {BASE "[tls]\nmin_protocol = TLSv1.1\n", L(2), "not one of TLSv1.2, TLSv1.3"},
+    {BASE "[tls]\nciphers = NOPE\n", L(2),
+     "[tls] ciphers: \"NOPE\" matches no cipher this OpenSSL knows"},
+    /* OpenSSL itself would take this list and drop the misspelt entry */
+    {BASE "[tls]\nciphers = ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA348\n", L(2),
+     "\"ECDHE-ECDSA-AES256-GCM-SHA348\" matches no cipher"},
+    {BASE "[tls]\nciphers = TLS_AES_128_GCM_SHA256\n", L(2),
+     "\"TLS_AES_128_GCM_SHA256\" is a TLS 1.3 suite: those go in ciphersuites"},
+    {BASE "[tls]\nciphers = AESGCM:!AESGCM\n", L(2), "leaves no TLS 1.2 cipher"},
+    {BASE "[tls]\nciphers = HIGH:@SECLEVEL=high\n", L(2), "refused by OpenSSL"},
+    {BASE "[tls]\nciphers =\n", L(2), "[tls] ciphers: an empty list is not allowed"},
+    {BASE "[tls]\n\nciphersuites = TLS_AES_128_GCM_SHA256:TLS_AES_512_GCM_SHA384\n", L(3),
+     "[tls] ciphersuites: \"TLS_AES_512_GCM_SHA384\" is not a TLS 1.3 suite"},
+    {BASE "[tls]\nciphersuites = ECDHE-ECDSA-AES128-GCM-SHA256\n", L(2),
+     "TLS 1.2 ciphers go in ciphers"},
+    {BASE "[tls]\nciphersuites = TLS_AES_128_GCM_SHA256:\n", L(2), "empty entry"},
+    {BASE "[tls]\nciphersuites =\n", L(2), "empty list"},
+    {BASE "[tls]\ngroups = X25519:P-999\n", L(2),
+     "[tls] groups: \"P-999\" is not a group this OpenSSL knows"},
+    {BASE "[tls]\ngroups = P-256:X25519:prime256v1\n", L(2), "names a group twice"},
+    {BASE "[tls]\ngroups = X25519::P-256\n", L(2), "empty entry"},
+    {BASE "[tls]\ngroups =\n", L(2), "empty list"},
     {BASE "[client_certificate]\nverify_depth = 17\n", L(2), "out of range (expected 1..16)"},
     {BASE "[client_certificate]\ncrl_file = /nonexistent/crl.pem\n", L(2),
      "[client_certificate] crl_file: cannot read \"/nonexistent/crl.pem\": No such file or "

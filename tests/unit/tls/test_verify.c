@@ -594,6 +594,29 @@ static void test_badutf8_undecodable(void **state)
     assert_null(x);
 }
 
+/* A cipher list with nothing for the certificate's key type would fail every
+ * TLS 1.2 handshake: refused at start-up, unless TLS 1.2 is off anyway. */
+static void test_ciphers_for_key(void **state)
+{
+    struct conf c;
+    struct paths p;
+    char err[512] = "";
+    base_conf(&c, &p, NULL);
+    c.ciphers = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305";
+    ctx_fails(&c, "tls ciphers", "EC key of certificate");
+    c.min_protocol = TLS1_3_VERSION;
+    struct tls_ctx *t = tls_ctx_new(&c, err, sizeof err);
+    if (t == NULL)
+        fail_msg("tls_ctx_new with TLS 1.3 only: %s", err);
+    tls_ctx_free(t);
+    base_conf(&c, &p, NULL);
+    c.ciphers = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384";
+    t = tls_ctx_new(&c, err, sizeof err);
+    if (t == NULL)
+        fail_msg("tls_ctx_new with one ECDSA cipher: %s", err);
+    tls_ctx_free(t);
+}
+
 /* Without any need for a certificate the server does not ask for one, so a
  * client's certificate is never even seen. */
 static void test_no_request_when_ignored(void **state)
@@ -641,6 +664,7 @@ int main(void)
         cmocka_unit_test(test_recheck_control),     cmocka_unit_test(test_recheck_crl_expired),
         cmocka_unit_test(test_recheck_crl_missing), cmocka_unit_test(test_recheck_revoked),
         cmocka_unit_test(test_any_issuer),          cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_ciphers_for_key),
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         tests[t++] = fixed[i];
