@@ -11,6 +11,8 @@ get() { awk -F'\t' -v f="$1" -v k="$2" '$1 == f && $2 == k {v = $3} END {print v
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a != "" && b != "" && b + 0 > 0) printf "%.2f", a / b}'; }
 min2() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "") print b; else if (b == "") print a; else print (a + 0 < b + 0 ? a : b)}'; }
 show() { if [ -n "$1" ]; then printf '%s' "$1"; else printf '—'; fi; }
+# better KEY: certmapd's ratio to the better (lower) peer, or empty
+better() { ratio "$(get certmapd "$1")" "$(min2 "$(get nginx "$1")" "$(get haproxy "$1")")"; }
 
 MD=$OUT/latest.md
 DAT=$OUT/latest.dat
@@ -21,7 +23,7 @@ DAT=$OUT/latest.dat
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- Machine: $MACHINE"
     echo "- Versions: $VERSIONS"
-    echo "- Set-up: each front with one worker pinned to core 0, bench/loadgen pinned to core 1"
+    echo "- Set-up: each front with one worker pinned to core 0, bench/loadgen and ab pinned to core 1"
     echo "  (with the nginx \`return 200\` backend); ECDSA P-256 certificates from tests/pki/mkpki.sh,"
     echo "  TLS 1.3, client chain leaf + issuing CA verified up to the root by every front."
     echo "- Counts: $SIZES."
@@ -30,8 +32,8 @@ DAT=$OUT/latest.dat
     echo
     echo "## Server cost (lower is better)"
     echo
-    echo "| figure | certmapd | nginx | HAProxy | certmapd/nginx | certmapd/HAProxy | goal (vs the better peer) | met |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| figure | certmapd | nginx | HAProxy | certmapd/nginx | certmapd/HAProxy | certmapd/better peer | goal (vs the better peer) | met |"
+    echo "|---|---|---|---|---|---|---|---|---|"
 } >"$MD"
 : >"$DAT"
 
@@ -53,13 +55,14 @@ row() { # KEY LABEL GOAL(ratio or empty) PLOTLABEL
             met="**no** ($rb×)"
         fi
     fi
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$2" "$(show "$c")" "$(show "$n")" \
-        "$(show "$h")" "$(show "$rn")" "$(show "$rh")" "$goal" "$met" >>"$MD"
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$2" "$(show "$c")" "$(show "$n")" \
+        "$(show "$h")" "$(show "$rn")" "$(show "$rh")" "$(show "$rb")" "$goal" "$met" >>"$MD"
     printf '"%s" %s %s %s\n' "$4" "${rn:-0}" "${rh:-0}" "${3:-0}" >>"$DAT"
 }
 row hs_cpu_us "server CPU per full mTLS handshake + 1 proxied request (µs)" 0.5 "full handshake"
 row res_cpu_us "server CPU per resumed handshake + 1 proxied request (µs)" "" "resumed handshake"
-row ka_cpu_us "server CPU per keep-alive proxied request (µs)" 0.7 "keep-alive request"
+row ka_cpu_us "server CPU per keep-alive proxied request, loadgen (µs)" 0.7 "keep-alive (loadgen)"
+row kab_cpu_us "server CPU per keep-alive proxied request, ab -k (µs)" 0.7 "keep-alive (ab)"
 row idle_kib "RSS per idle mTLS connection (KiB)" 0.33 "idle connection RSS"
 
 MAP=$(get certmapd map_per_s)
@@ -81,7 +84,8 @@ MAPWHY=$(get certmapd map_not_measured)
     echo
     echo "| phase | certmapd | nginx | HAProxy |"
     echo "|---|---|---|---|"
-    for ph in hs:"full handshake + 1 request" res:"resumed handshake + 1 request" ka:"keep-alive request"; do
+    for ph in hs:"full handshake + 1 request" res:"resumed handshake + 1 request" \
+        ka:"keep-alive request (loadgen)" kab:"keep-alive request (ab -k, HTTP/1.0)"; do
         printf '| %s |' "${ph#*:}"
         for f in certmapd nginx haproxy; do
             printf ' %s / %s |' "$(show "$(get $f ${ph%%:*}_user_us)")" "$(show "$(get $f ${ph%%:*}_sys_us)")"
@@ -122,6 +126,18 @@ MAPWHY=$(get certmapd map_not_measured)
             "(OpenSSL's record layer, libevent, HTTP parsing and head building)."
         echo
     fi
+    KAB_WHY=$(get certmapd kab_why)
+    if [ -n "$(get certmapd kab_cpu_us)" ]; then
+        echo "The same with ApacheBench (\`ab -k -c $(get certmapd kab_c) -E\`, HTTP/1.0 keep-alive, its own" \
+            "client, another request head): certmapd $(get certmapd kab_cpu_us) µs" \
+            "($(get certmapd kab_user_us) user / $(get certmapd kab_sys_us) kernel), $(show "$(better kab_cpu_us)")× the" \
+            "better peer, against loadgen's $(show "$KA") µs ($(show "$(better ka_cpu_us)")×). Absolute figures differ" \
+            "between load tools (LAB.md §5); the ratios are what to compare."
+        echo
+    elif [ -n "$KAB_WHY" ]; then
+        echo "Keep-alive with ApacheBench: not measured: $KAB_WHY."
+        echo
+    fi
     SSLK=$(get certmapd connmem_ssl_kib) LEAFK=$(get certmapd connmem_leaf_kib) CAK=$(get certmapd connmem_ca_kib)
     IDLE=$(get certmapd idle_kib)
     IDB=$(min2 "$(get nginx idle_kib)" "$(get haproxy idle_kib)")
@@ -147,6 +163,12 @@ MAPWHY=$(get certmapd map_not_measured)
                 "$(show "$(get $f ${ph}_p50_us)")" "$(show "$(get $f ${ph}_p99_us)")" \
                 "$(show "$(get $f ${ph}_errors)")" "$(show "$(get $f ${ph}_resumed)")"
         done
+    done
+    echo
+    echo "ab -k (HTTP/1.0 keep-alive): requests, of which kept alive, req/s, failed:"
+    for f in certmapd nginx haproxy; do
+        echo "- $f: $(show "$(get $f kab_requests)"), $(show "$(get $f kab_keepalive)") kept alive," \
+            "$(show "$(get $f kab_rps)") req/s, $(show "$(get $f kab_errors)") failed"
     done
     echo
     echo "Idle connections: RSS before → while held (KiB):"
