@@ -77,13 +77,13 @@ row() { # KEY LABEL GOAL(ratio or empty) PLOTLABEL
     printf '"%s" %s %s %s\n' "$4" "${rn:-0}" "${rh:-0}" "${3:-0}" >>"$DAT"
 }
 # memory first, the held Ping first among it: it is what sizes a SEG
-row held_lo_kib "**RSS per held EAS Ping, $(n "$HELD_LO") held (KiB)**" "" "held Ping RSS ($(n "$HELD_LO"))"
-row held_hi_kib "**RSS per held EAS Ping, $(n "$HELD_HI") held (KiB)**" "" "held Ping RSS ($(n "$HELD_HI"))"
-row idle_kib "RSS per idle mTLS connection (KiB)" 0.33 "idle connection RSS"
-row hs_cpu_us "server CPU per full mTLS handshake + 1 proxied request (µs)" 0.5 "full handshake"
-row res_cpu_us "server CPU per resumed handshake + 1 proxied request (µs)" "" "resumed handshake"
-row ka_cpu_us "server CPU per keep-alive proxied request, loadgen (µs)" 0.7 "keep-alive (loadgen)"
-row kab_cpu_us "server CPU per keep-alive proxied request, ab -k (µs)" 0.7 "keep-alive (ab)"
+row held_lo_kib "**RSS per held EAS Ping, $(n "$HELD_LO") held (KiB)**" "" "held Ping RSS\\n($(n "$HELD_LO"))"
+row held_hi_kib "**RSS per held EAS Ping, $(n "$HELD_HI") held (KiB)**" "" "held Ping RSS\\n($(n "$HELD_HI"))"
+row idle_kib "RSS per idle mTLS connection (KiB)" 0.33 "idle connection\\nRSS"
+row hs_cpu_us "server CPU per full mTLS handshake + 1 proxied request (µs)" 0.5 "full\\nhandshake"
+row res_cpu_us "server CPU per resumed handshake + 1 proxied request (µs)" "" "resumed\\nhandshake"
+row ka_cpu_us "server CPU per keep-alive proxied request, loadgen (µs)" 0.7 "keep-alive\\n(loadgen)"
+row kab_cpu_us "server CPU per keep-alive proxied request, ab -k (µs)" 0.7 "keep-alive\\n(ab -k)"
 
 MAP=$(get certmapd map_per_s)
 MAPWHY=$(get certmapd map_not_measured)
@@ -220,7 +220,7 @@ MAPWHY=$(get certmapd map_not_measured)
 
 if command -v gnuplot >/dev/null; then
     gnuplot <<EOF || echo "report.sh: gnuplot failed, no chart" >&2
-set terminal pngcairo size 900,500 font "sans,10"
+set terminal pngcairo size 1000,520 font "sans,10"
 set output "$OUT/latest.png"
 set title "certmapd relative to nginx and HAProxy (1.0 = same; lower is better)"
 set style data histograms
@@ -230,7 +230,8 @@ set boxwidth 0.9
 set yrange [0:*]
 set grid ytics
 set ylabel "certmapd / peer"
-set key top left
+set key outside top center horizontal
+set bmargin 4
 plot "$DAT" using 2:xtic(1) title "certmapd / nginx" lc rgb "#4a7fb5", \
      "" using 3 title "certmapd / HAProxy" lc rgb "#e08a2c", \
      "" using (\$4 > 0 ? \$4 : 1/0) with points pt 7 ps 1.5 lc rgb "#c0392b" title "goal (vs the better peer)"
