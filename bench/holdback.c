@@ -164,8 +164,7 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 static void write_count(struct hb *hb)
 {
     char tmp[4096];
-    if (hb->count_file == NULL ||
-        (hb->held == hb->written_held && hb->conns == hb->written_conns))
+    if (hb->count_file == NULL || (hb->held == hb->written_held && hb->conns == hb->written_conns))
         return;
     snprintf(tmp, sizeof tmp, "%s.tmp", hb->count_file);
     FILE *f = fopen(tmp, "w");
@@ -261,8 +260,8 @@ int main(int argc, char **argv)
     sigterm = evsignal_new(hb.base, SIGTERM, on_signal, hb.base);
     sigint = evsignal_new(hb.base, SIGINT, on_signal, hb.base);
     if (lev == NULL || tick == NULL || sigterm == NULL || sigint == NULL ||
-        event_add(lev, NULL) < 0 || event_add(tick, &tv_tick) < 0 ||
-        event_add(sigterm, NULL) < 0 || event_add(sigint, NULL) < 0) {
+        event_add(lev, NULL) < 0 || event_add(tick, &tv_tick) < 0 || event_add(sigterm, NULL) < 0 ||
+        event_add(sigint, NULL) < 0) {
         fprintf(stderr, "holdback: cannot set up the event loop\n");
         goto out;
     }

@@ -881,8 +881,7 @@ static void report(struct lg *lg, double elapsed)
            "\"p99_us\":%u,\"max_us\":%u}\n",
            names[lg->o.mode], lg->o.resume, lg->o.connections, lg->done, lg->errors, lg->non2xx,
            lg->connect_err, lg->tls_err, lg->http_err, lg->timeouts, lg->handshakes, lg->resumed,
-           lg->reconnects, holds(lg) ? lg->holding : 0, elapsed, rps, p50, p90, p99,
-           mx);
+           lg->reconnects, holds(lg) ? lg->holding : 0, elapsed, rps, p50, p90, p99, mx);
     fflush(stdout);
     fprintf(stderr,
             "loadgen %s%s: %ld requests in %.2f s = %.0f req/s, latency p50 %.2f ms p90 %.2f ms "
@@ -1149,8 +1148,7 @@ int main(int argc, char **argv)
         note_err(&lg, "stopped by --max-time after %ld of %ld requests", lg.done, lg.o.requests);
     }
     report(&lg, elapsed);
-    rc = lg.errors == 0 && lg.non2xx == 0 &&
-                 (!holds(&lg) || lg.holding == lg.o.connections) &&
+    rc = lg.errors == 0 && lg.non2xx == 0 && (!holds(&lg) || lg.holding == lg.o.connections) &&
                  (lg.o.requests == 0 || holds(&lg) || lg.done >= lg.o.requests)
              ? 0
              : 1;
