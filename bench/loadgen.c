@@ -8,6 +8,9 @@
  *   keepalive  --connections connections, requests back to back on each
  *   idle       --connections connections, one request on each, then all are
  *              held open for --hold seconds (the runner samples the server's RSS)
+ *   held       --connections connections, each sends an EAS long poll (POST
+ *              Cmd=Ping with a 16-byte WBXML body) that the backend holds; no
+ *              answer is expected while they are held for --hold seconds
  * Every run is bounded: by --requests or --duration, and by --max-time.
  * Prints one JSON line on stdout and one human line on stderr. */
 #include <errno.h>
@@ -16,6 +19,8 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +42,14 @@
 #define LG_DEFAULT_MAX_TIME 600
 #define LG_IDLE_RAMP 64
 
-enum lg_mode { MODE_HANDSHAKE, MODE_KEEPALIVE, MODE_IDLE };
+enum lg_mode { MODE_HANDSHAKE, MODE_KEEPALIVE, MODE_IDLE, MODE_HELD };
+
+/* Held mode's request: what a device sends to wait for new mail. The body is
+ * <Ping><HeartbeatInterval>3540</HeartbeatInterval></Ping> in WBXML (code page
+ * 13), 16 bytes. */
+#define LG_PING_PATH "/Microsoft-Server-ActiveSync?Cmd=Ping&User=u&DeviceId=d&DeviceType=t"
+static const unsigned char lg_ping_body[16] = {0x03, 0x01, 0x6a, 0x00, 0x00, 0x0d, 0x45, 0x48,
+                                               0x03, '3',  '5',  '4',  '0',  0x00, 0x01, 0x01};
 
 /* Where a connection is in its life. */
 enum lg_state { ST_CONNECT, ST_HANDSHAKE, ST_WRITE, ST_READ, ST_HOLD };
@@ -94,6 +106,7 @@ struct lg {
     long connect_err, tls_err, http_err;
     long holding, in_ramp, opened;
     int stopping, ready_written;
+    uint64_t t_ready; /* idle and held modes: when every connection was held */
     uint32_t *lat;
     size_t nlat, caplat;
     char first_err[256];
@@ -116,6 +129,12 @@ static void __attribute__((format(printf, 2, 3))) note_err(struct lg *lg, const 
     va_end(ap);
 }
 
+/* Idle and held modes open every connection once, hold them, and never retry. */
+static int holds(const struct lg *lg)
+{
+    return lg->o.mode == MODE_IDLE || lg->o.mode == MODE_HELD;
+}
+
 static void conn_event(evutil_socket_t fd, short what, void *arg);
 static void conn_start(struct lg_conn *c);
 static void write_ready_file(struct lg *lg);
@@ -126,7 +145,7 @@ static int may_start(struct lg *lg)
 {
     if (lg->stopping)
         return 0;
-    if (lg->o.mode == MODE_IDLE)
+    if (holds(lg))
         return lg->opened < lg->o.connections;
     if (lg->o.requests > 0 && lg->started >= lg->o.requests)
         return 0;
@@ -135,7 +154,7 @@ static int may_start(struct lg *lg)
 
 static void maybe_finish(struct lg *lg)
 {
-    if (lg->o.mode == MODE_IDLE)
+    if (holds(lg))
         return; /* the hold timer ends an idle run */
     long active = lg->started - lg->done - lg->errors;
     if (active <= 0 && !may_start(lg))
@@ -196,8 +215,9 @@ static void conn_defer_start(struct lg_conn *c)
     event_add(c->ev, &zero);
 }
 
-/* Idle mode: keeps LG_IDLE_RAMP connections opening until all are open, then
- * arms the hold timer and writes the ready file. */
+/* Idle and held modes: keep LG_IDLE_RAMP connections opening until all are
+ * open (held: their requests sent), then arm the hold timer and write the
+ * ready file. */
 static void idle_progress(struct lg *lg)
 {
     while (lg->in_ramp < LG_IDLE_RAMP && may_start(lg)) {
@@ -210,6 +230,7 @@ static void idle_progress(struct lg *lg)
         struct timeval tv = {.tv_sec = (time_t)lg->o.hold,
                              .tv_usec =
                                  (suseconds_t)((lg->o.hold - (double)(time_t)lg->o.hold) * 1e6)};
+        lg->t_ready = now_us();
         write_ready_file(lg);
         lg->stop_ev = evtimer_new(lg->base, hold_done, lg);
         if (lg->stop_ev == NULL || evtimer_add(lg->stop_ev, &tv) < 0)
@@ -225,7 +246,7 @@ static void conn_fail(struct lg_conn *c, long *counter)
     conn_close(c);
     lg->errors++;
     (*counter)++;
-    if (lg->o.mode == MODE_IDLE) {
+    if (holds(lg)) {
         lg->in_ramp--;
         idle_progress(lg);
         return;
@@ -261,6 +282,15 @@ static void write_ready_file(struct lg *lg)
     fclose(f);
 }
 
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct lg *lg = arg;
+    (void)sig;
+    (void)what;
+    lg->stopping = 1;
+    event_base_loopexit(lg->base, NULL);
+}
+
 static void hold_done(evutil_socket_t fd, short what, void *arg)
 {
     struct lg *lg = arg;
@@ -279,7 +309,7 @@ static void response_done(struct lg_conn *c, int status)
     }
     record_latency(lg, now_us() - c->t_start);
 
-    if (lg->o.mode == MODE_IDLE) {
+    if (holds(lg)) {
         c->state = ST_HOLD;
         lg->holding++;
         lg->in_ramp--;
@@ -487,8 +517,18 @@ static void conn_step(struct lg_conn *c)
             int r = SSL_write(c->ssl, lg->request + c->wr_off, (int)(lg->request_len - c->wr_off));
             if (r > 0) {
                 c->wr_off += (size_t)r;
-                if (c->wr_off == lg->request_len)
-                    c->state = ST_READ;
+                if (c->wr_off < lg->request_len)
+                    break;
+                if (lg->o.mode == MODE_HELD) {
+                    /* the long poll is in flight: from now on, nothing may come */
+                    c->state = ST_HOLD;
+                    lg->holding++;
+                    lg->in_ramp--;
+                    conn_wait(c, EV_READ);
+                    idle_progress(lg);
+                    return;
+                }
+                c->state = ST_READ;
                 break;
             }
             int se = SSL_get_error(c->ssl, r);
@@ -566,7 +606,8 @@ static void conn_step(struct lg_conn *c)
             int r = SSL_read(c->ssl, b, sizeof b);
             if (r <= 0 && SSL_get_error(c->ssl, r) == SSL_ERROR_WANT_READ)
                 return;
-            note_err(lg, "server closed or wrote on an idle connection");
+            note_err(lg, lg->o.mode == MODE_HELD ? "server answered or closed a held request"
+                                                 : "server closed or wrote on an idle connection");
             lg->holding--;
             conn_close(c);
             lg->errors++;
@@ -633,7 +674,7 @@ static void conn_start(struct lg_conn *c)
 static void deferred_start(evutil_socket_t fd, short what, void *arg)
 {
     struct lg_conn *c = arg;
-    if (c->lg->o.mode == MODE_IDLE || may_start(c->lg))
+    if (holds(c->lg) || may_start(c->lg))
         conn_start(c);
     else
         maybe_finish(c->lg);
@@ -827,7 +868,7 @@ static uint32_t pct(const uint32_t *v, size_t n, double p)
 
 static void report(struct lg *lg, double elapsed)
 {
-    static const char *const names[] = {"handshake", "keepalive", "idle"};
+    static const char *const names[] = {"handshake", "keepalive", "idle", "held"};
     if (lg->nlat > 1)
         qsort(lg->lat, lg->nlat, sizeof *lg->lat, cmp_u32);
     double rps = elapsed > 0 ? (double)lg->done / elapsed : 0;
@@ -840,8 +881,7 @@ static void report(struct lg *lg, double elapsed)
            "\"p99_us\":%u,\"max_us\":%u}\n",
            names[lg->o.mode], lg->o.resume, lg->o.connections, lg->done, lg->errors, lg->non2xx,
            lg->connect_err, lg->tls_err, lg->http_err, lg->timeouts, lg->handshakes, lg->resumed,
-           lg->reconnects, lg->o.mode == MODE_IDLE ? lg->holding : 0, elapsed, rps, p50, p90, p99,
-           mx);
+           lg->reconnects, holds(lg) ? lg->holding : 0, elapsed, rps, p50, p90, p99, mx);
     fflush(stdout);
     fprintf(stderr,
             "loadgen %s%s: %ld requests in %.2f s = %.0f req/s, latency p50 %.2f ms p90 %.2f ms "
@@ -854,10 +894,10 @@ static void report(struct lg *lg, double elapsed)
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: loadgen handshake|keepalive|idle --port N [options]\n"
+            "usage: loadgen handshake|keepalive|idle|held --port N [options]\n"
             "  --host ADDR          IPv4 address (default 127.0.0.1)\n"
             "  --port N             port (required)\n"
-            "  --path PATH          request path (default /)\n"
+            "  --path PATH          request path (default /; held: " LG_PING_PATH ")\n"
             "  --cafile FILE        verify the server against these CAs (else no check)\n"
             "  --cert FILE          client certificate chain, PEM, leaf first\n"
             "  --key FILE           its private key (default: in --cert)\n"
@@ -867,8 +907,9 @@ static void usage(FILE *out)
             "  --requests N         stop after N requests\n"
             "  --duration S         stop starting requests after S seconds\n"
             "  --resume             handshake mode: resume with the newest session ticket\n"
-            "  --hold S             idle mode: hold the connections S seconds (default 5)\n"
-            "  --ready-file FILE    idle mode: written when every connection is held\n"
+            "  --hold S             idle, held: hold the connections S seconds (default 5)\n"
+            "  --ready-file FILE    idle, held: written with the count when every\n"
+            "                       connection is held (held: its request sent)\n"
             "  --timeout S          per-operation timeout (default 10)\n"
             "  --max-time S         hard limit on the whole run (default %d)\n"
             "  --tls12              offer TLS 1.2 only\n"
@@ -899,7 +940,6 @@ static int parse_args(int argc, char **argv, struct lg_opts *o)
     double v;
     int ch;
     *o = (struct lg_opts){.host = "127.0.0.1",
-                          .path = "/",
                           .connections = 1,
                           .hold = 5,
                           .timeout = 10,
@@ -914,6 +954,8 @@ static int parse_args(int argc, char **argv, struct lg_opts *o)
         o->mode = MODE_KEEPALIVE;
     else if (strcmp(argv[1], "idle") == 0)
         o->mode = MODE_IDLE;
+    else if (strcmp(argv[1], "held") == 0)
+        o->mode = MODE_HELD;
     else {
         usage(strcmp(argv[1], "--help") == 0 ? stdout : stderr);
         return -1;
@@ -993,7 +1035,11 @@ static int parse_args(int argc, char **argv, struct lg_opts *o)
                 optind != argc ? "unexpected argument" : "--port is required");
         return -1;
     }
-    if (o->mode != MODE_IDLE && o->requests == 0 && o->duration == 0) {
+    if (o->mode == MODE_HELD && o->path == NULL)
+        o->path = LG_PING_PATH;
+    else if (o->path == NULL)
+        o->path = "/";
+    if (o->mode != MODE_IDLE && o->mode != MODE_HELD && o->requests == 0 && o->duration == 0) {
         fprintf(stderr, "loadgen: give --requests or --duration (a run is never unbounded)\n");
         return -1;
     }
@@ -1006,14 +1052,29 @@ bad:
 int main(int argc, char **argv)
 {
     struct lg lg;
+    struct event *sigterm = NULL, *sigint = NULL;
     char err[512] = "";
     int rc = 2;
     memset(&lg, 0, sizeof lg);
     if (parse_args(argc, argv, &lg.o) < 0)
         return 2;
-    int n = snprintf(lg.request, sizeof lg.request,
+    int n;
+    if (lg.o.mode == MODE_HELD)
+        n = snprintf(lg.request, sizeof lg.request,
+                     "POST %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: certmapd-loadgen\r\n"
+                     "Content-Type: application/vnd.ms-sync.wbxml\r\nContent-Length: %zu\r\n\r\n",
+                     lg.o.path, lg.o.host, lg.o.port, sizeof lg_ping_body);
+    else
+        n = snprintf(lg.request, sizeof lg.request,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: certmapd-loadgen\r\n\r\n",
                      lg.o.path, lg.o.host, lg.o.port);
+    if (n >= 0 && lg.o.mode == MODE_HELD && (size_t)n + sizeof lg_ping_body < sizeof lg.request) {
+        /* head and body in one SSL_write, one TLS record, as a device sends it */
+        memcpy(lg.request + n, lg_ping_body, sizeof lg_ping_body);
+        n += (int)sizeof lg_ping_body;
+    } else if (lg.o.mode == MODE_HELD) {
+        n = -1;
+    }
     if (n < 0 || (size_t)n >= sizeof lg.request) {
         fprintf(stderr, "loadgen: --path too long\n");
         return 2;
@@ -1060,7 +1121,16 @@ int main(int argc, char **argv)
         .tv_usec = (suseconds_t)((lg.o.max_time - (double)(time_t)lg.o.max_time) * 1e6)};
     event_base_loopexit(lg.base, &hard);
 
-    if (lg.o.mode == MODE_IDLE) {
+    /* the runner ends a hold early with SIGTERM: close every connection (RST),
+     * report, and exit like a hold that ran out */
+    sigterm = evsignal_new(lg.base, SIGTERM, on_signal, &lg);
+    sigint = evsignal_new(lg.base, SIGINT, on_signal, &lg);
+    if (sigterm == NULL || sigint == NULL || event_add(sigterm, NULL) < 0 ||
+        event_add(sigint, NULL) < 0) {
+        fprintf(stderr, "loadgen: cannot catch signals\n");
+        goto out;
+    }
+    if (holds(&lg)) {
         idle_progress(&lg);
     } else {
         for (int i = 0; i < lg.o.connections && may_start(&lg); i++)
@@ -1068,17 +1138,18 @@ int main(int argc, char **argv)
     }
     event_base_dispatch(lg.base);
     double elapsed = (double)(now_us() - lg.t0) / 1e6;
-    if (lg.o.mode == MODE_IDLE) {
-        elapsed -= lg.o.hold;
+    if (holds(&lg)) {
+        /* the time it took to open (and, held, send) every connection */
+        if (lg.t_ready != 0)
+            elapsed = (double)(lg.t_ready - lg.t0) / 1e6;
         if (lg.holding < lg.o.connections && lg.first_err[0] == '\0')
             note_err(&lg, "only %ld of %d connections held", lg.holding, lg.o.connections);
     } else if (lg.o.requests > 0 && lg.done + lg.errors < lg.o.requests) {
         note_err(&lg, "stopped by --max-time after %ld of %ld requests", lg.done, lg.o.requests);
     }
     report(&lg, elapsed);
-    rc = lg.errors == 0 && lg.non2xx == 0 &&
-                 (lg.o.mode != MODE_IDLE || lg.holding == lg.o.connections) &&
-                 (lg.o.requests == 0 || lg.o.mode == MODE_IDLE || lg.done >= lg.o.requests)
+    rc = lg.errors == 0 && lg.non2xx == 0 && (!holds(&lg) || lg.holding == lg.o.connections) &&
+                 (lg.o.requests == 0 || holds(&lg) || lg.done >= lg.o.requests)
              ? 0
              : 1;
 out:
@@ -1092,6 +1163,10 @@ out:
     }
     if (lg.stop_ev != NULL)
         event_free(lg.stop_ev);
+    if (sigterm != NULL)
+        event_free(sigterm);
+    if (sigint != NULL)
+        event_free(sigint);
     if (lg.base != NULL)
         event_base_free(lg.base);
     SSL_SESSION_free(lg.session);

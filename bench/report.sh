@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# report.sh RESULTS.tsv OUTDIR MACHINE VERSIONS SIZES SMOKE: writes OUTDIR/latest.md
-# and OUTDIR/latest.png (gnuplot) from the "front figure value" lines bench/run
-# collected. Figures that are missing are shown as "—" and their goal as "not
-# measured", never guessed.
+# report.sh RESULTS.tsv OUTDIR MACHINE VERSIONS SIZES SMOKE [LIMITED]: writes
+# OUTDIR/latest.md, OUTDIR/latest.dat and OUTDIR/latest.png (gnuplot) from the
+# "front figure value" lines bench/run collected. Figures that are missing are
+# shown as "—" and their goal as "not measured", never guessed. LIMITED, when
+# set, says why the idle and held counts are below 10 000.
 set -euo pipefail
-RES=$1 OUT=$2 MACHINE=$3 VERSIONS=$4 SIZES=$5 SMOKE=$6
+RES=$1 OUT=$2 MACHINE=$3 VERSIONS=$4 SIZES=$5 SMOKE=$6 LIMITED=${7:-}
 
 get() { awk -F'\t' -v f="$1" -v k="$2" '$1 == f && $2 == k {v = $3} END {print v}' "$RES"; }
 # ratio A B: A/B with two decimals, or empty
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a != "" && b != "" && b + 0 > 0) printf "%.2f", a / b}'; }
 min2() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "") print b; else if (b == "") print a; else print (a + 0 < b + 0 ? a : b)}'; }
 show() { if [ -n "$1" ]; then printf '%s' "$1"; else printf '—'; fi; }
+# n COUNT: 9800 → "9 800", as the labels write counts
+n() { [ -n "$1" ] || { printf '—'; return; }; awk -v v="$1" 'BEGIN {s = sprintf("%d", v); o = ""; while (length(s) > 3) {o = " " substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3)} print s o}'; }
+# better KEY: certmapd's ratio to the better (lower) peer, or empty
+better() { ratio "$(get certmapd "$1")" "$(min2 "$(get nginx "$1")" "$(get haproxy "$1")")"; }
+HELD_LO=$(get certmapd held_lo_conns) HELD_HI=$(get certmapd held_hi_conns)
+[ -n "$HELD_LO" ] || HELD_LO=$(get nginx held_lo_conns)
+[ -n "$HELD_HI" ] || HELD_HI=$(get nginx held_hi_conns)
 
 MD=$OUT/latest.md
 DAT=$OUT/latest.dat
@@ -21,17 +29,28 @@ DAT=$OUT/latest.dat
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- Machine: $MACHINE"
     echo "- Versions: $VERSIONS"
-    echo "- Set-up: each front with one worker pinned to core 0, bench/loadgen pinned to core 1"
-    echo "  (with the nginx \`return 200\` backend); ECDSA P-256 certificates from tests/pki/mkpki.sh,"
-    echo "  TLS 1.3, client chain leaf + issuing CA verified up to the root by every front."
+    echo "- Set-up: each front with one worker pinned to core 0, the load (bench/loadgen, ab) pinned"
+    echo "  to core 1, with the nginx \`return 200\` backend (held Pings: bench/holdback, which never"
+    echo "  answers them); ECDSA P-256 certificates from tests/pki/mkpki.sh, TLS 1.3, client chain"
+    echo "  leaf + issuing CA verified up to the root by every front."
     echo "- Counts: $SIZES."
+    [ -n "$LIMITED" ] && echo "- **Fewer than 10 000 connections:** $LIMITED."
     echo "- Server CPU = utime + stime of the front's processes from /proc/PID/stat over the phase,"
-    echo "  divided by the requests completed; RSS from /proc/PID/status. See bench/README.md."
+    echo "  divided by the requests completed; RSS = sum of VmRSS from /proc/PID/status. See bench/README.md."
     echo
+    HC=$(get certmapd held_hi_kib) HB=$(better held_hi_kib)
+    if [ -n "$HC" ]; then
+        echo "**Headline (memory): RSS per held EAS Ping (mTLS connection + backend connection + \`Cmd=Ping\`" \
+            "in flight), $(n "$HELD_HI") held: certmapd $HC KiB, nginx $(show "$(get nginx held_hi_kib)")," \
+            "HAProxy $(show "$(get haproxy held_hi_kib)"); certmapd $(show "$HB")× the better peer.**" \
+            "At $(n "$HELD_LO") held: $(show "$(get certmapd held_lo_kib)") KiB ($(show "$(better held_lo_kib)")×)." \
+            "Idle connection: $(show "$(get certmapd idle_kib)") KiB ($(show "$(better idle_kib)")×)."
+        echo
+    fi
     echo "## Server cost (lower is better)"
     echo
-    echo "| figure | certmapd | nginx | HAProxy | certmapd/nginx | certmapd/HAProxy | goal (vs the better peer) | met |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| figure | certmapd | nginx | HAProxy | certmapd/nginx | certmapd/HAProxy | certmapd/better peer | goal (vs the better peer) | met |"
+    echo "|---|---|---|---|---|---|---|---|---|"
 } >"$MD"
 : >"$DAT"
 
@@ -53,14 +72,18 @@ row() { # KEY LABEL GOAL(ratio or empty) PLOTLABEL
             met="**no** ($rb×)"
         fi
     fi
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$2" "$(show "$c")" "$(show "$n")" \
-        "$(show "$h")" "$(show "$rn")" "$(show "$rh")" "$goal" "$met" >>"$MD"
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$2" "$(show "$c")" "$(show "$n")" \
+        "$(show "$h")" "$(show "$rn")" "$(show "$rh")" "$(show "$rb")" "$goal" "$met" >>"$MD"
     printf '"%s" %s %s %s\n' "$4" "${rn:-0}" "${rh:-0}" "${3:-0}" >>"$DAT"
 }
-row hs_cpu_us "server CPU per full mTLS handshake + 1 proxied request (µs)" 0.5 "full handshake"
-row res_cpu_us "server CPU per resumed handshake + 1 proxied request (µs)" "" "resumed handshake"
-row ka_cpu_us "server CPU per keep-alive proxied request (µs)" 0.7 "keep-alive request"
-row idle_kib "RSS per idle mTLS connection (KiB)" 0.33 "idle connection RSS"
+# memory first, the held Ping first among it: it is what sizes a SEG
+row held_lo_kib "**RSS per held EAS Ping, $(n "$HELD_LO") held (KiB)**" "" "held Ping RSS\\n($(n "$HELD_LO"))"
+row held_hi_kib "**RSS per held EAS Ping, $(n "$HELD_HI") held (KiB)**" "" "held Ping RSS\\n($(n "$HELD_HI"))"
+row idle_kib "RSS per idle mTLS connection (KiB)" 0.33 "idle connection\\nRSS"
+row hs_cpu_us "server CPU per full mTLS handshake + 1 proxied request (µs)" 0.5 "full\\nhandshake"
+row res_cpu_us "server CPU per resumed handshake + 1 proxied request (µs)" "" "resumed\\nhandshake"
+row ka_cpu_us "server CPU per keep-alive proxied request, loadgen (µs)" 0.7 "keep-alive\\n(loadgen)"
+row kab_cpu_us "server CPU per keep-alive proxied request, ab -k (µs)" 0.7 "keep-alive\\n(ab -k)"
 
 MAP=$(get certmapd map_per_s)
 MAPWHY=$(get certmapd map_not_measured)
@@ -81,7 +104,8 @@ MAPWHY=$(get certmapd map_not_measured)
     echo
     echo "| phase | certmapd | nginx | HAProxy |"
     echo "|---|---|---|---|"
-    for ph in hs:"full handshake + 1 request" res:"resumed handshake + 1 request" ka:"keep-alive request"; do
+    for ph in hs:"full handshake + 1 request" res:"resumed handshake + 1 request" \
+        ka:"keep-alive request (loadgen)" kab:"keep-alive request (ab -k, HTTP/1.0)"; do
         printf '| %s |' "${ph#*:}"
         for f in certmapd nginx haproxy; do
             printf ' %s / %s |' "$(show "$(get $f ${ph%%:*}_user_us)")" "$(show "$(get $f ${ph%%:*}_sys_us)")"
@@ -122,6 +146,28 @@ MAPWHY=$(get certmapd map_not_measured)
             "(OpenSSL's record layer, libevent, HTTP parsing and head building)."
         echo
     fi
+    KAB_WHY=$(get certmapd kab_why)
+    if [ -n "$(get certmapd kab_cpu_us)" ]; then
+        echo "The same with ApacheBench (\`ab -k -c $(get certmapd kab_c) -E\`, HTTP/1.0 keep-alive, its own" \
+            "client, another request head): certmapd $(get certmapd kab_cpu_us) µs" \
+            "($(get certmapd kab_user_us) user / $(get certmapd kab_sys_us) kernel), $(show "$(better kab_cpu_us)")× the" \
+            "better peer, against loadgen's $(show "$KA") µs ($(show "$(better ka_cpu_us)")×). Absolute figures differ" \
+            "between load tools (LAB.md §5); the ratios are what to compare."
+        echo
+    elif [ -n "$KAB_WHY" ]; then
+        echo "Keep-alive with ApacheBench: not measured: $KAB_WHY."
+        echo
+    fi
+    if [ -n "$(get certmapd held_hi_kib)" ]; then
+        printf 'What a held Ping adds to an idle connection (RSS per held Ping at %s − RSS per idle connection:' "$(n "$HELD_HI")"
+        printf ' the backend connection, the request in flight and its state in the front): '
+        for f in certmapd nginx haproxy; do
+            printf '%s %s KiB' "$f" "$(show "$(awk -v a="$(get $f held_hi_kib)" -v b="$(get $f idle_kib)" \
+                'BEGIN {if (a != "" && b != "") printf "%.1f", a - b}')")"
+            [ $f = haproxy ] && echo "." || printf ', '
+        done
+        echo
+    fi
     SSLK=$(get certmapd connmem_ssl_kib) LEAFK=$(get certmapd connmem_leaf_kib) CAK=$(get certmapd connmem_ca_kib)
     IDLE=$(get certmapd idle_kib)
     IDB=$(min2 "$(get nginx idle_kib)" "$(get haproxy idle_kib)")
@@ -149,10 +195,24 @@ MAPWHY=$(get certmapd map_not_measured)
         done
     done
     echo
+    echo "ab -k (HTTP/1.0 keep-alive): requests, of which kept alive, req/s, failed:"
+    for f in certmapd nginx haproxy; do
+        echo "- $f: $(show "$(get $f kab_requests)"), $(show "$(get $f kab_keepalive)") kept alive," \
+            "$(show "$(get $f kab_rps)") req/s, $(show "$(get $f kab_errors)") failed"
+    done
+    echo
     echo "Idle connections: RSS before → while held (KiB):"
     for f in certmapd nginx haproxy; do
         echo "- $f: $(show "$(get $f idle_rss_base_kib)") → $(show "$(get $f idle_rss_held_kib)")" \
             "with $(show "$(get $f idle_conns)") connections"
+    done
+    echo
+    echo "Held Pings (the front started afresh on bench/holdback): RSS before → with the first batch →" \
+        "with all (KiB), and how long loadgen took to send each batch:"
+    for f in certmapd nginx haproxy; do
+        echo "- $f: $(show "$(get $f held_rss_base_kib)") → $(show "$(get $f held_lo_rss_kib)")" \
+            "with $(show "$(get $f held_lo_conns)") → $(show "$(get $f held_hi_rss_kib)") with" \
+            "$(show "$(get $f held_hi_conns)"); $(show "$(get $f held_lo_ramp_s)") s + $(show "$(get $f held_hi_ramp_s)") s"
     done
     echo
     echo "Chart: [latest.png](latest.png) (certmapd's ratios to each peer; below the goal line is a goal met)."
@@ -160,7 +220,7 @@ MAPWHY=$(get certmapd map_not_measured)
 
 if command -v gnuplot >/dev/null; then
     gnuplot <<EOF || echo "report.sh: gnuplot failed, no chart" >&2
-set terminal pngcairo size 900,500 font "sans,10"
+set terminal pngcairo size 1000,520 font "sans,10"
 set output "$OUT/latest.png"
 set title "certmapd relative to nginx and HAProxy (1.0 = same; lower is better)"
 set style data histograms
@@ -170,7 +230,8 @@ set boxwidth 0.9
 set yrange [0:*]
 set grid ytics
 set ylabel "certmapd / peer"
-set key top left
+set key outside top center horizontal
+set bmargin 4
 plot "$DAT" using 2:xtic(1) title "certmapd / nginx" lc rgb "#4a7fb5", \
      "" using 3 title "certmapd / HAProxy" lc rgb "#e08a2c", \
      "" using (\$4 > 0 ? \$4 : 1/0) with points pt 7 ps 1.5 lc rgb "#c0392b" title "goal (vs the better peer)"
