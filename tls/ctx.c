@@ -330,17 +330,21 @@ static int set_algorithms(SSL_CTX *ssl, const struct conf *c, char *err, size_t 
     const char *suites = c->ciphersuites != NULL ? c->ciphersuites : CONF_TLS_CIPHERSUITES;
     const char *groups = c->groups != NULL ? c->groups : CONF_TLS_GROUPS;
 
+    char what[1024];
     SSL_CTX_set_options(ssl, SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (SSL_CTX_set_cipher_list(ssl, ciphers) != 1) {
-        set_err(err, errlen, "tls ciphers \"%s\"", ciphers);
+        set_err(err, errlen, "%s \"%s\"", conf_where(c, "tls", "ciphers", what, sizeof what),
+                ciphers);
         return -1;
     }
     if (SSL_CTX_set_ciphersuites(ssl, suites) != 1) {
-        set_err(err, errlen, "tls ciphersuites \"%s\"", suites);
+        set_err(err, errlen, "%s \"%s\"", conf_where(c, "tls", "ciphersuites", what, sizeof what),
+                suites);
         return -1;
     }
     if (SSL_CTX_set1_groups_list(ssl, groups) != 1) {
-        set_err(err, errlen, "tls groups \"%s\"", groups);
+        set_err(err, errlen, "%s \"%s\"", conf_where(c, "tls", "groups", what, sizeof what),
+                groups);
         return -1;
     }
     return 0;
@@ -424,9 +428,10 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
     }
     if (min < TLS1_3_VERSION && !tls12_cipher_for_key(t->ssl)) {
         set_err(err, errlen,
-                "tls ciphers: no TLS 1.2 cipher of the list can be used with the %s key of "
+                "%s: no TLS 1.2 cipher of the list can be used with the %s key of "
                 "certificate %s; TLS 1.2 clients could not connect (min_protocol = TLSv1.3 "
                 "if that is meant)",
+                conf_where(c, "tls", "ciphers", what, sizeof what),
                 key_type_name(SSL_CTX_get0_privatekey(t->ssl)), c->certificate);
         goto fail;
     }
