@@ -166,8 +166,7 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
     STACK_OF(X509) *chain = NULL;
     struct cert_facts *facts = NULL;
     struct mapcmd m = {0};
-    struct dir *dir = NULL;
-    struct map_source *ldif = NULL;
+    struct map_source *src = NULL;
     struct mapper *mapper = NULL;
 
     if (conf_load(path, &c, err, sizeof err) < 0) {
@@ -221,28 +220,20 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
     m.base = event_base_new();
     if (m.base == NULL)
         goto out;
-    struct map_source *src;
-    if (c->map_source == MAP_SOURCE_LDIF) {
-        ldif = map_ldif_open(c->ldif_file, c->netbios_domain, m.base, err, sizeof err);
-        if (ldif == NULL) {
-            fprintf(stderr, "%s\n", err);
-            goto out;
-        }
-        src = ldif;
-        printf("directory: LDIF file %s\n", c->ldif_file);
-    } else {
-        if (dir_check(c, err, sizeof err) < 0) {
-            fprintf(stderr, "%s\n", err);
-            goto out;
-        }
-        dir = dir_new(m.base, c, err, sizeof err);
-        if (dir == NULL) {
-            fprintf(stderr, "%s\n", err);
-            goto out;
-        }
-        src = dir_source(dir);
-        printf("directory: %s (base %s)\n", c->ldap_uri[0], c->base_dn);
+    /* A directory that cannot be reached now is an error here: nothing would answer. */
+    if (c->map_source == MAP_SOURCE_LDAP && dir_check(c, err, sizeof err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        goto out;
     }
+    src = dir_source_open(c, m.base, err, sizeof err);
+    if (src == NULL) {
+        fprintf(stderr, "%s\n", err);
+        goto out;
+    }
+    if (c->map_source == MAP_SOURCE_LDIF)
+        printf("directory: LDIF file %s\n", c->ldif_file);
+    else
+        printf("directory: %s (base %s)\n", c->ldap_uri[0], c->base_dn);
     mapper = mapper_new(c, src, NULL); /* no cache: every lookup is asked for real */
     if (mapper == NULL)
         goto out;
@@ -282,8 +273,7 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
 out:
     map_result_purge(&m.res);
     mapper_free(mapper);
-    map_ldif_close(ldif);
-    dir_free(dir);
+    map_source_close(src);
     if (m.base != NULL)
         event_base_free(m.base);
     tls_facts_free(facts);

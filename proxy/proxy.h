@@ -284,8 +284,7 @@ struct worker {
     pthread_t thread;
     /* Certificate mapping, when [mapping] is configured: this worker's source
      * (LDAP connection or LDIF view) and mapper over the shared cache. */
-    struct dir *dir;
-    struct map_source *ldif;
+    struct map_source *source;
     struct mapper *mapper;
     /* Work handed over from other threads (a lookup finished elsewhere). */
     struct event *post_ev;
