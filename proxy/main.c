@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "conf/conf.h"
 #include "ldap/dir.h"
+#include "mapcmd/mapcmd.h"
 #include "mapping/mapping.h"
 #include "proxy/proxy.h"
 #include "tls/tls.h"

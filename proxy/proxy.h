@@ -321,10 +321,4 @@ void proxy_now(struct timespec *ts);
 double proxy_ms_between(const struct timespec *a, const struct timespec *b);
 struct timeval proxy_tv_ms(uint64_t ms);
 
-/* ---- certmapd map (mapcmd.c) ------------------------------------------------ */
-
-/* `certmapd map ARGS`: policy and mapping of one certificate, explained.
- * Returns the exit status: 0 mapped, 1 denied, 2 error. */
-int mapcmd_main(int argc, char **argv, const char *default_conf);
-
 #endif
