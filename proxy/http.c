@@ -8,6 +8,7 @@
 
 #include <event2/buffer.h>
 
+#include "common/text.h"
 #include "proxy/proxy.h"
 
 /* ---- received heads ---------------------------------------------------- */
@@ -416,6 +417,12 @@ char *proxy_http_policy_path(const char *url, size_t len)
         out[o++] = ch;
     }
     out[o] = '\0';
+    /* Invalid UTF-8 (overlong "%C0%AE" for ".", Latin-1, a raw NUL) is read
+     * differently by different backends: no one path to judge. */
+    if (!cm_utf8_valid(out, o)) {
+        free(out);
+        return NULL;
+    }
 
     /* Remove dot segments and empty segments (RFC 3986 5.2.4, plus "//"). A
      * path whose last segment is empty, "." or ".." names a folder and keeps

@@ -115,6 +115,25 @@ static void test_escapes(void **state)
     CHECK(rows);
 }
 
+static void test_utf8(void **state)
+{
+    static const struct row rows[] = {
+        {"/caf%C3%A9", "/caf\xC3\xA9"},
+        {"/%E2%82%AC/%F0%9F%98%80", "/\xE2\x82\xAC/\xF0\x9F\x98\x80"},
+        {"/%C0%AE%C0%AE/a", REFUSED},         /* overlong ".." */
+        {"/a/%C0%AF../b", REFUSED},           /* overlong "/" */
+        {"/a/%E0%80%AE%E0%80%AE/b", REFUSED}, /* overlong "." in three bytes */
+        {"/%ED%A0%80", REFUSED},              /* a surrogate */
+        {"/%F4%90%80%80", REFUSED},           /* past U+10FFFF */
+        {"/%C3", REFUSED},                    /* cut short */
+        {"/%C3/", REFUSED},
+        {"/%E9t%E9", REFUSED}, /* Latin-1, not UTF-8 */
+        {"/%FF", REFUSED},
+        {"/%80", REFUSED},
+    };
+    CHECK(rows);
+}
+
 static void test_query_and_fragment(void **state)
 {
     static const struct row rows[] = {
@@ -163,6 +182,8 @@ static void test_target_forms(void **state)
     char *p = proxy_http_policy_path("/a/b/c", 4);
     assert_string_equal(p, "/a/b");
     free(p);
+    /* a raw NUL (llhttp refuses it before, but the length says it is there) */
+    assert_null(proxy_http_policy_path("/a\0/../b", 8));
 }
 
 static void test_long_paths(void **state)
@@ -295,9 +316,13 @@ static void test_locations(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dot_segments), cmocka_unit_test(test_slashes),
-        cmocka_unit_test(test_escapes),      cmocka_unit_test(test_query_and_fragment),
-        cmocka_unit_test(test_target_forms), cmocka_unit_test(test_long_paths),
+        cmocka_unit_test(test_dot_segments),
+        cmocka_unit_test(test_slashes),
+        cmocka_unit_test(test_escapes),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_query_and_fragment),
+        cmocka_unit_test(test_target_forms),
+        cmocka_unit_test(test_long_paths),
         cmocka_unit_test(test_locations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
