@@ -599,6 +599,11 @@ static const char *source_netbios(void *ctx)
     return d->netbios;
 }
 
+static void source_close(void *ctx)
+{
+    dir_free(ctx);
+}
+
 struct map_source *dir_source(struct dir *d)
 {
     return &d->source;
@@ -626,8 +631,11 @@ struct dir *dir_new(struct event_base *base, const struct conf *c, char *err, si
     d->base = base;
     d->conf = c;
     d->timeout_ms = c->ldap_timeout_ms ? c->ldap_timeout_ms : 5000;
-    d->source = (struct map_source){
-        .ctx = d, .search = source_search, .cancel = source_cancel, .netbios = source_netbios};
+    d->source = (struct map_source){.ctx = d,
+                                    .search = source_search,
+                                    .cancel = source_cancel,
+                                    .netbios = source_netbios,
+                                    .close = source_close};
     d->password = dir_password_read(c, &d->password_len, err, errlen);
     if (d->password == NULL)
         goto fail;

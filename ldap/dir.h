@@ -18,8 +18,15 @@ struct dir;
 struct dir *dir_new(struct event_base *base, const struct conf *c, char *err, size_t errlen);
 void dir_free(struct dir *d);
 
-/* The map_source view of <d> (owned by <d>). */
+/* The map_source view of <d> (owned by <d>: map_source_close() on it is dir_free(<d>)). */
 struct map_source *dir_source(struct dir *d);
+
+/* The mapping source that [mapping] source names, for one thread's <base>:
+ * the directory client (dir_new) for "ldap", the LDIF file (map_ldif_open)
+ * for "ldif". Here because ldap/ is the lowest module that may call both.
+ * The caller frees it with map_source_close(). NULL + reason in <err>. */
+struct map_source *dir_source_open(const struct conf *c, struct event_base *base, char *err,
+                                   size_t errlen);
 
 /* Connects and binds once, synchronously, for start-up checks and
  * `certmapd map`: 0; -1 when a directory refused us (wrong password, missing

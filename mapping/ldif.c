@@ -339,6 +339,11 @@ static const char *src_netbios(void *ctx)
     return ((struct ldif_src *)ctx)->netbios;
 }
 
+static void src_close(void *ctx)
+{
+    src_free(ctx);
+}
+
 struct map_source *map_ldif_open(const char *path, const char *netbios, struct event_base *base,
                                  char *err, size_t errlen)
 {
@@ -409,6 +414,7 @@ struct map_source *map_ldif_open(const char *path, const char *netbios, struct e
     s->src.search = src_search;
     s->src.cancel = src_cancel;
     s->src.netbios = src_netbios;
+    s->src.close = src_close;
     return &s->src;
 fail:
     ber_memfree(buf);
@@ -416,10 +422,4 @@ fail:
         ldif_close(fp);
     src_free(s);
     return NULL;
-}
-
-void map_ldif_close(struct map_source *src)
-{
-    if (src != NULL)
-        src_free(src->ctx);
 }

@@ -94,7 +94,13 @@ struct map_source {
     void (*cancel)(void *ctx, void *handle);
     /* "CORP", or NULL when unknown. */
     const char *(*netbios)(void *ctx);
+    /* Frees the source (map_source_close); NULL when there is nothing to free. */
+    void (*close)(void *ctx);
 };
+
+/* Closes <s> and frees it: every search must have called back or been
+ * cancelled (mapper_free cancels its own). NULL is fine. */
+void map_source_close(struct map_source *s);
 
 /* ---- the identity cache (shared by all workers) -------------------------------- */
 
@@ -161,9 +167,8 @@ void map_job_cancel(struct map_job *j);
  * Searches answer from <base>'s loop (an activated event drains the pending
  * searches), never from inside search(): one source per worker thread.
  * <netbios> (may be NULL) is what netbios() answers; it is copied.
- * NULL + "FILE:LINE: reason" in <err> on failure. */
+ * NULL + "FILE:LINE: reason" in <err> on failure; map_source_close() frees it. */
 struct map_source *map_ldif_open(const char *path, const char *netbios, struct event_base *base,
                                  char *err, size_t errlen);
-void map_ldif_close(struct map_source *s);
 
 #endif

@@ -47,6 +47,12 @@ struct mapper *mapper_new(const struct conf *c, struct map_source *src, struct m
     return m;
 }
 
+void map_source_close(struct map_source *s)
+{
+    if (s != NULL && s->close != NULL)
+        s->close(s->ctx);
+}
+
 static void job_free(struct map_job *j);
 
 void mapper_free(struct mapper *m)

@@ -10,6 +10,7 @@
 
 #include <llhttp.h>
 
+#include "common/text.h"
 #include "proxy/http.h"
 
 /* ---- received heads ---------------------------------------------------- */
@@ -368,13 +369,25 @@ static int hexval(char ch)
 
 char *proxy_http_policy_path(const char *url, size_t len)
 {
-    /* absolute-form ("http://host/path"): the policy applies to its path. */
-    if (len > 7 && (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0)) {
-        const char *p = memchr(url + 8, '/', len - 8);
-        if (p == NULL)
+    /* absolute-form ("http://host/path"): the policy applies to its path. The
+     * authority ends at the first "/", "?" or "#" (RFC 3986 3.2): a "/" in the
+     * query of "http://host?/a" is not the path. An http(s) URI without a host
+     * is invalid (RFC 9110 4.2.1). */
+    size_t a = 0;
+    if (len >= 7 && strncasecmp(url, "http://", 7) == 0)
+        a = 7;
+    else if (len >= 8 && strncasecmp(url, "https://", 8) == 0)
+        a = 8;
+    if (a > 0) {
+        size_t host = a;
+        while (a < len && url[a] != '/' && url[a] != '?' && url[a] != '#')
+            a++;
+        if (a == host)
+            return NULL;
+        if (a == len || url[a] != '/')
             return strdup("/");
-        len -= (size_t)(p - url);
-        url = p;
+        url += a;
+        len -= a;
     }
     if (len == 1 && url[0] == '*')
         return strdup("*");
@@ -413,9 +426,18 @@ char *proxy_http_policy_path(const char *url, size_t len)
         out[o++] = ch;
     }
     out[o] = '\0';
+    /* Invalid UTF-8 (overlong "%C0%AE" for ".", Latin-1, a raw NUL) is read
+     * differently by different backends: no one path to judge. */
+    if (!cm_utf8_valid(out, o)) {
+        free(out);
+        return NULL;
+    }
 
-    /* Remove dot segments and empty segments (RFC 3986 5.2.4, plus "//"). */
+    /* Remove dot segments and empty segments (RFC 3986 5.2.4, plus "//"). A
+     * path whose last segment is empty, "." or ".." names a folder and keeps
+     * its trailing "/", as a backend resolves it: "/owa/x/.." is "/owa/". */
     size_t w = 0;
+    bool folder = false;
     for (size_t r = 0; r < o;) {
         /* out[r] == '/' here */
         size_t s = r + 1;
@@ -423,6 +445,7 @@ char *proxy_http_policy_path(const char *url, size_t len)
             s++;
         size_t seg = s - r - 1;
         const char *sp = out + r + 1;
+        folder = true;
         if (seg == 0 || (seg == 1 && sp[0] == '.')) {
             /* skip */
         } else if (seg == 2 && sp[0] == '.' && sp[1] == '.') {
@@ -431,10 +454,11 @@ char *proxy_http_policy_path(const char *url, size_t len)
         } else {
             memmove(out + w, out + r, s - r);
             w += s - r;
+            folder = false;
         }
         r = s;
     }
-    if (w == 0 || (o > 0 && out[o - 1] == '/' && (w == 0 || out[w - 1] != '/')))
+    if (w == 0 || folder)
         out[w++] = '/';
     out[w] = '\0';
     return out;

@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "conf/conf.h"
 #include "ldap/dir.h"
+#include "mapcmd/mapcmd.h"
 #include "mapping/mapping.h"
 #include "proxy/proxy.h"
 #include "tls/tls.h"
@@ -166,12 +167,11 @@ static int check_only(const struct conf *c, char *err, size_t errlen)
     proxy_shared_purge(&sh);
     if (rc == 0 && c->has_mapping_section && c->map_source == MAP_SOURCE_LDIF) {
         struct event_base *base = event_base_new();
-        struct map_source *src =
-            base ? map_ldif_open(c->ldif_file, c->netbios_domain, base, err, errlen) : NULL;
+        struct map_source *src = base ? dir_source_open(c, base, err, errlen) : NULL;
         if (base == NULL)
             snprintf(err, errlen, "out of memory");
         rc = src == NULL ? 1 : 0;
-        map_ldif_close(src);
+        map_source_close(src);
         if (base != NULL)
             event_base_free(base);
     }

@@ -48,10 +48,4 @@ void proxy_workers_free(struct worker *ws, unsigned n);
 /* A timeval of <ms> milliseconds. */
 struct timeval proxy_tv_ms(uint64_t ms);
 
-/* ---- certmapd map (mapcmd.c) ------------------------------------------------ */
-
-/* `certmapd map ARGS`: policy and mapping of one certificate, explained.
- * Returns the exit status: 0 mapped, 1 denied, 2 error. */
-int mapcmd_main(int argc, char **argv, const char *default_conf);
-
 #endif

@@ -36,8 +36,7 @@ struct worker {
     pthread_t thread;
     /* Certificate mapping, when [mapping] is configured: this worker's source
      * (LDAP connection or LDIF view) and mapper over the shared cache. */
-    struct dir *dir;
-    struct map_source *ldif;
+    struct map_source *source;
     struct mapper *mapper;
     /* Work handed over from other threads (a lookup finished elsewhere). */
     struct event *post_ev;
@@ -173,19 +172,10 @@ static int worker_mapping_init(struct worker *w, const struct proxy_shared *sh, 
                                size_t errlen)
 {
     const struct conf *c = w->conf;
-    struct map_source *src;
-    if (c->map_source == MAP_SOURCE_LDIF) {
-        w->ldif = map_ldif_open(c->ldif_file, c->netbios_domain, w->base, err, errlen);
-        if (w->ldif == NULL)
-            return -1;
-        src = w->ldif;
-    } else {
-        w->dir = dir_new(w->base, c, err, errlen);
-        if (w->dir == NULL)
-            return -1;
-        src = dir_source(w->dir);
-    }
-    w->mapper = mapper_new(c, src, sh->cache);
+    w->source = dir_source_open(c, w->base, err, errlen);
+    if (w->source == NULL)
+        return -1;
+    w->mapper = mapper_new(c, w->source, sh->cache);
     if (w->mapper == NULL) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -313,8 +303,7 @@ static void worker_purge(struct worker *w)
     if (w->post_lock_made)
         pthread_mutex_destroy(&w->post_lock);
     mapper_free(w->mapper);
-    dir_free(w->dir);
-    map_ldif_close(w->ldif);
+    map_source_close(w->source);
     if (w->stop_ev != NULL)
         event_free(w->stop_ev);
     if (w->grace_ev != NULL)

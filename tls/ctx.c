@@ -109,6 +109,43 @@ fail:
     return ret;
 }
 
+int tls_certs_build(struct tls_certs *out, const char *cert_path, const char *chain_path, char *err,
+                    size_t errlen)
+{
+    STACK_OF(X509) *more = NULL;
+    memset(out, 0, sizeof *out);
+    out->chain = load_certs("certificate", cert_path, err, errlen);
+    if (out->chain == NULL)
+        goto fail;
+    out->leaf = sk_X509_shift(out->chain);
+    if (chain_path != NULL) {
+        more = load_certs("chain", chain_path, err, errlen);
+        if (more == NULL)
+            goto fail;
+        X509 *x;
+        while ((x = sk_X509_shift(more)) != NULL) {
+            if (!sk_X509_push(out->chain, x)) {
+                X509_free(x);
+                set_err(err, errlen, "chain %s: out of memory", chain_path);
+                goto fail;
+            }
+        }
+    }
+    sk_X509_free(more);
+    return 0;
+fail:
+    sk_X509_pop_free(more, X509_free);
+    tls_certs_purge(out);
+    return -1;
+}
+
+void tls_certs_purge(struct tls_certs *c)
+{
+    X509_free(c->leaf);
+    sk_X509_pop_free(c->chain, X509_free);
+    memset(c, 0, sizeof *c);
+}
+
 static void time_for_log(const ASN1_TIME *tm, char *buf, size_t len)
 {
     BIO *b = BIO_new(BIO_s_mem());

@@ -58,6 +58,20 @@ enum reason tls_check_cert(struct tls_ctx *t, X509 *leaf, STACK_OF(X509) *chain,
  * name with an embedded NUL or invalid UTF-8. <*out> is set only on R_NONE. */
 enum reason tls_facts_from_x509(X509 *x, struct cert_facts **out);
 
+/* A certificate and the intermediates that came with it, read from files. */
+struct tls_certs {
+    X509 *leaf;
+    STACK_OF(X509) *chain; /* never NULL after tls_certs_build(); may be empty */
+};
+
+/* Reads the first PEM certificate of <cert_path> as <out>'s leaf and, as its
+ * intermediates, the further certificates of that file, then every one of
+ * <chain_path> (may be NULL). 0, or -1 with "certificate|chain FILE: reason"
+ * in <err> (unreadable, bad PEM, no certificate). The caller purges <out>. */
+int tls_certs_build(struct tls_certs *out, const char *cert_path, const char *chain_path, char *err,
+                    size_t errlen);
+void tls_certs_purge(struct tls_certs *c);
+
 /* Sends close_notify on an established <ssl> whose output is flushed (no
  * waiting for the peer's). Keeps the session resumable. */
 void tls_conn_close_notify(SSL *ssl);

@@ -224,6 +224,25 @@ def test_map_command(env):
     eq(p.returncode, 2, "unreadable configuration")
     p = map_cmd(d.conf_path, os.path.join(env.dir, "missing.pem"))
     eq(p.returncode, 2, "unreadable certificate")
+    check("certmapd map: certificate " in p.stderr and "cannot open" in p.stderr, p.stderr)
+    der = os.path.join(env.dir, "leaf.der")
+    subprocess.run(["openssl", "x509", "-in", leaf.crt, "-outform", "DER", "-out", der], check=True)
+    p = map_cmd(d.conf_path, der)
+    eq(p.returncode, 2, "a certificate OpenSSL cannot decode as PEM")
+    check(f"certmapd map: certificate {der}: no certificate found" in p.stderr, p.stderr)
+    # A broken block after the leaf is an error, not a shorter chain (and cert_untrusted).
+    broken = os.path.join(env.dir, "broken.pem")
+    with open(leaf.chain) as f:
+        text = f.read()
+    cut = text.index("-----BEGIN CERTIFICATE-----", 1) + len("-----BEGIN CERTIFICATE-----\n")
+    with open(broken, "w") as f:
+        f.write(text[:cut] + "!" + text[cut + 1:])
+    p = map_cmd(d.conf_path, broken)
+    eq(p.returncode, 2, f"a broken intermediate: {p.stdout}")
+    check("cannot parse PEM" in p.stderr, p.stderr)
+    p = map_cmd(d.conf_path, leaf.crt, "--chain", der)
+    eq(p.returncode, 2, "an undecodable chain file")
+    check(f"certmapd map: chain {der}: no certificate found" in p.stderr, p.stderr)
     eq(b.requests(), [], "map never forwards anything")
 
 

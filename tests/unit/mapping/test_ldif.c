@@ -126,7 +126,7 @@ static void test_load_and_match(void **state)
     assert_int_equal(a.n, 0);
 
     map_entry_purge(&a.first);
-    map_ldif_close(s);
+    map_source_close(s);
     event_base_free(base);
 }
 
@@ -162,7 +162,7 @@ static void test_cancel(void **state)
     map_entry_purge(&b.first);
     /* pending at close: freed, never called */
     assert_non_null(s->search(s->ctx, &l, on_answer, &a));
-    map_ldif_close(s);
+    map_source_close(s);
     event_base_free(base);
     assert_int_equal(a.calls, 0);
 }
@@ -181,7 +181,7 @@ static const char *try_open(const char *text, char *path, size_t pathlen)
     err[0] = '\0';
     struct map_source *s = map_ldif_open(path, NULL, base, err, sizeof(err));
     if (s != NULL) {
-        map_ldif_close(s);
+        map_source_close(s);
         err[0] = '\0';
     } else {
         assert_true(err[0] != '\0');

@@ -86,7 +86,7 @@ static void env_close(struct env *v)
 {
     mapper_free(v->m);
     map_cache_free(v->mc);
-    map_ldif_close(v->src);
+    map_source_close(v->src);
     event_base_free(v->base);
 }
 

@@ -1,6 +1,8 @@
 /* `certmapd map`: the certificate policy and the mapping for one certificate,
  * without serving, explained step by step. This is how an administrator tests
  * certificate mapping without IIS. Exit status: 0 mapped, 1 denied, 2 error. */
+#include "mapcmd/mapcmd.h"
+
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,13 +10,11 @@
 #include <time.h>
 
 #include <event2/event.h>
-#include <openssl/pem.h>
 
 #include "common/log.h"
 #include "conf/conf.h"
 #include "ldap/dir.h"
 #include "mapping/mapping.h"
-#include "proxy/proxy.h"
 #include "tls/tls.h"
 
 struct mapcmd {
@@ -105,30 +105,6 @@ static void done_cb(void *arg, const struct map_result *res)
     event_base_loopbreak(m->base);
 }
 
-static X509 *read_cert(const char *path, STACK_OF(X509) **rest)
-{
-    FILE *fp = fopen(path, "r");
-    if (fp == NULL) {
-        fprintf(stderr, "certmapd map: cannot open %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
-    if (x == NULL)
-        fprintf(stderr, "certmapd map: %s: no PEM certificate\n", path);
-    if (x != NULL && rest != NULL) {
-        /* Further certificates in the same file are taken as its chain. */
-        X509 *more;
-        while ((more = PEM_read_X509(fp, NULL, NULL, NULL)) != NULL) {
-            if (*rest == NULL)
-                *rest = sk_X509_new_null();
-            if (*rest == NULL || !sk_X509_push(*rest, more))
-                X509_free(more);
-        }
-    }
-    fclose(fp);
-    return x;
-}
-
 static const char *enforcement_name(enum map_enforcement e)
 {
     return e == ENFORCE_FULL ? "full" : e == ENFORCE_COMPATIBILITY ? "compatibility" : "disabled";
@@ -162,12 +138,10 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
     int rc = 2;
     struct conf *c = NULL;
     struct tls_ctx *tls = NULL;
-    X509 *leaf = NULL;
-    STACK_OF(X509) *chain = NULL;
+    struct tls_certs certs = {0};
     struct cert_facts *facts = NULL;
     struct mapcmd m = {0};
-    struct dir *dir = NULL;
-    struct map_source *ldif = NULL;
+    struct map_source *src = NULL;
     struct mapper *mapper = NULL;
 
     if (conf_load(path, &c, err, sizeof err) < 0) {
@@ -180,22 +154,13 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
         fprintf(stderr, "%s: %s\n", path, err);
         goto out;
     }
-    leaf = read_cert(cert_path, &chain);
-    if (leaf == NULL)
+    /* Further certificates of the --cert file are taken as its chain. */
+    if (tls_certs_build(&certs, cert_path, chain_path, err, sizeof err) < 0) {
+        fprintf(stderr, "certmapd map: %s\n", err);
         goto out;
-    if (chain_path != NULL) {
-        X509 *first = read_cert(chain_path, &chain);
-        if (first == NULL)
-            goto out;
-        if (chain == NULL)
-            chain = sk_X509_new_null();
-        if (chain == NULL || !sk_X509_insert(chain, first, 0)) {
-            X509_free(first);
-            goto out;
-        }
     }
 
-    enum reason why = tls_check_cert(tls, leaf, chain, &facts);
+    enum reason why = tls_check_cert(tls, certs.leaf, certs.chain, &facts);
     if (facts == NULL && why == R_CERT_MALFORMED) {
         printf("certificate policy: refused: %s (a name has a NUL byte or invalid UTF-8)\n",
                reason_name(why));
@@ -204,7 +169,7 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
     }
     if (facts == NULL) {
         /* Facts of a refused certificate still help the administrator. */
-        if (tls_facts_from_x509(leaf, &facts) == R_NONE)
+        if (tls_facts_from_x509(certs.leaf, &facts) == R_NONE)
             print_facts(facts);
         printf("certificate policy: refused: %s\n", reason_name(why));
         rc = 1;
@@ -221,28 +186,20 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
     m.base = event_base_new();
     if (m.base == NULL)
         goto out;
-    struct map_source *src;
-    if (c->map_source == MAP_SOURCE_LDIF) {
-        ldif = map_ldif_open(c->ldif_file, c->netbios_domain, m.base, err, sizeof err);
-        if (ldif == NULL) {
-            fprintf(stderr, "%s\n", err);
-            goto out;
-        }
-        src = ldif;
-        printf("directory: LDIF file %s\n", c->ldif_file);
-    } else {
-        if (dir_check(c, err, sizeof err) < 0) {
-            fprintf(stderr, "%s\n", err);
-            goto out;
-        }
-        dir = dir_new(m.base, c, err, sizeof err);
-        if (dir == NULL) {
-            fprintf(stderr, "%s\n", err);
-            goto out;
-        }
-        src = dir_source(dir);
-        printf("directory: %s (base %s)\n", c->ldap_uri[0], c->base_dn);
+    /* A directory that cannot be reached now is an error here: nothing would answer. */
+    if (c->map_source == MAP_SOURCE_LDAP && dir_check(c, err, sizeof err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        goto out;
     }
+    src = dir_source_open(c, m.base, err, sizeof err);
+    if (src == NULL) {
+        fprintf(stderr, "%s\n", err);
+        goto out;
+    }
+    if (c->map_source == MAP_SOURCE_LDIF)
+        printf("directory: LDIF file %s\n", c->ldif_file);
+    else
+        printf("directory: %s (base %s)\n", c->ldap_uri[0], c->base_dn);
     mapper = mapper_new(c, src, NULL); /* no cache: every lookup is asked for real */
     if (mapper == NULL)
         goto out;
@@ -255,7 +212,9 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
     } else {
         /* Bounded: every search has [ldap] timeout, and the connection is
          * made by dir_check above. */
-        struct timeval limit = proxy_tv_ms(c->ldap_timeout_ms * (c->n_methods + 1) + 15000);
+        uint64_t ms = c->ldap_timeout_ms * (c->n_methods + 1) + 15000;
+        struct timeval limit = {.tv_sec = (time_t)(ms / 1000),
+                                .tv_usec = (suseconds_t)(ms % 1000) * 1000};
         event_base_loopexit(m.base, &limit);
         event_base_dispatch(m.base);
         if (!m.done) {
@@ -282,13 +241,11 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
 out:
     map_result_purge(&m.res);
     mapper_free(mapper);
-    map_ldif_close(ldif);
-    dir_free(dir);
+    map_source_close(src);
     if (m.base != NULL)
         event_base_free(m.base);
     tls_facts_free(facts);
-    sk_X509_pop_free(chain, X509_free);
-    X509_free(leaf);
+    tls_certs_purge(&certs);
     tls_ctx_free(tls);
     conf_free(c);
     return rc;
