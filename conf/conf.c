@@ -512,7 +512,9 @@ const char *conf_where(const struct conf *c, const char *section, const char *ke
             break;
         }
     }
-    if (line > 0)
+    if (c->path == NULL) /* a configuration built in memory (unit tests) */
+        snprintf(buf, len, "[%s] %s", section, key);
+    else if (line > 0)
         snprintf(buf, len, "%s:%d: [%s] %s", c->path, line, section, key);
     else
         snprintf(buf, len, "%s: [%s] %s", c->path, section, key);

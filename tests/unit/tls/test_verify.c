@@ -603,7 +603,7 @@ static void test_ciphers_for_key(void **state)
     char err[512] = "";
     base_conf(&c, &p, NULL);
     c.ciphers = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305";
-    ctx_fails(&c, "tls ciphers", "EC key of certificate");
+    ctx_fails(&c, "[tls] ciphers", "EC key of certificate");
     c.min_protocol = TLS1_3_VERSION;
     struct tls_ctx *t = tls_ctx_new(&c, err, sizeof err);
     if (t == NULL)
