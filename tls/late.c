@@ -108,13 +108,6 @@ enum tls_late tls_conn_request_cert(struct tls_ctx *t, SSL *ssl, void (*done)(vo
     return how;
 }
 
-void tls_conn_late_cancel(struct tls_ctx *t, SSL *ssl)
-{
-    struct late_wait *w = SSL_get_ex_data(ssl, t->late_idx);
-    SSL_set_ex_data(ssl, t->late_idx, NULL);
-    free(w);
-}
-
 enum tls_late_end tls_late_failure(unsigned long e, bool eof)
 {
     /* libevent keeps SSL_get_error's code (1..8: no library) below OpenSSL's

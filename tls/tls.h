@@ -1,7 +1,7 @@
 /* tls/: the server SSL_CTX built from configuration, the client-certificate
  * policy, and extraction of certificate facts. Knows nothing of HTTP or LDAP.
- * Callers hold SSL objects only to hand them to libevent; every decision about
- * a certificate is made here. */
+ * Callers hold SSL objects only to hand them to the transport (io/); every
+ * decision about a certificate is made here. */
 #ifndef CM_TLS_H
 #define CM_TLS_H
 
@@ -79,7 +79,7 @@ void tls_conn_close_notify(SSL *ssl);
 /* Frees an SSL that was never handed to libevent; NULL is fine. */
 void tls_conn_free(SSL *ssl);
 
-/* OpenSSL's text for error code <e> (as from bufferevent_get_openssl_error). */
+/* OpenSSL's text for error code <e> (as from io_tls_error). */
 const char *tls_error_text(unsigned long e);
 
 /* Protocol name of an established connection ("TLSv1.3"). */
@@ -101,13 +101,10 @@ bool tls_conn_cert_asked(struct tls_ctx *t, SSL *ssl);
 /* Asks the client of an established <ssl> for a certificate now. On
  * TLS_LATE_RENEGOTIATE / TLS_LATE_PHA, <done>(<arg>) is called exactly once,
  * from inside OpenSSL's processing of the client's answer on the connection's
- * read path (so it must only schedule work), unless tls_conn_late_cancel() is
- * called first; tls_conn_verdict() then judges what the client sent. */
+ * read path (so it must only schedule work); the pending request goes with
+ * the SSL. tls_conn_verdict() then judges what the client sent. */
 enum tls_late tls_conn_request_cert(struct tls_ctx *t, SSL *ssl, void (*done)(void *arg),
                                     void *arg);
-
-/* Forgets a pending late request of <ssl> (the connection is going away). */
-void tls_conn_late_cancel(struct tls_ctx *t, SSL *ssl);
 
 enum tls_late_end {
     TLS_LATE_CLOSED,           /* the client closed the connection (close_notify, FIN, reset) */
@@ -116,9 +113,8 @@ enum tls_late_end {
 };
 
 /* Why a connection ended while its late certificate request was pending,
- * from what libevent reported: the error <e> (bufferevent_get_openssl_error,
- * 0 for none; tls_error_text says more) and whether it saw an end of
- * stream, <eof>. OpenSSL has failed such a connection: nothing can be sent. */
+ * from what the transport reported: the error <e> (io_tls_error, 0 for
+ * none; tls_error_text says more) and whether it saw an end of stream, <eof>. OpenSSL has failed such a connection: nothing can be sent. */
 enum tls_late_end tls_late_failure(unsigned long e, bool eof);
 
 /* ---- backend side (tls/client.c) ---- */
