@@ -1,0 +1,445 @@
+/* The stream (proxy/stream.c) driven against a fake upstream: this file
+ * defines the upstream_* functions the stream calls, so the linker takes them
+ * instead of proxy/upstream.c, and the test plays the backend by calling the
+ * stream's upstream callbacks. The client side is a real transport (io/) over
+ * a socket pair, read from the other end; the connection's side is a table of
+ * ops that records what the stream asked of it. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "conf/conf.h"
+#include "io/io.h"
+#include "proxy/accesslog.h"
+#include "proxy/stream.h"
+#include "proxy/upstream.h"
+
+/* ---- the fake upstream --------------------------------------------------------- */
+
+struct upstream {
+    const struct upstream_handler *h;
+    void *arg;
+    struct evbuffer *out; /* what the stream sent to "the backend" */
+    bool reused, released, reusable, paused;
+};
+
+static struct upstream fakes[4];
+static int n_acquired;
+static bool refuse_acquire;   /* upstream_acquire fails (no backend) */
+static bool first_is_pooled;  /* the first connection comes from the pool */
+static size_t fake_out_len;   /* what upstream_output_length says, when not 0 */
+static int n_purged;
+
+struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream_handler *h,
+                                  void *arg, unsigned flags, struct upstream_trail *trail)
+{
+    (void)p;
+    (void)flags;
+    if (refuse_acquire || n_acquired >= 4)
+        return NULL;
+    struct upstream *u = &fakes[n_acquired];
+    u->h = h;
+    u->arg = arg;
+    u->out = evbuffer_new();
+    u->reused = n_acquired == 0 && first_is_pooled;
+    n_acquired++;
+    trail->addr[trail->n] = 0;
+    trail->how[trail->n] = UP_USED;
+    trail->n++;
+    return u;
+}
+
+void upstream_write(struct upstream *u, const void *data, size_t len)
+{
+    evbuffer_add(u->out, data, len);
+}
+
+void upstream_write_buffer(struct upstream *u, struct evbuffer *buf)
+{
+    evbuffer_add_buffer(u->out, buf);
+}
+
+size_t upstream_output_length(const struct upstream *u)
+{
+    return fake_out_len ? fake_out_len : evbuffer_get_length(u->out);
+}
+
+void upstream_read_pause(struct upstream *u, bool paused)
+{
+    u->paused = paused;
+}
+
+bool upstream_reused(const struct upstream *u)
+{
+    return u->reused;
+}
+
+void upstream_release(struct upstream *u, bool reusable)
+{
+    u->released = true;
+    u->reusable = reusable;
+}
+
+void upstream_pool_purge(struct upstream_pool *p)
+{
+    (void)p;
+    n_purged++;
+}
+
+const char *upstream_trail_text(const struct upstream_trail *t, const struct backend_addr *ba,
+                                char *buf, size_t len)
+{
+    (void)ba;
+    snprintf(buf, len, "fake*%u", t->n);
+    return buf;
+}
+
+/* What the backend sent to the fake: a NUL-terminated copy. */
+static char *sent(struct upstream *u)
+{
+    size_t n = evbuffer_get_length(u->out);
+    char *s = malloc(n + 1);
+    evbuffer_copyout(u->out, s, n);
+    s[n] = '\0';
+    return s;
+}
+
+/* ---- the connection's side ---------------------------------------------------- */
+
+struct fixture {
+    struct event_base *base;
+    struct io *io;
+    int peer_fd; /* the client's end of the socket pair */
+    struct conf conf;
+    struct upstream_pool pool;
+    struct backend_addr ba;
+    struct accesslog *alog;
+    char log_path[64];
+    struct stream_client sc;
+    int n_done, n_more, n_ask;
+    enum stream_end end;
+    bool grant_ask;
+};
+
+static bool ops_ask_cert(void *arg)
+{
+    struct fixture *fx = arg;
+    fx->n_ask++;
+    return fx->grant_ask;
+}
+
+static void ops_more(void *arg)
+{
+    struct fixture *fx = arg;
+    fx->n_more++;
+}
+
+static void ops_done(void *arg, enum stream_end how)
+{
+    struct fixture *fx = arg;
+    fx->n_done++;
+    fx->end = how;
+}
+
+static const struct stream_client_ops ops = {
+    .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
+
+static void io_nop_read(void *arg)
+{
+}
+static void io_nop_event(void *arg, enum io_event ev)
+{
+}
+static const struct io_handler client_handler = {.read = io_nop_read, .event = io_nop_event};
+
+static int setup(void **state)
+{
+    struct fixture *fx = calloc(1, sizeof *fx);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    fx->base = event_base_new();
+    fx->io = io_new(fx->base, &client_handler, fx);
+    assert_int_equal(io_accept(fx->io, sv[0], NULL), 0);
+    fx->peer_fd = sv[1];
+    fx->conf.max_request_head = 32 * 1024;
+    fx->conf.header_timeout_ms = 30000;
+    fx->conf.body_timeout_ms = 60000;
+    fx->conf.upload_read_ahead_size = 48 * 1024;
+    fx->conf.cert_mode = CERT_IGNORE;
+    fx->conf.backend.host_header = "eas.test";
+    fx->pool.backend = &fx->ba;
+    snprintf(fx->log_path, sizeof fx->log_path, "/tmp/certmapd-stream-XXXXXX");
+    close(mkstemp(fx->log_path));
+    char err[256];
+    fx->alog = accesslog_open(fx->log_path, err, sizeof err);
+    assert_non_null(fx->alog);
+    fx->sc = (struct stream_client){.io = fx->io,
+                                    .conf = &fx->conf,
+                                    .alog = fx->alog,
+                                    .pool = &fx->pool,
+                                    .peer = "127.0.0.9",
+                                    .conn_id = 7,
+                                    .n_requests = 1,
+                                    .cert_asked = true,
+                                    .ops = &ops,
+                                    .arg = fx};
+    memset(fakes, 0, sizeof fakes);
+    n_acquired = n_purged = 0;
+    refuse_acquire = first_is_pooled = false;
+    fake_out_len = 0;
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+    for (int i = 0; i < 4; i++)
+        if (fakes[i].out != NULL)
+            evbuffer_free(fakes[i].out);
+    io_free(fx->io);
+    close(fx->peer_fd);
+    accesslog_close(fx->alog);
+    unlink(fx->log_path);
+    event_base_free(fx->base);
+    free(fx);
+    return 0;
+}
+
+/* What the client has received so far (the loop runs until the io has written). */
+static char *client_got(struct fixture *fx)
+{
+    for (int i = 0; i < 10; i++)
+        event_base_loop(fx->base, EVLOOP_NONBLOCK);
+    static char buf[65536];
+    ssize_t n = read(fx->peer_fd, buf, sizeof buf - 1);
+    buf[n > 0 ? n : 0] = '\0';
+    return buf;
+}
+
+static char *access_line(struct fixture *fx)
+{
+    static char buf[4096];
+    FILE *f = fopen(fx->log_path, "r");
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+static size_t feed(struct stream *st, const char *s)
+{
+    return stream_feed(st, s, strlen(s));
+}
+
+static void respond(struct upstream *u, int status, const char *body)
+{
+    struct proxy_head head;
+    memset(&head, 0, sizeof head);
+    proxy_head_reset(&head, 4096);
+    struct upstream_response r = {.status = status,
+                                  .head = &head,
+                                  .has_length = true,
+                                  .content_length = strlen(body)};
+    u->h->head(u->arg, &r);
+    if (*body)
+        u->h->body(u->arg, body, strlen(body));
+    u->h->done(u->arg, true);
+    proxy_head_purge(&head);
+}
+
+/* ---- the cases ---------------------------------------------------------------- */
+
+static void test_get_keep_alive(void **state)
+{
+    struct fixture *fx = *state;
+    struct stream *st = stream_new(&fx->sc);
+    const char *req = "GET /Microsoft-Server-ActiveSync?Cmd=Ping HTTP/1.1\r\nHost: x\r\n"
+                      "X-Remote-User: forged\r\n\r\n";
+    assert_int_equal(feed(st, req), strlen(req));
+    assert_int_equal(n_acquired, 1);
+    char *up = sent(&fakes[0]);
+    assert_non_null(strstr(up, "GET /Microsoft-Server-ActiveSync?Cmd=Ping HTTP/1.1\r\n"));
+    assert_non_null(strstr(up, "X-Forwarded-For: 127.0.0.9\r\n"));
+    assert_null(strstr(up, "forged")); /* identity headers from the client never pass */
+    free(up);
+    respond(&fakes[0], 200, "ok");
+    assert_int_equal(fx->n_done, 1);
+    assert_int_equal(fx->end, STREAM_KEEP_ALIVE);
+    assert_true(fakes[0].released && fakes[0].reusable);
+    char *got = client_got(fx);
+    assert_non_null(strstr(got, "HTTP/1.1 200 "));
+    assert_non_null(strstr(got, "Content-Length: 2\r\n"));
+    assert_non_null(strstr(got, "Connection: keep-alive\r\n\r\nok"));
+    stream_free(st);
+    char *line = access_line(fx);
+    assert_non_null(strstr(line, " conn=7 req=1 "));
+    assert_non_null(strstr(line, " status=200 "));
+    assert_non_null(strstr(line, " upstream=fake*1 "));
+}
+
+static void test_pipelined_takes_one_request(void **state)
+{
+    struct fixture *fx = *state;
+    struct stream *st = stream_new(&fx->sc);
+    const char *one = "GET /one HTTP/1.1\r\nHost: x\r\n\r\n";
+    char two[256];
+    snprintf(two, sizeof two, "%sGET /two HTTP/1.1\r\nHost: x\r\n\r\n", one);
+    assert_int_equal(feed(st, two), strlen(one)); /* the second waits for its own stream */
+    assert_int_equal(n_acquired, 1);
+    stream_free(st);
+}
+
+static void test_chunked_body_rechunked(void **state)
+{
+    struct fixture *fx = *state;
+    struct stream *st = stream_new(&fx->sc);
+    const char *req = "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n";
+    assert_int_equal(feed(st, req), strlen(req));
+    char *up = sent(&fakes[0]);
+    assert_non_null(strstr(up, "Transfer-Encoding: chunked\r\n"));
+    assert_non_null(strstr(up, "\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"));
+    free(up);
+    stream_free(st); /* the client went away while the response was awaited */
+    assert_non_null(strstr(access_line(fx), " status=499 "));
+}
+
+static void test_stale_pooled_connection_retried(void **state)
+{
+    struct fixture *fx = *state;
+    first_is_pooled = true;
+    struct stream *st = stream_new(&fx->sc);
+    feed(st, "GET /r HTTP/1.1\r\nHost: x\r\n\r\n");
+    fakes[0].h->error(fakes[0].arg, R_BACKEND_UNAVAILABLE, true);
+    assert_int_equal(n_acquired, 2);
+    assert_int_equal(n_purged, 1); /* the stale connection's siblings go too */
+    char *a = sent(&fakes[0]), *b = sent(&fakes[1]);
+    assert_string_equal(a, b); /* the same head, once more */
+    free(a);
+    free(b);
+    respond(&fakes[1], 200, "");
+    assert_int_equal(fx->end, STREAM_KEEP_ALIVE);
+    stream_free(st);
+}
+
+static void test_post_never_retried(void **state)
+{
+    struct fixture *fx = *state;
+    first_is_pooled = true;
+    struct stream *st = stream_new(&fx->sc);
+    feed(st, "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+    fakes[0].h->error(fakes[0].arg, R_BACKEND_UNAVAILABLE, true);
+    assert_int_equal(n_acquired, 1);
+    assert_int_equal(fx->end, STREAM_CLOSE);
+    assert_non_null(strstr(client_got(fx), "HTTP/1.1 502 "));
+    stream_free(st);
+    assert_non_null(strstr(access_line(fx), " reason=backend_unavailable"));
+}
+
+static void test_backend_lost_mid_response(void **state)
+{
+    struct fixture *fx = *state;
+    struct stream *st = stream_new(&fx->sc);
+    feed(st, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    struct proxy_head head;
+    memset(&head, 0, sizeof head);
+    struct upstream_response r = {.status = 200, .head = &head, .has_length = true,
+                                  .content_length = 100};
+    fakes[0].h->head(fakes[0].arg, &r);
+    fakes[0].h->body(fakes[0].arg, "partial", 7);
+    fakes[0].h->error(fakes[0].arg, R_BACKEND_UNAVAILABLE, false);
+    assert_int_equal(fx->end, STREAM_ABORT); /* the client learns it by the close */
+    assert_true(fakes[0].released && !fakes[0].reusable);
+    stream_free(st);
+}
+
+static void test_no_backend_502(void **state)
+{
+    struct fixture *fx = *state;
+    refuse_acquire = true;
+    struct stream *st = stream_new(&fx->sc);
+    feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_int_equal(fx->n_done, 1);
+    assert_int_equal(fx->end, STREAM_CLOSE);
+    assert_non_null(strstr(client_got(fx), "HTTP/1.1 502 "));
+    stream_free(st);
+}
+
+static void test_certificate_required(void **state)
+{
+    struct fixture *fx = *state;
+    fx->conf.cert_mode = CERT_REQUIRE;
+    struct stream *st = stream_new(&fx->sc);
+    feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_int_equal(n_acquired, 0); /* nothing denied reaches the backend */
+    assert_int_equal(fx->n_ask, 0);  /* the handshake asked already */
+    assert_non_null(strstr(client_got(fx), "HTTP/1.1 403 "));
+    stream_free(st);
+    assert_non_null(strstr(access_line(fx), " reason=cert_required"));
+}
+
+static void test_late_certificate(void **state)
+{
+    struct fixture *fx = *state;
+    fx->conf.cert_mode = CERT_REQUIRE;
+    fx->sc.cert_asked = false;
+    fx->grant_ask = true;
+    struct stream *st = stream_new(&fx->sc);
+    feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_int_equal(fx->n_ask, 1);
+    assert_true(stream_awaits_cert(st));
+    assert_int_equal(n_acquired, 0);
+    struct cert_facts facts = {.subject = "CN=alice", .issuer = "CN=CA", .serial_hex = "0A"};
+    fx->sc.facts = &facts;
+    fx->sc.cert_asked = true;
+    stream_cert_answered(st);
+    assert_int_equal(n_acquired, 1);
+    char *up = sent(&fakes[0]);
+    assert_non_null(strstr(up, "X-Client-Cert-Subject: CN=alice\r\n"));
+    free(up);
+    assert_true(fx->n_more >= 1); /* fed again: the rest of the request may follow */
+    stream_free(st);
+}
+
+static void test_backpressure_on_the_body(void **state)
+{
+    struct fixture *fx = *state;
+    struct stream *st = stream_new(&fx->sc);
+    const char *head = "PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n";
+    assert_int_equal(feed(st, head), strlen(head));
+    fake_out_len = 1 << 20; /* the backend is not reading */
+    assert_int_equal(feed(st, "01234"), 0);
+    fake_out_len = 0;
+    fakes[0].h->writable(fakes[0].arg);
+    assert_int_equal(fx->n_more, 1);
+    assert_int_equal(feed(st, "0123456789"), 10);
+    stream_free(st);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_get_keep_alive, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_takes_one_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chunked_body_rechunked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_pooled_connection_retried, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_post_never_retried, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backend_lost_mid_response, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_backend_502, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_certificate_required, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_late_certificate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backpressure_on_the_body, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
