@@ -223,7 +223,12 @@ public class LateCertClient {
             o.flush();
             BufferedReader r = new BufferedReader(new InputStreamReader(s.getInputStream(),
                     "ISO-8859-1"));
-            System.out.println(r.readLine());
+            String status = r.readLine();
+            /* The whole answer (Connection: close ends it): a client that left
+             * after the status line would be logged as gone mid-response. */
+            while (r.read() >= 0) {
+            }
+            System.out.println(status);
         }
     }
 }
