@@ -23,6 +23,9 @@ static const struct {
     [R_HEAD_TOO_LARGE] = {"head_too_large", 431},
     [R_BACKEND_UNAVAILABLE] = {"backend_unavailable", 502},
     [R_BACKEND_TIMEOUT] = {"backend_timeout", 504},
+    [R_KDC_UNAVAILABLE] = {"kdc_unavailable", 503},
+    [R_DELEGATION_REFUSED] = {"delegation_refused", 403},
+    [R_BACKEND_AUTH_FAILED] = {"backend_auth_failed", 502},
 };
 
 const char *reason_name(enum reason r)

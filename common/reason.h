@@ -24,6 +24,9 @@ enum reason {
     R_HEAD_TOO_LARGE,
     R_BACKEND_UNAVAILABLE,
     R_BACKEND_TIMEOUT,
+    R_KDC_UNAVAILABLE,    /* delegation: the KDC did not answer in time */
+    R_DELEGATION_REFUSED, /* delegation: the KDC refused to delegate for this user */
+    R_BACKEND_AUTH_FAILED, /* delegation: the backend refused the delegated token */
     R_MAX
 };
 

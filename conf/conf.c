@@ -173,7 +173,7 @@ static void section_begin(struct loader *ld, char *name)
     conf_quote(name, q, sizeof(q));
     fail_at(ld, ld->line,
             "unknown section %s (expected server, tls, client_certificate, mapping, ldap, "
-            "backend, buffering or location PATH)",
+            "backend, buffering, delegation or location PATH)",
             q);
 }
 
@@ -390,6 +390,39 @@ static void finish(struct loader *ld)
                 "Directory refuses anonymous searches)");
         return;
     }
+    c->has_delegation_section = ld->sec_line[SEC_DELEGATION] != 0;
+    if (c->deleg_mode == DELEG_KERBEROS) {
+        int line = where(ld, SEC_DELEGATION, "mode");
+        if (!c->has_mapping_section) {
+            fail_at(ld, line, "[delegation] mode = kerberos needs a [mapping] section: the user "
+                              "to delegate for is the certificate's mapped account");
+            return;
+        }
+        if (c->deleg_principal == NULL || c->deleg_keytab == NULL) {
+            fail_at(ld, line, "[delegation] mode = kerberos needs principal and keytab");
+            return;
+        }
+        const char *at = strchr(c->deleg_principal, '@');
+        if (at == NULL || at == c->deleg_principal || at[1] == '\0' || strchr(at + 1, '@')) {
+            fail_at(ld, where(ld, SEC_DELEGATION, "principal"),
+                    "[delegation] principal \"%s\" is not NAME@REALM", c->deleg_principal);
+            return;
+        }
+        if (c->deleg_target_spn == NULL) {
+            size_t n = strlen(c->backend.host) + 6;
+            c->deleg_target_spn = malloc(n);
+            if (c->deleg_target_spn == NULL) {
+                fail_at(ld, 0, "out of memory");
+                return;
+            }
+            snprintf(c->deleg_target_spn, n, "HTTP/%s", c->backend.host);
+        } else if (strncmp(c->deleg_target_spn, "HTTP/", 5) != 0 || c->deleg_target_spn[5] == '\0' ||
+                   strchr(c->deleg_target_spn, '@') != NULL) {
+            fail_at(ld, where(ld, SEC_DELEGATION, "target_spn"),
+                    "[delegation] target_spn \"%s\" is not HTTP/HOST", c->deleg_target_spn);
+            return;
+        }
+    }
     if (c->bind_dn != NULL && c->bind_password_file == NULL) {
         fail_at(ld, where(ld, SEC_LDAP, "bind_dn"), "[ldap] bind_dn needs bind_password_file");
         return;
@@ -495,6 +528,10 @@ void conf_free(struct conf *c)
     free(c->backend.port);
     free(c->backend.host_header);
     free(c->backend_ca_file);
+    free(c->deleg_principal);
+    free(c->deleg_keytab);
+    free(c->deleg_target_spn);
+    free(c->deleg_krb5_conf);
     for (size_t i = 0; i < c->n_locations; i++)
         free(c->locations[i].prefix);
     free(c);

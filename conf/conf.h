@@ -14,6 +14,10 @@ enum cert_mode { CERT_IGNORE = 0, CERT_ACCEPT, CERT_REQUIRE };
 enum map_source_kind { MAP_SOURCE_LDAP = 0, MAP_SOURCE_LDIF };
 enum map_enforcement { ENFORCE_DISABLED = 0, ENFORCE_COMPATIBILITY = 1, ENFORCE_FULL = 2 };
 enum map_method { METHOD_SID = 0, METHOD_ALTSECID, METHOD_UPN, METHOD_DNS, METHOD_MAX };
+enum deleg_mode { DELEG_OFF = 0, DELEG_KERBEROS };
+enum deleg_impersonate { IMPERSONATE_SAM = 0, IMPERSONATE_UPN };
+enum deleg_send { SEND_FIRST = 0, SEND_ALWAYS };
+enum deleg_binding { BINDING_AUTO = 0, BINDING_OFF };
 
 #define CONF_MAX_LISTEN 16
 #define CONF_MAX_URIS 8
@@ -120,6 +124,18 @@ struct conf {
     /* [buffering] */
     size_t upload_read_ahead_size;
 
+    /* [delegation]: Kerberos constrained delegation to the backend (krb/) */
+    enum deleg_mode deleg_mode;
+    char *deleg_principal;       /* the gateway's service account, "svc-seg@REALM" */
+    char *deleg_keytab;
+    char *deleg_target_spn;      /* "HTTP/host"; unset: HTTP/<backend host> */
+    char *deleg_krb5_conf;       /* NULL: the system's */
+    enum deleg_impersonate deleg_impersonate;
+    enum deleg_send deleg_send;
+    enum deleg_binding deleg_binding;
+    uint64_t deleg_timeout_ms;
+    size_t deleg_cache_entries;
+
     /* [location PATH], in file order; see conf_location_for() */
     struct conf_location locations[CONF_MAX_LOCATIONS];
     size_t n_locations;
@@ -127,6 +143,7 @@ struct conf {
     /* Which sections appeared, so that later stages know what was configured. */
     bool has_mapping_section;
     bool has_ldap_section;
+    bool has_delegation_section;
 
     /* Line of each key of the table that was set (0: not set), for conf_where(). */
     int key_line[CONF_KEY_SLOTS];

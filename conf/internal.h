@@ -17,6 +17,7 @@ enum conf_section {
     SEC_LDAP,
     SEC_BACKEND,
     SEC_BUFFERING,
+    SEC_DELEGATION,
     SEC_LOCATION, /* [location PATH]; its keys live in struct conf_location */
     SEC_MAX
 };

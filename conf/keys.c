@@ -775,6 +775,15 @@ static const struct conf_enum enforcements[] = {{"full", ENFORCE_FULL},
                                                 {"disabled", ENFORCE_DISABLED},
                                                 {NULL, 0}};
 
+static const struct conf_enum deleg_modes[] = {
+    {"off", DELEG_OFF}, {"kerberos", DELEG_KERBEROS}, {NULL, 0}};
+static const struct conf_enum deleg_imps[] = {
+    {"sam", IMPERSONATE_SAM}, {"upn", IMPERSONATE_UPN}, {NULL, 0}};
+static const struct conf_enum deleg_sends[] = {
+    {"first", SEND_FIRST}, {"always", SEND_ALWAYS}, {NULL, 0}};
+static const struct conf_enum deleg_bindings[] = {
+    {"auto", BINDING_AUTO}, {"off", BINDING_OFF}, {NULL, 0}};
+
 #define F(f) .offset = offsetof(struct conf, f), .width = sizeof(((struct conf *)0)->f)
 #define L(f)                                                                                       \
     .offset = offsetof(struct conf_location, f), .width = sizeof(((struct conf_location *)0)->f)
@@ -922,6 +931,44 @@ const struct conf_key conf_keys[] = {
      .max = GIB, .def = "48K", .help = "request body held while a late certificate is obtained",
      .iis = "serverRuntime uploadReadAheadSize"},
 
+    /* [delegation] */
+    {SEC_DELEGATION, "mode", kp_enum, F(deleg_mode), .names = deleg_modes, .def = "off",
+     .help = "off: identity headers only; kerberos: authenticate to the backend as the mapped "
+             "user (S4U2Self + S4U2Proxy)",
+     .iis = "Kerberos constrained delegation of the SEG service account"},
+    {SEC_DELEGATION, "principal", kp_string, F(deleg_principal),
+     .help = "the gateway's service account, e.g. svc-seg@CORP.EXAMPLE.TEST",
+     .iis = "the SEG service account"},
+    {SEC_DELEGATION, "keytab", kp_file, F(deleg_keytab),
+     .help = "keytab holding the service account's keys", .iis = "none (ktpass / exportkeytab)"},
+    {SEC_DELEGATION, "target_spn", kp_string, F(deleg_target_spn), .def = "HTTP/<backend host>",
+     .flags = CK_NO_APPLY, .help = "the backend's service principal name",
+     .iis = "Delegation tab: services to which this account can present delegated credentials"},
+    {SEC_DELEGATION, "krb5_conf", kp_file, F(deleg_krb5_conf),
+     .help = "krb5.conf to use; unset: the system's (KRB5_CONFIG or /etc/krb5.conf)",
+     .iis = "none"},
+    {SEC_DELEGATION, "impersonate", kp_enum, F(deleg_impersonate), .names = deleg_imps,
+     .def = "sam",
+     .help = "sam: sAMAccountName@REALM from the directory; upn: the userPrincipalName as an "
+             "enterprise name",
+     .iis = "none (protocol transition, S4U2Self)"},
+    {SEC_DELEGATION, "send", kp_enum, F(deleg_send), .names = deleg_sends, .def = "first",
+     .help = "first: Authorization on the first request of each backend connection; always: on "
+             "every request",
+     .iis = "windowsAuthentication authPersistNonNTLM"},
+    {SEC_DELEGATION, "channel_binding", kp_enum, F(deleg_binding), .names = deleg_bindings,
+     .def = "auto",
+     .help = "auto: with an https backend, bind the token to its certificate (RFC 5929 "
+             "tls-server-end-point); off: never",
+     .iis = "Extended Protection for Authentication (tokenChecking)"},
+    {SEC_DELEGATION, "timeout", kp_duration, F(deleg_timeout_ms), .min = 1, .max = 5 * MIN,
+     .def = "5s", .help = "limit for obtaining a user's ticket from the KDC (then 503)",
+     .iis = "none"},
+    {SEC_DELEGATION, "cache_entries", kp_uint, F(deleg_cache_entries), .min = 1,
+     .max = 10000000, .def = "10000",
+     .help = "users whose delegated credentials are kept (until their end time less a margin)",
+     .iis = "none (the Kerberos ticket cache)"},
+
     /* [location PATH] */
     {SEC_LOCATION, "client_certificate", kp_enum, L(client_certificate), .names = cert_modes,
      .def = "[client_certificate] mode", .flags = CK_NO_APPLY,
@@ -938,6 +985,7 @@ _Static_assert(sizeof(conf_keys) / sizeof(conf_keys[0]) <= CONF_KEYS_MAX, "raise
 _Static_assert(sizeof(enum cert_mode) == sizeof(int), "enum fields are written as int");
 _Static_assert(sizeof(enum map_source_kind) == sizeof(int), "enum fields are written as int");
 _Static_assert(sizeof(enum map_enforcement) == sizeof(int), "enum fields are written as int");
+_Static_assert(sizeof(enum deleg_mode) == sizeof(int), "enum fields are written as int");
 
 const char *conf_section_name(enum conf_section s)
 {
@@ -950,6 +998,7 @@ const char *conf_section_name(enum conf_section s)
         [SEC_LDAP] = "ldap",
         [SEC_BACKEND] = "backend",
         [SEC_BUFFERING] = "buffering",
+        [SEC_DELEGATION] = "delegation",
         [SEC_LOCATION] = "location",
     };
     return (unsigned)s < SEC_MAX ? names[s] : "";

@@ -17,6 +17,7 @@ struct tls_ctx;
 struct mapper;
 struct accesslog;
 struct upstream_pool;
+struct krb;
 struct proxy_conn;
 TAILQ_HEAD(proxy_conn_list, proxy_conn);
 
@@ -28,6 +29,9 @@ struct conn_env {
     struct mapper *mapper;        /* NULL without [mapping] */
     struct accesslog *alog;
     struct upstream_pool *pool;
+    struct krb *krb;              /* NULL without [delegation] mode = kerberos */
+    void (*post)(void *post_arg, void (*fn)(void *), void *fn_arg); /* to this worker's loop */
+    void *post_arg;
     bool draining;                /* shutting down: no keep-alive, no new connection */
     struct proxy_conn_list conns;
     unsigned n_conns;

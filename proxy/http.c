@@ -235,6 +235,8 @@ void proxy_http_request_head(const struct http_forward *f, struct evbuffer *out)
     for (size_t i = 0; i < hd->n; i++) {
         if (request_header_dropped(hd, i))
             continue;
+        if (f->drop_authorization && proxy_head_name_is(hd, i, "authorization"))
+            continue;
         if (proxy_head_name_is(hd, i, "host"))
             has_host = true;
         add_header_line(out, hd, i);
@@ -249,6 +251,11 @@ void proxy_http_request_head(const struct http_forward *f, struct evbuffer *out)
     else if (f->has_body) {
         add_lit(out, "Content-Length: ");
         add_uint(out, f->content_length, false);
+        add_lit(out, "\r\n");
+    }
+    if (f->authorization != NULL) {
+        add_lit(out, "Authorization: ");
+        add_str(out, f->authorization);
         add_lit(out, "\r\n");
     }
     add_lit(out, "X-Forwarded-For: ");
@@ -352,7 +359,7 @@ void proxy_http_error(struct evbuffer *out, enum reason r, bool detailed, bool h
                         "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                         "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
                         status, text, blen,
-                        r == R_DIRECTORY_UNAVAILABLE ? "Retry-After: 30\r\n" : "");
+                        status == 503 ? "Retry-After: 30\r\n" : "");
     if (!head_only)
         evbuffer_add(out, body, (size_t)blen);
 }

@@ -56,6 +56,8 @@ struct http_forward {
     const char *host_header;       /* Host when the client sent none */
     const struct cert_facts *facts; /* X-Client-Cert-*; NULL: none */
     const struct map_result *ident; /* X-Remote-User*; NULL: not mapped */
+    const char *authorization;     /* "Negotiate ..." to send; NULL: none */
+    bool drop_authorization;       /* the client's own Authorization is not forwarded */
 };
 
 /* Writes the request head to send upstream into <out>: request line, the

@@ -18,6 +18,7 @@
 
 #include "common/log.h"
 #include "conf/conf.h"
+#include "krb/krb.h"
 #include "ldap/dir.h"
 #include "mapcmd/mapcmd.h"
 #include "mapping/mapping.h"
@@ -66,6 +67,13 @@ static int drop_privileges(const char *user)
 static int prepare(const struct conf *c, struct proxy_shared *sh, char *err, size_t errlen)
 {
     char why[768], where[512];
+    if (c->deleg_mode == DELEG_KERBEROS) {
+        /* Before any Kerberos call, and before any thread: the library reads it once. */
+        if (c->deleg_krb5_conf != NULL)
+            setenv("KRB5_CONFIG", c->deleg_krb5_conf, 1);
+        if (krb_check_keytab(c, err, errlen) < 0)
+            return -1;
+    }
     sh->alog = accesslog_open(c->access_log, why, sizeof why);
     if (sh->alog == NULL) {
         snprintf(err, errlen, "%s: %s", conf_where(c, "server", "access_log", where, sizeof where),
@@ -82,6 +90,7 @@ static int prepare(const struct conf *c, struct proxy_shared *sh, char *err, siz
 
 static void proxy_shared_purge(struct proxy_shared *sh)
 {
+    krb_free(sh->krb);
     accesslog_close(sh->alog);
     tls_client_ctx_free(sh->backend_tls);
     map_cache_free(sh->cache);
@@ -117,6 +126,22 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
             goto out;
         }
     }
+    if (c->deleg_mode == DELEG_KERBEROS) {
+        sh.krb = krb_new(c, err, sizeof err);
+        if (sh.krb == NULL) {
+            log_error("%s", err);
+            goto out;
+        }
+        /* No delegation right is a configuration error; no KDC now is not:
+         * requests get 503 kdc_unavailable until one answers. */
+        int rc_krb = krb_probe(sh.krb, err, sizeof err);
+        if (rc_krb == -1) {
+            log_error("%s", err);
+            goto out;
+        }
+        if (rc_krb == -2)
+            log_error("%s; starting anyway: delegated requests get 503 until a KDC answers", err);
+    }
     ws = proxy_workers_bind(c->workers, &sh, err, sizeof err);
     if (ws == NULL) {
         log_error("%s", err);
@@ -150,6 +175,9 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
     }
     log_info("%s: no longer accepting; finishing requests in flight", strsignal(sig));
     proxy_workers_stop(ws, c->workers, SHUTDOWN_GRACE_MS);
+    /* krb/'s threads post to the workers: stopped before the workers go. */
+    krb_stop(sh.krb);
+    proxy_workers_free(ws, c->workers);
     log_info("stopped");
     rc = 0;
 out:

@@ -2,6 +2,7 @@
  * used first (the least likely to have been closed by the backend), each
  * closed after a minute unused, or at once when the backend says anything. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "proxy/upstream_int.h"
 
@@ -71,9 +72,17 @@ bool upstream_pool_put(struct upstream_pool *p, struct upstream *u)
     return true;
 }
 
-struct upstream *upstream_pool_take(struct upstream_pool *p)
+static bool same_identity(const char *a, const char *b)
 {
-    struct upstream *u = TAILQ_FIRST(&p->idle);
+    return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
+struct upstream *upstream_pool_take(struct upstream_pool *p, const char *identity)
+{
+    struct upstream *u;
+    TAILQ_FOREACH(u, &p->idle, link)
+        if (same_identity(u->identity, identity))
+            break;
     if (u == NULL)
         return NULL;
     TAILQ_REMOVE(&p->idle, u, link);

@@ -28,6 +28,7 @@ struct proxy_shared {
     struct backend_addr backend;
     struct accesslog *alog;
     struct map_cache *cache; /* NULL without [mapping] */
+    struct krb *krb;         /* NULL without [delegation] mode = kerberos */
 };
 
 /* Allocates <n> workers and binds every listener for them with SO_REUSEPORT
@@ -39,10 +40,10 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
 int proxy_workers_start(struct worker *ws, unsigned n);
 
 /* Asks every worker to stop accepting and finish in-flight requests within
- * <grace_ms>, then waits for all of them and frees them (and <ws>). */
+ * <grace_ms>, then waits for all of them. */
 void proxy_workers_stop(struct worker *ws, unsigned n, uint64_t grace_ms);
 
-/* Frees workers that were bound but never started; NULL is fine. */
+/* Frees the workers (stopped, or never started), and <ws>; NULL is fine. */
 void proxy_workers_free(struct worker *ws, unsigned n);
 
 /* A timeval of <ms> milliseconds. */

@@ -8,6 +8,8 @@
  *   READAHEAD  the body is held in memory until a late certificate is asked
  *   LATE       the client is asked for a certificate (renegotiation / PHA)
  *   MAP        the directory is asked who the certificate is
+ *   AUTH       with delegation: a backend connection of that user, and when
+ *              it needs one, a Kerberos token for it (krb/'s threads)
  *   BODY       the head went to the backend; the body follows as it arrives
  *   WAIT       the request is complete; the response is relayed
  *   DONE       logged and handed back to the connection
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -24,6 +27,7 @@
 #include "common/log.h"
 #include "conf/conf.h"
 #include "io/io.h"
+#include "krb/krb.h"
 #include "mapping/mapping.h"
 #include "proxy/accesslog.h"
 #include "proxy/http.h"
@@ -39,6 +43,7 @@ enum stream_stage {
     SS_READAHEAD,
     SS_LATE,
     SS_MAP,
+    SS_AUTH,
     SS_BODY,
     SS_WAIT,
     SS_DONE,
@@ -64,6 +69,9 @@ enum stream_stage {
 #define SF_PAUSED 0x10000u         /* llhttp paused: nothing is parsed until resumed */
 #define SF_BLOCKED 0x20000u        /* the backend's output is full: not consuming */
 #define SF_POLICY 0x40000u         /* the location's policy is decided */
+#define SF_TOKEN_SENT 0x80000u     /* this request carries a fresh Kerberos token */
+#define SF_AUTH_RETRIED 0x100000u  /* sent once more with a fresh token after a 401 */
+#define SF_DISCARD 0x200000u       /* the backend's answer is not relayed (refused token) */
 
 struct stream {
     struct stream_client *sc;
@@ -87,7 +95,12 @@ struct stream {
     int status;
     enum reason reason;
     struct timespec t_start, t_upstream, t_upstream_done;
-    struct event timer;             /* head, body and late certificate timeouts */
+    struct event timer;             /* head, body, late certificate and KDC timeouts */
+    char *deleg_user;               /* delegation: whom the backend connection is for */
+    bool deleg_enterprise;
+    struct krb_job *krb_job;        /* a token being made */
+    struct krb_token *token;        /* the token this request carries, until the answer */
+    bool retry_auth;                /* a discarded 401 is retried with a fresh token */
     const char *feed_start;         /* the buffer llhttp_execute is parsing */
     char feed_prev;                 /* the byte parsed just before feed_start */
 };
@@ -96,7 +109,8 @@ static void stream_run(struct stream *st);
 
 static const char *const stage_names[] = {
     [SS_HEAD] = "request head",     [SS_POLICY] = "policy", [SS_READAHEAD] = "read-ahead body",
-    [SS_LATE] = "late certificate", [SS_MAP] = "directory", [SS_BODY] = "request body",
+    [SS_LATE] = "late certificate", [SS_MAP] = "directory", [SS_AUTH] = "Kerberos ticket",
+    [SS_BODY] = "request body",
     [SS_WAIT] = "response",         [SS_DONE] = "done",
 };
 
@@ -172,6 +186,8 @@ static void stream_unbind(struct stream *st, bool reusable)
  * and the connection told how to go on. Callers return at once. */
 static void stream_end(struct stream *st, enum stream_end how, bool log)
 {
+    krb_job_cancel(st->krb_job);
+    st->krb_job = NULL;
     if (log)
         stream_log(st);
     st->stage = SS_DONE;
@@ -202,6 +218,9 @@ void stream_free(struct stream *st)
         return;
     if (st->map_job != NULL)
         map_job_cancel(st->map_job); /* the lookup still completes and is cached */
+    krb_job_cancel(st->krb_job);      /* likewise the user's credential */
+    krb_token_free(st->token);
+    free(st->deleg_user);
     if (st->stage != SS_DONE && st->stage != SS_HEAD && st->stage != SS_POLICY) {
         /* The client went away mid-request: logged, as nginx's 499. */
         st->status = 499;
@@ -227,6 +246,14 @@ static void stream_timer_cb(evutil_socket_t fd, short what, void *arg)
                  (unsigned long long)st->sc->conn_id, st->sc->peer,
                  (unsigned long long)st->sc->conf->header_timeout_ms);
         stream_cert_lost(st, reason_status(R_CERT_REQUIRED));
+        return;
+    }
+    if (st->stage == SS_AUTH) {
+        log_info("#%llu.%u %s: no Kerberos ticket for %s from the KDC within %llu ms",
+                 (unsigned long long)st->sc->conn_id, st->req_no, st->sc->peer,
+                 st->deleg_user != NULL ? st->deleg_user : "?",
+                 (unsigned long long)st->sc->conf->deleg_timeout_ms);
+        stream_refuse(st, R_KDC_UNAVAILABLE); /* fail closed: never forwarded without it */
         return;
     }
     log_debug("#%llu.%u %s: %s timeout", (unsigned long long)st->sc->conn_id, st->req_no,
@@ -404,11 +431,65 @@ static void client_write(struct stream *st, const void *data, size_t len)
     st->bytes_out += len;
 }
 
+static void stream_delegate(struct stream *st, bool fresh);
+
+/* The value of the backend's WWW-Authenticate: Negotiate header in <hd>, after
+ * "Negotiate" (with its length in <len>: 0 for a bare challenge); NULL: none. */
+static const char *negotiate_of(const struct proxy_head *hd, size_t *len)
+{
+    for (size_t i = 0; i < hd->n; i++) {
+        if (!proxy_head_name_is(hd, i, "www-authenticate"))
+            continue;
+        const char *v = hd->buf + hd->h[i].val_off;
+        size_t n = hd->h[i].val_len;
+        if (n >= 9 && strncasecmp(v, "Negotiate", 9) == 0 && (n == 9 || v[9] == ' ')) {
+            v += 9, n -= 9;
+            while (n > 0 && *v == ' ')
+                v++, n--;
+            *len = n;
+            return v;
+        }
+    }
+    return NULL;
+}
+
+/* With delegation, what the backend's answer says of the token: true when the
+ * answer is to be relayed; false when it refused the token (or its mutual
+ * answer does not verify), and the answer is then drained and not relayed. */
+static bool delegation_answer(struct stream *st, const struct upstream_response *r)
+{
+    size_t len = 0;
+    const char *neg = negotiate_of(r->head, &len);
+    unsigned long long id = (unsigned long long)st->sc->conn_id;
+    if (r->status == 401 && neg != NULL) {
+        /* A connection authenticated earlier that the backend no longer takes as
+         * such is retried once with a fresh token; a fresh token refused is final. */
+        st->retry_auth = !(st->flags & (SF_TOKEN_SENT | SF_AUTH_RETRIED)) &&
+                         (st->flags & SF_IDEMPOTENT) && !(st->flags & SF_HAS_BODY);
+        if (!st->retry_auth)
+            log_info("#%llu.%u %s: the backend refused the delegated token for %s (401)", id,
+                     st->req_no, st->sc->peer, st->deleg_user);
+        st->flags |= SF_DISCARD;
+        return false;
+    }
+    if (st->token != NULL && neg != NULL && len > 0 &&
+        krb_token_verify(st->token, neg, len) != 0) {
+        log_info("#%llu.%u %s: the backend's mutual authentication answer for %s does not verify",
+                 id, st->req_no, st->sc->peer, st->deleg_user);
+        st->retry_auth = false;
+        st->flags |= SF_DISCARD;
+        return false;
+    }
+    return true;
+}
+
 static void up_head(void *arg, const struct upstream_response *r)
 {
     struct stream *st = arg;
     struct stream_client *sc = st->sc;
     now(&st->t_upstream_done);
+    if (sc->krb != NULL && !delegation_answer(st, r))
+        return;
     st->status = r->status;
     bool client_11 = st->http_major == 1 && st->http_minor >= 1;
     bool keep_alive = (st->flags & SF_KEEP_ALIVE) && !sc->draining;
@@ -447,6 +528,8 @@ static void up_head(void *arg, const struct upstream_response *r)
 static void up_body(void *arg, const char *data, size_t len)
 {
     struct stream *st = arg;
+    if (st->flags & SF_DISCARD)
+        return;
     if (st->flags & SF_CHUNKED_OUT) {
         char hdr[24];
         client_write(st, hdr, proxy_http_chunk_header(hdr, len));
@@ -463,6 +546,18 @@ static void up_body(void *arg, const char *data, size_t len)
 static void up_done(void *arg, bool reusable)
 {
     struct stream *st = arg;
+    if (st->flags & SF_DISCARD) {
+        /* The token was refused: the connection proved nothing, and is not kept. */
+        stream_unbind(st, false);
+        st->flags &= ~SF_DISCARD;
+        if (st->retry_auth) {
+            st->flags |= SF_AUTH_RETRIED;
+            stream_delegate(st, true);
+            return;
+        }
+        stream_refuse(st, R_BACKEND_AUTH_FAILED);
+        return;
+    }
     if (st->flags & SF_CHUNKED_OUT)
         client_write(st, "0\r\n\r\n", 5);
     stream_unbind(st, reusable && (st->flags & SF_BODY_DONE));
@@ -489,6 +584,13 @@ static bool stream_retry(struct stream *st)
     log_debug("#%llu.%u %s: retrying %s on a new backend connection",
               (unsigned long long)st->sc->conn_id, st->req_no, st->sc->peer,
               llhttp_method_name((llhttp_method_t)st->method));
+    if (st->sc->krb != NULL) {
+        /* A new connection needs a token of its own (one is never replayed). */
+        evbuffer_free(st->upstream_head);
+        st->upstream_head = NULL;
+        stream_delegate(st, true);
+        return true;
+    }
     stream_send_head(st, NULL);
     return true;
 }
@@ -507,7 +609,7 @@ static void up_error(void *arg, enum reason r, bool stale)
         stream_end(st, STREAM_ABORT, true);
         return;
     }
-    stream_refuse(st, r);
+    stream_refuse(st, (st->flags & SF_DISCARD) ? R_BACKEND_AUTH_FAILED : r);
 }
 
 static void up_writable(void *arg)
@@ -519,12 +621,22 @@ static void up_writable(void *arg)
     st->sc->ops->more(st->sc->arg);
 }
 
+static void stream_token_start(struct stream *st);
+
+static void up_connected(void *arg)
+{
+    struct stream *st = arg;
+    if (st->stage == SS_AUTH && st->token == NULL && st->krb_job == NULL)
+        stream_token_start(st); /* waited for the backend's certificate (channel binding) */
+}
+
 static const struct upstream_handler up_handler = {
     .head = up_head,
     .body = up_body,
     .done = up_done,
     .error = up_error,
     .writable = up_writable,
+    .connected = up_connected,
 };
 
 void stream_client_writable(struct stream *st)
@@ -541,17 +653,25 @@ static void parser_resume(struct stream *st)
     st->flags &= ~SF_PAUSED;
 }
 
-/* Sends the request head (built now, or the kept one with <head> NULL on a
- * retry) on an upstream connection; refuses the request when none can be had. */
+static bool stream_acquire(struct stream *st, unsigned flags)
+{
+    if (st->flags & SF_HEAD_METHOD)
+        flags |= UPSTREAM_HEAD_REQUEST;
+    st->up = upstream_acquire(st->sc->pool, &up_handler, st, flags, st->deleg_user, &st->trail);
+    if (st->up == NULL) {
+        stream_refuse(st, R_BACKEND_UNAVAILABLE);
+        return false;
+    }
+    return true;
+}
+
+/* Writes the request head (built now, or the kept one with <head> NULL on a
+ * retry) on the upstream connection, acquiring one when there is none. */
 static void stream_send_head(struct stream *st, struct evbuffer *head)
 {
-    struct stream_client *sc = st->sc;
-    st->up = upstream_acquire(sc->pool, &up_handler, st,
-                              (st->flags & SF_HEAD_METHOD) ? UPSTREAM_HEAD_REQUEST : 0, &st->trail);
-    if (st->up == NULL) {
+    if (st->up == NULL && !stream_acquire(st, 0)) {
         if (head != NULL)
             evbuffer_free(head);
-        stream_refuse(st, R_BACKEND_UNAVAILABLE);
         return;
     }
     if (head == NULL) {
@@ -560,31 +680,26 @@ static void stream_send_head(struct stream *st, struct evbuffer *head)
                        evbuffer_get_length(st->upstream_head));
         return;
     }
-    if ((st->flags & SF_IDEMPOTENT) && !(st->flags & SF_HAS_BODY)) {
+    if ((st->flags & SF_IDEMPOTENT) && !(st->flags & SF_HAS_BODY) && st->sc->krb == NULL) {
         /* Kept until the response starts: a pooled connection that the backend
-         * had closed gets this request once more on a new connection. */
+         * had closed gets this request once more on a new connection. With
+         * delegation, a new connection gets a new token instead. */
         upstream_write(st->up, evbuffer_pullup(head, -1), evbuffer_get_length(head));
         st->upstream_head = head;
     } else {
+        if ((st->flags & SF_IDEMPOTENT) && !(st->flags & SF_HAS_BODY) &&
+            st->upstream_head == NULL && upstream_reused(st->up))
+            st->upstream_head = evbuffer_new(); /* marks the request as retryable */
         upstream_write_buffer(st->up, head);
         evbuffer_free(head);
     }
 }
 
-/* Sends the request on: head, any body held in the read-ahead buffer, then
- * the rest of the body as it arrives. */
-static void stream_forward(struct stream *st)
+/* Sends the request on: head (with the token, under delegation), any body held
+ * in the read-ahead buffer, then the rest of the body as it arrives. */
+static void stream_send(struct stream *st)
 {
     struct stream_client *sc = st->sc;
-    if (st->readahead != NULL) {
-        /* The whole body is in memory: sent with its length, not re-chunked. */
-        st->flags &= ~SF_CHUNKED;
-        st->content_length = evbuffer_get_length(st->readahead);
-        if (st->content_length > 0)
-            st->flags |= SF_HAS_BODY;
-        else
-            st->flags &= ~SF_HAS_BODY;
-    }
     struct evbuffer *head = evbuffer_new();
     if (head == NULL) {
         stream_refuse(st, R_BACKEND_UNAVAILABLE);
@@ -602,9 +717,11 @@ static void stream_forward(struct stream *st)
         .host_header = sc->conf->backend.host_header,
         .facts = certs ? sc->facts : NULL,
         .ident = mapped ? &st->ident : NULL,
+        .authorization = st->token != NULL && (st->flags & SF_TOKEN_SENT) ? st->token->header
+                                                                          : NULL,
+        .drop_authorization = sc->krb != NULL,
     };
     proxy_http_request_head(&f, head);
-    now(&st->t_upstream);
     stream_send_head(st, head);
     if (st->stage == SS_DONE)
         return; /* refused: no backend connection */
@@ -624,6 +741,102 @@ static void stream_forward(struct stream *st)
     st->stage = SS_BODY;
     timer_arm(st, sc->conf->body_timeout_ms); /* body progress */
     parser_resume(st);
+}
+
+static void token_done(void *arg, struct krb_token *t)
+{
+    struct stream *st = arg;
+    st->krb_job = NULL;
+    unsigned long long id = (unsigned long long)st->sc->conn_id;
+    if (t->reason != R_NONE) {
+        log_info("#%llu.%u %s: delegation for %s: %s (%s)", id, st->req_no, st->sc->peer,
+                 st->deleg_user, t->detail != NULL ? t->detail : "?", reason_name(t->reason));
+        enum reason r = t->reason;
+        krb_token_free(t);
+        stream_refuse(st, r);
+        return;
+    }
+    log_debug("#%llu.%u %s: delegated as %s (%s)", id, st->req_no, st->sc->peer,
+              t->client != NULL ? t->client : st->deleg_user,
+              t->cached ? "cached credential" : "KDC exchange");
+    krb_token_free(st->token);
+    st->token = t;
+    st->flags |= SF_TOKEN_SENT;
+    stream_send(st);
+    if (st->stage != SS_DONE)
+        st->sc->ops->more(st->sc->arg);
+}
+
+static void stream_token_start(struct stream *st)
+{
+    struct stream_client *sc = st->sc;
+    size_t len = 0;
+    const unsigned char *binding = NULL;
+    if (sc->conf->deleg_binding == BINDING_AUTO && sc->conf->backend.https)
+        binding = upstream_binding(st->up, &len);
+    st->krb_job = krb_token_start(sc->krb, st->deleg_user, st->deleg_enterprise, binding, len,
+                                  sc->post, sc->post_arg, token_done, st);
+    if (st->krb_job == NULL)
+        stream_refuse(st, R_KDC_UNAVAILABLE);
+}
+
+/* With delegation: a backend connection of the mapped user's own, and a token
+ * when it needs one (a new connection, or send = always). <fresh>: a new
+ * connection in any case (a retry). */
+static void stream_delegate(struct stream *st, bool fresh)
+{
+    struct stream_client *sc = st->sc;
+    if (st->deleg_user == NULL) {
+        st->deleg_user =
+            krb_user_name(sc->conf, st->ident.sam, st->ident.upn, &st->deleg_enterprise);
+        if (st->deleg_user == NULL) {
+            log_info("#%llu.%u %s: delegation: the account %s has no %s to impersonate",
+                     (unsigned long long)sc->conn_id, st->req_no, sc->peer,
+                     st->ident.dn != NULL ? st->ident.dn : "?",
+                     sc->conf->deleg_impersonate == IMPERSONATE_UPN ? "userPrincipalName"
+                                                                    : "sAMAccountName");
+            stream_refuse(st, R_DELEGATION_REFUSED);
+            return;
+        }
+    }
+    if (!stream_acquire(st, fresh ? UPSTREAM_FRESH : 0))
+        return;
+    st->flags &= ~SF_TOKEN_SENT;
+    if (upstream_reused(st->up) && sc->conf->deleg_send == SEND_FIRST) {
+        stream_send(st); /* authenticated on its first request */
+        return;
+    }
+    st->stage = SS_AUTH;
+    timer_arm(st, sc->conf->deleg_timeout_ms);
+    bool binding = sc->conf->deleg_binding == BINDING_AUTO && sc->conf->backend.https;
+    if (binding && !upstream_connected(st->up))
+        return; /* up_connected() starts the token once the certificate is known */
+    stream_token_start(st);
+}
+
+/* The request is allowed: to the backend. */
+static void stream_forward(struct stream *st)
+{
+    if (st->readahead != NULL) {
+        /* The whole body is in memory: sent with its length, not re-chunked. */
+        st->flags &= ~SF_CHUNKED;
+        st->content_length = evbuffer_get_length(st->readahead);
+        if (st->content_length > 0)
+            st->flags |= SF_HAS_BODY;
+        else
+            st->flags &= ~SF_HAS_BODY;
+    }
+    now(&st->t_upstream);
+    if (st->sc->krb != NULL && (st->flags & SF_MAPPED) && st->ident.reason == R_NONE) {
+        stream_delegate(st, false);
+        return;
+    }
+    if (st->sc->krb != NULL) {
+        /* Delegation needs an account: without a mapping nothing is forwarded. */
+        stream_refuse(st, R_DELEGATION_REFUSED);
+        return;
+    }
+    stream_send(st);
 }
 
 /* The location's policy: certificate mode and whether to map. false when the

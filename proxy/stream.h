@@ -21,6 +21,8 @@ struct conf;
 struct mapper;
 struct accesslog;
 struct upstream_pool;
+struct krb;
+typedef void (*stream_post_fn)(void *post_arg, void (*fn)(void *), void *fn_arg);
 
 /* How a stream ended, for its connection. */
 enum stream_end {
@@ -48,6 +50,9 @@ struct stream_client {
     struct mapper *mapper;       /* NULL without [mapping] */
     struct accesslog *alog;
     struct upstream_pool *pool;
+    struct krb *krb;             /* Kerberos delegation; NULL: identity headers only */
+    stream_post_fn post;         /* hands work back to this worker's loop (from krb/'s threads) */
+    void *post_arg;
     const char *peer;            /* the client's address, as text */
     uint64_t conn_id;
     unsigned n_requests;         /* requests begun on the connection, this one included */

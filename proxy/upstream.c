@@ -169,6 +169,7 @@ static const llhttp_settings_t response_settings = {
 
 void upstream_free(struct upstream *u)
 {
+    free(u->identity);
     proxy_head_purge(&u->head);
     event_del(&u->timer);
     io_free(u->io);
@@ -247,6 +248,12 @@ static void up_event_cb(void *arg, enum io_event ev)
         u->connected = true;
         upstream_trail_add(u->trail, u->addr_idx, UP_USED);
         arm(u, u->pool->conf->backend_read_timeout_ms);
+        SSL *ssl = io_ssl(u->io);
+        if (ssl == NULL ||
+            tls_server_end_point(ssl, u->binding, sizeof u->binding, &u->binding_len) < 0)
+            u->binding_len = 0;
+        if (u->h->connected != NULL)
+            u->h->connected(u->arg);
         return;
     }
     if (!u->connected) {
@@ -358,9 +365,10 @@ static struct upstream *up_connect(struct upstream_pool *p, struct upstream_trai
 }
 
 struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream_handler *h,
-                                  void *arg, unsigned flags, struct upstream_trail *trail)
+                                  void *arg, unsigned flags, const char *identity,
+                                  struct upstream_trail *trail)
 {
-    struct upstream *u = upstream_pool_take(p);
+    struct upstream *u = (flags & UPSTREAM_FRESH) ? NULL : upstream_pool_take(p, identity);
     if (u != NULL) {
         u->reused = true;
         u->trail = trail;
@@ -372,6 +380,10 @@ struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream
         u = up_connect(p, trail);
         if (u == NULL)
             return NULL;
+        if (identity != NULL && (u->identity = strdup(identity)) == NULL) {
+            upstream_free(u);
+            return NULL;
+        }
     }
     u->h = h;
     u->arg = arg;
@@ -401,6 +413,17 @@ size_t upstream_output_length(const struct upstream *u)
 void upstream_read_pause(struct upstream *u, bool paused)
 {
     io_read_pause(u->io, paused);
+}
+
+bool upstream_connected(const struct upstream *u)
+{
+    return u->connected;
+}
+
+const unsigned char *upstream_binding(const struct upstream *u, size_t *len)
+{
+    *len = u->binding_len;
+    return u->binding_len > 0 ? u->binding : NULL;
 }
 
 bool upstream_reused(const struct upstream *u)

@@ -90,16 +90,28 @@ struct upstream_handler {
     void (*error)(void *arg, enum reason r, bool stale);
     /* The request's output fell to the low mark: the holder may write more. */
     void (*writable)(void *arg);
+    /* A new connection is established (TCP, and TLS for https); may be NULL. */
+    void (*connected)(void *arg);
 };
 
 /* Flags of upstream_acquire(). */
 #define UPSTREAM_HEAD_REQUEST 0x1u /* the request is HEAD: no body in the answer */
+#define UPSTREAM_FRESH 0x2u        /* a new connection, never a pooled one */
 
-/* An upstream connection for one request: an idle pooled one if there is one,
- * else a new connection, which tries every backend address in order until one
- * connects (each attempt appended to <trail>). NULL when out of resources. */
+/* An upstream connection for one request: an idle pooled one of <identity>
+ * if there is one (NULL: a connection of nobody in particular; with
+ * delegation, a connection belongs to the user it authenticated, for its
+ * whole life), else a new connection, which tries every backend address in
+ * order until one connects (each attempt appended to <trail>). NULL when out
+ * of resources. */
 struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream_handler *h,
-                                  void *arg, unsigned flags, struct upstream_trail *trail);
+                                  void *arg, unsigned flags, const char *identity,
+                                  struct upstream_trail *trail);
+
+/* Whether <u> is established; its RFC 5929 tls-server-end-point binding data
+ * (NULL: a plain backend, or not connected yet) and its length in <len>. */
+bool upstream_connected(const struct upstream *u);
+const unsigned char *upstream_binding(const struct upstream *u, size_t *len);
 
 /* Queues request bytes (copied / moved). */
 void upstream_write(struct upstream *u, const void *data, size_t len);
@@ -123,7 +135,7 @@ void upstream_pool_init(struct upstream_pool *p, struct event_base *base, const 
 void upstream_pool_purge(struct upstream_pool *p);
 
 /* pool.c <-> upstream.c: an idle connection parked, or taken back. */
-struct upstream *upstream_pool_take(struct upstream_pool *p);
+struct upstream *upstream_pool_take(struct upstream_pool *p, const char *identity);
 bool upstream_pool_put(struct upstream_pool *p, struct upstream *u);
 /* The idle connection <u> became unusable: out of the pool and freed. */
 void upstream_pool_drop(struct upstream *u);

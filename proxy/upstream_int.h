@@ -16,6 +16,9 @@ struct upstream {
     void *arg;
     struct upstream_trail *trail; /* the holder's record, NULL while idle */
     unsigned addr_idx;        /* the backend address this connection goes to */
+    char *identity;           /* whose connection this is (delegation), NULL: anyone's */
+    unsigned char binding[96]; /* tls-server-end-point of an https backend, once connected */
+    size_t binding_len;
     llhttp_t parser;
     struct proxy_head head;   /* response head being received */
     bool connected;

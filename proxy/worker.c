@@ -230,6 +230,9 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
             .mapper = w->mapper,
             .alog = sh->alog,
             .pool = &w->pool,
+            .krb = sh->krb,
+            .post = worker_post,
+            .post_arg = w,
             .gone = worker_conn_gone,
             .gone_arg = w,
         };
@@ -322,5 +325,4 @@ void proxy_workers_stop(struct worker *ws, unsigned n, uint64_t grace_ms)
     }
     for (unsigned i = 0; i < n; i++)
         pthread_join(ws[i].thread, NULL);
-    proxy_workers_free(ws, n);
 }

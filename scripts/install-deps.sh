@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   # build
   build-essential cmake pkg-config libssl-dev libevent-dev libldap-dev libinih-dev
-  node-llhttp libcmocka-dev libjemalloc-dev
+  node-llhttp libcmocka-dev libjemalloc-dev libkrb5-dev
   # tests: real clients, a real directory, real peers. Every package named,
   # none left to Recommends (installed without them): samba-ad-provision holds
   # the AD schema that "samba-tool domain provision" reads; mount and

@@ -78,3 +78,27 @@ fail:
     SSL_free(ssl);
     return NULL;
 }
+
+int tls_server_end_point(SSL *ssl, unsigned char *out, size_t outlen, size_t *len)
+{
+    static const char prefix[] = "tls-server-end-point:";
+    X509 *peer = SSL_get0_peer_certificate(ssl);
+    if (peer == NULL || outlen < sizeof prefix - 1 + EVP_MAX_MD_SIZE)
+        return -1;
+    /* RFC 5929 4.1: the certificate's signature hash, SHA-256 in place of MD5 or SHA-1. */
+    int md_nid = NID_undef, pk_nid = NID_undef;
+    const EVP_MD *md = NULL;
+    if (OBJ_find_sigid_algs(X509_get_signature_nid(peer), &md_nid, &pk_nid) == 1 &&
+        md_nid != NID_md5 && md_nid != NID_sha1 && md_nid != NID_undef)
+        md = EVP_get_digestbynid(md_nid);
+    if (md == NULL)
+        md = EVP_sha256();
+    unsigned int n = 0;
+    memcpy(out, prefix, sizeof prefix - 1);
+    if (X509_digest(peer, md, out + sizeof prefix - 1, &n) != 1) {
+        ERR_clear_error();
+        return -1;
+    }
+    *len = sizeof prefix - 1 + n;
+    return 0;
+}

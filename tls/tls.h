@@ -126,6 +126,12 @@ struct tls_client_ctx; /* opaque; for an https:// backend, shared by all workers
 struct tls_client_ctx *tls_client_ctx_new(const struct conf *c, char *err, size_t errlen);
 void tls_client_ctx_free(struct tls_client_ctx *t);
 
+/* RFC 5929 tls-server-end-point channel binding data of the established
+ * backend connection <ssl>: "tls-server-end-point:" and the hash of the
+ * server's certificate (its signature's hash, SHA-256 for MD5 and SHA-1), into
+ * <out> (at least 96 bytes). 0 with its length in <len>, or -1. */
+int tls_server_end_point(SSL *ssl, unsigned char *out, size_t outlen, size_t *len);
+
 /* A new client SSL for one backend connection, with SNI and host name checks
  * set to the backend's host. NULL on allocation failure. */
 SSL *tls_client_conn_new(struct tls_client_ctx *t);

@@ -135,6 +135,9 @@ def file_bad_cases(tmp):
     with open(notpem, "w") as f:
         f.write("this is not a PEM file\n")
     open(empty, "w").close()
+    secret = os.path.join(tmp, "good.secret")
+    with open(secret, "w") as f:
+        f.write("Passw0rd!Svc\n")
     with open(nul, "wb") as f:
         f.write(b"Passw\0rd\n")
     ldap = ["[mapping]", "[ldap]", "uri = ldaps://127.0.0.1", "base_dn = DC=corp,DC=example,DC=test"]
@@ -159,6 +162,27 @@ def file_bad_cases(tmp):
          "[backend] ca_file: cannot load"),
         ("backend name that does not resolve", without(base(), "url") + ["url = http://eas.invalid"],
          N, '[backend] url: cannot resolve "eas.invalid"'),
+        ("delegation without mapping", base() + ["[delegation]", "mode = kerberos",
+                                                 "principal = svc@CORP", f"keytab = {notpem}"],
+         N + 2, "[delegation] mode = kerberos needs a [mapping] section"),
+        ("delegation without keytab", base() + ldap + ["bind_dn = svc@corp",
+                                                       f"bind_password_file = {secret}",
+                                                       "[delegation]", "mode = kerberos",
+                                                       "principal = svc@CORP"],
+         N + 8, "[delegation] mode = kerberos needs principal and keytab"),
+        ("delegation principal without realm", base() + ldap + [
+            "bind_dn = svc@corp", f"bind_password_file = {secret}", "[delegation]",
+            "mode = kerberos", "principal = svc-seg", f"keytab = {notpem}"],
+         N + 9, '[delegation] principal "svc-seg" is not NAME@REALM'),
+        ("delegation target_spn not HTTP/", base() + ldap + [
+            "bind_dn = svc@corp", f"bind_password_file = {secret}", "[delegation]",
+            "mode = kerberos", "principal = svc@CORP", f"keytab = {notpem}",
+            "target_spn = eas.corp"],
+         N + 11, '[delegation] target_spn "eas.corp" is not HTTP/HOST'),
+        ("delegation keytab that is no keytab", base() + ldap + [
+            "bind_dn = svc@corp", f"bind_password_file = {secret}", "[delegation]",
+            "mode = kerberos", "principal = svc@CORP", f"keytab = {notpem}"],
+         N + 10, f'[delegation] keytab: "{notpem}" holds no key for [delegation] principal svc@CORP'),
         ("access log in a missing directory", base() + ["[server]", "access_log = /nonexistent/a.log"],
          N + 2, '[server] access_log: cannot open "/nonexistent/a.log"'),
     ]

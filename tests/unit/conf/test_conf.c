@@ -930,7 +930,7 @@ static void test_keys_documented(void **state)
         /* "[server] listen = ..." and "[location PATH] mapping = ..." */
         assert_non_null(close);
         assert_int_equal(sscanf(line + 1, "%63[a-z_]", sec), 1);
-        assert_int_equal(sscanf(close + 1, " %63[a-z_]", key), 1);
+        assert_int_equal(sscanf(close + 1, " %63[a-z0-9_]", key), 1);
         snprintf(want, sizeof(want), "\n%s =", key);
         if (strstr(example, want) == NULL) {
             snprintf(want, sizeof(want), "\n; %s =", key);

@@ -41,10 +41,12 @@ static size_t fake_out_len;   /* what upstream_output_length says, when not 0 */
 static int n_purged;
 
 struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream_handler *h,
-                                  void *arg, unsigned flags, struct upstream_trail *trail)
+                                  void *arg, unsigned flags, const char *identity,
+                                  struct upstream_trail *trail)
 {
     (void)p;
     (void)flags;
+    (void)identity;
     if (refuse_acquire || n_acquired >= 4)
         return NULL;
     struct upstream *u = &fakes[n_acquired];
@@ -82,6 +84,17 @@ void upstream_read_pause(struct upstream *u, bool paused)
 bool upstream_reused(const struct upstream *u)
 {
     return u->reused;
+}
+
+bool upstream_connected(const struct upstream *u)
+{
+    return true;
+}
+
+const unsigned char *upstream_binding(const struct upstream *u, size_t *len)
+{
+    *len = 0;
+    return NULL;
 }
 
 void upstream_release(struct upstream *u, bool reusable)

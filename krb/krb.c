@@ -1,0 +1,685 @@
+/* Kerberos constrained delegation on MIT krb5's GSSAPI (krb.h). */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <gssapi/gssapi.h>
+#include <gssapi/gssapi_ext.h>
+#include <gssapi/gssapi_krb5.h>
+#include <krb5.h>
+#include <openssl/evp.h>
+
+#include "common/log.h"
+#include "krb/krb.h"
+
+/* Pool threads: KDC exchanges are rare (cached per user) and short. */
+#define KRB_THREADS 2
+/* A cached credential is not used this close to its end time. */
+#define KRB_MARGIN_S 300
+
+static gss_OID_desc spnego_oid = {6, (void *)"\x2b\x06\x01\x05\x05\x02"};
+static gss_OID_desc krb5_oid = {9, (void *)"\x2a\x86\x48\x86\xf7\x12\x01\x02\x02"};
+static gss_OID_set_desc krb5_set = {1, &krb5_oid};
+
+/* One user's delegated (impersonation) credential. */
+struct cred {
+    char *user;
+    bool enterprise;
+    gss_cred_id_t gss;   /* GSS_C_NO_CREDENTIAL while being acquired */
+    time_t expires;
+    bool acquiring;      /* a pool thread is asking the KDC for it */
+    unsigned refs;       /* pool threads using <gss> now */
+    struct cred *prev, *next; /* least recently used first */
+};
+
+struct krb_job {
+    struct krb *k;
+    char *user;
+    bool enterprise;
+    unsigned char *binding;
+    size_t binding_len;
+    krb_post_fn post;
+    void *post_arg;
+    krb_done_cb cb;
+    void *arg;
+    bool cancelled;      /* read and written on the asking worker's thread only */
+    struct krb_token *result;
+    struct krb_job *qnext;
+};
+
+struct krb {
+    const struct conf *conf;
+    gss_cred_id_t svc;   /* the service account's credential (keytab, TGT as needed) */
+    gss_name_t target;
+    char realm[256];
+    char ccache[96];     /* the service's own memory ccache */
+    pthread_mutex_t lock;
+    pthread_cond_t work, acquired;
+    struct krb_job *qhead, *qtail;
+    bool stopping;
+    pthread_t threads[KRB_THREADS];
+    unsigned n_threads;
+    struct cred *lru_head, *lru_tail; /* head: least recently used */
+    size_t n_creds;
+    _Atomic uint64_t exchanges, hits;
+};
+
+/* A GSSAPI buffer over the string <s>, which GSSAPI only reads (its buffers
+ * have no const). */
+static gss_buffer_desc text_buffer(const char *s)
+{
+    gss_buffer_desc b = {strlen(s), (void *)(uintptr_t)s};
+    return b;
+}
+
+/* ---- errors ---------------------------------------------------------------------- */
+
+/* "major: minor" texts of a GSSAPI status, into <buf>. */
+static void gss_text(OM_uint32 major, OM_uint32 minor, char *buf, size_t len)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    OM_uint32 ctx = 0, min;
+    gss_buffer_desc msg;
+    do {
+        if (GSS_ERROR(gss_display_status(&min, major, GSS_C_GSS_CODE, GSS_C_NO_OID, &ctx, &msg)))
+            break;
+        int n = snprintf(buf + used, len - used, "%s%.*s", used ? "; " : "", (int)msg.length,
+                         (const char *)msg.value);
+        gss_release_buffer(&min, &msg);
+        if (n < 0 || (size_t)n >= len - used)
+            return;
+        used += (size_t)n;
+    } while (ctx != 0);
+    ctx = 0;
+    do {
+        if (GSS_ERROR(gss_display_status(&min, minor, GSS_C_MECH_CODE, &krb5_oid, &ctx, &msg)))
+            break;
+        int n = snprintf(buf + used, len - used, ": %.*s", (int)msg.length, (const char *)msg.value);
+        gss_release_buffer(&min, &msg);
+        if (n < 0 || (size_t)n >= len - used)
+            return;
+        used += (size_t)n;
+    } while (ctx != 0);
+}
+
+/* What a failed exchange means for the request: the KDC did not answer
+ * (503, retried later), or it answered no (403). */
+static enum reason reason_of(OM_uint32 minor)
+{
+    krb5_error_code e = (krb5_error_code)minor;
+    switch (e) {
+    case KRB5_KDC_UNREACH:
+    case KRB5_REALM_CANT_RESOLVE:
+    case KRB5_REALM_UNKNOWN:
+    case KRB5KRB_ERR_RESPONSE_TOO_BIG:
+    case ETIMEDOUT:
+    case ECONNREFUSED:
+    case ECONNRESET:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+        return R_KDC_UNAVAILABLE;
+    default:
+        return R_DELEGATION_REFUSED;
+    }
+}
+
+/* ---- the keytab (-t) ------------------------------------------------------------- */
+
+int krb_check_keytab(const struct conf *c, char *err, size_t errlen)
+{
+    char where[512], why[512] = "";
+    krb5_context ctx = NULL;
+    krb5_keytab kt = NULL;
+    krb5_principal p = NULL;
+    krb5_keytab_entry entry;
+    int rc = -1;
+    char ktname[1100];
+
+    if (c->deleg_mode != DELEG_KERBEROS)
+        return 0;
+    conf_where(c, "delegation", "keytab", where, sizeof where);
+    if (krb5_init_context(&ctx) != 0) {
+        snprintf(err, errlen, "%s: cannot initialise Kerberos", where);
+        return -1;
+    }
+    snprintf(ktname, sizeof ktname, "FILE:%s", c->deleg_keytab);
+    krb5_error_code e = krb5_kt_resolve(ctx, ktname, &kt);
+    if (e == 0)
+        e = krb5_parse_name(ctx, c->deleg_principal, &p);
+    if (e == 0)
+        e = krb5_kt_get_entry(ctx, kt, p, 0, 0, &entry);
+    if (e != 0) {
+        const char *m = krb5_get_error_message(ctx, e);
+        snprintf(why, sizeof why, "%s", m);
+        krb5_free_error_message(ctx, m);
+        snprintf(err, errlen, "%s: \"%s\" holds no key for [delegation] principal %s: %s", where,
+                 c->deleg_keytab, c->deleg_principal, why);
+        goto out;
+    }
+    krb5_free_keytab_entry_contents(ctx, &entry);
+    rc = 0;
+out:
+    if (p != NULL)
+        krb5_free_principal(ctx, p);
+    if (kt != NULL)
+        krb5_kt_close(ctx, kt);
+    krb5_free_context(ctx);
+    return rc;
+}
+
+/* ---- tokens ---------------------------------------------------------------------- */
+
+void krb_token_free(struct krb_token *t)
+{
+    if (t == NULL)
+        return;
+    if (t->gss_ctx != NULL) {
+        OM_uint32 min;
+        gss_ctx_id_t ctx = t->gss_ctx;
+        gss_delete_sec_context(&min, &ctx, GSS_C_NO_BUFFER);
+    }
+    free(t->header);
+    free(t->detail);
+    free(t->client);
+    free(t);
+}
+
+static char *b64_encode(const void *data, size_t len)
+{
+    size_t n = 4 * ((len + 2) / 3) + 1;
+    char *out = malloc(n);
+    if (out != NULL)
+        EVP_EncodeBlock((unsigned char *)out, data, (int)len);
+    return out;
+}
+
+int krb_token_verify(struct krb_token *t, const char *b64, size_t len)
+{
+    if (t == NULL || t->gss_ctx == NULL)
+        return -1;
+    unsigned char *bin = malloc(len + 4);
+    if (bin == NULL)
+        return -1;
+    int n = EVP_DecodeBlock(bin, (const unsigned char *)b64, (int)len);
+    if (n < 0) {
+        free(bin);
+        return -1;
+    }
+    while (len > 0 && b64[len - 1] == '=') { /* EVP_DecodeBlock counts padding as bytes */
+        n--;
+        len--;
+    }
+    OM_uint32 maj, min;
+    gss_buffer_desc in = {(size_t)n, bin}, out = GSS_C_EMPTY_BUFFER;
+    gss_ctx_id_t ctx = t->gss_ctx;
+    maj = gss_init_sec_context(&min, GSS_C_NO_CREDENTIAL, &ctx, GSS_C_NO_NAME, &spnego_oid, 0, 0,
+                               GSS_C_NO_CHANNEL_BINDINGS, &in, NULL, &out, NULL, NULL);
+    t->gss_ctx = ctx;
+    gss_release_buffer(&min, &out);
+    free(bin);
+    return maj == GSS_S_COMPLETE ? 0 : -1;
+}
+
+/* ---- the credential cache --------------------------------------------------------- */
+
+static void lru_unlink(struct krb *k, struct cred *c)
+{
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        k->lru_head = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    else
+        k->lru_tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void lru_append(struct krb *k, struct cred *c)
+{
+    c->prev = k->lru_tail;
+    c->next = NULL;
+    if (k->lru_tail != NULL)
+        k->lru_tail->next = c;
+    else
+        k->lru_head = c;
+    k->lru_tail = c;
+}
+
+static void cred_free(struct cred *c)
+{
+    OM_uint32 min;
+    if (c->gss != GSS_C_NO_CREDENTIAL)
+        gss_release_cred(&min, &c->gss);
+    free(c->user);
+    free(c);
+}
+
+/* Drops <c> from the cache (lock held); freed now unless in use. */
+static void cred_drop(struct krb *k, struct cred *c)
+{
+    lru_unlink(k, c);
+    k->n_creds--;
+    if (c->refs == 0)
+        cred_free(c);
+    else
+        c->acquiring = false, c->expires = 0; /* the last user frees it (cred_put) */
+}
+
+static struct cred *cred_find(struct krb *k, const char *user, bool enterprise)
+{
+    for (struct cred *c = k->lru_tail; c != NULL; c = c->prev)
+        if (c->enterprise == enterprise && strcmp(c->user, user) == 0)
+            return c;
+    return NULL;
+}
+
+/* Releases a pool thread's use of <c> (lock held). */
+static void cred_put(struct krb *k, struct cred *c, bool in_cache)
+{
+    c->refs--;
+    if (!in_cache && c->refs == 0)
+        cred_free(c);
+}
+
+/* S4U2Self for <user>, on a pool thread, without the lock. */
+static OM_uint32 impersonate(struct krb *k, const char *user, bool enterprise, gss_cred_id_t *out,
+                             time_t *expires, OM_uint32 *minor)
+{
+    OM_uint32 maj, min, life = 0;
+    gss_name_t name = GSS_C_NO_NAME;
+    gss_buffer_desc nb = text_buffer(user);
+    maj = gss_import_name(minor, &nb,
+                          enterprise ? GSS_KRB5_NT_ENTERPRISE_NAME : GSS_KRB5_NT_PRINCIPAL_NAME,
+                          &name);
+    if (GSS_ERROR(maj))
+        return maj;
+    atomic_fetch_add(&k->exchanges, 1);
+    maj = gss_acquire_cred_impersonate_name(minor, k->svc, name, GSS_C_INDEFINITE, &krb5_set,
+                                            GSS_C_INITIATE, out, NULL, &life);
+    gss_release_name(&min, &name);
+    if (!GSS_ERROR(maj))
+        *expires = time(NULL) + (life == GSS_C_INDEFINITE ? 36000 : (time_t)life);
+    return maj;
+}
+
+/* The user's credential, from the cache or the KDC (one exchange however many
+ * threads ask at once). On success, a reference the caller puts back. */
+static struct cred *cred_get(struct krb *k, const char *user, bool enterprise, bool *cached,
+                             OM_uint32 *major, OM_uint32 *minor)
+{
+    time_t now = time(NULL);
+    pthread_mutex_lock(&k->lock);
+    struct cred *c;
+    for (;;) {
+        c = cred_find(k, user, enterprise);
+        if (c == NULL || !c->acquiring)
+            break;
+        pthread_cond_wait(&k->acquired, &k->lock); /* another thread asks the KDC */
+    }
+    if (c != NULL && c->expires - KRB_MARGIN_S > now) {
+        lru_unlink(k, c);
+        lru_append(k, c);
+        c->refs++;
+        pthread_mutex_unlock(&k->lock);
+        *cached = true;
+        atomic_fetch_add(&k->hits, 1);
+        return c;
+    }
+    if (c != NULL)
+        cred_drop(k, c); /* too close to its end */
+    c = calloc(1, sizeof *c);
+    if (c == NULL || (c->user = strdup(user)) == NULL) {
+        free(c);
+        pthread_mutex_unlock(&k->lock);
+        *major = GSS_S_FAILURE;
+        *minor = ENOMEM;
+        return NULL;
+    }
+    c->enterprise = enterprise;
+    c->gss = GSS_C_NO_CREDENTIAL;
+    c->acquiring = true;
+    c->refs = 1;
+    lru_append(k, c);
+    k->n_creds++;
+    while (k->n_creds > k->conf->deleg_cache_entries && k->lru_head != c) {
+        struct cred *old = k->lru_head;
+        if (old->acquiring)
+            break;
+        cred_drop(k, old);
+    }
+    pthread_mutex_unlock(&k->lock);
+
+    gss_cred_id_t g = GSS_C_NO_CREDENTIAL;
+    time_t expires = 0;
+    *major = impersonate(k, user, enterprise, &g, &expires, minor);
+
+    pthread_mutex_lock(&k->lock);
+    c->acquiring = false;
+    bool in_cache = c->prev != NULL || c->next != NULL || k->lru_head == c;
+    if (GSS_ERROR(*major)) {
+        if (in_cache)
+            cred_drop(k, c); /* refused ones are not cached: the next request asks again */
+        cred_put(k, c, false);
+        c = NULL;
+    } else {
+        c->gss = g;
+        c->expires = expires;
+    }
+    pthread_cond_broadcast(&k->acquired);
+    pthread_mutex_unlock(&k->lock);
+    *cached = false;
+    return c;
+}
+
+/* One token for <j>'s user, on a pool thread. */
+static struct krb_token *make_token(struct krb *k, struct krb_job *j)
+{
+    struct krb_token *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return NULL;
+    OM_uint32 maj = GSS_S_COMPLETE, min = 0, m2;
+    char why[1024];
+    struct cred *c = cred_get(k, j->user, j->enterprise, &t->cached, &maj, &min);
+    if (c == NULL) {
+        gss_text(maj, min, why, sizeof why);
+        t->reason = reason_of(min);
+        t->detail = strdup(why);
+        return t;
+    }
+    struct gss_channel_bindings_struct cb = {0};
+    cb.initiator_addrtype = GSS_C_AF_UNSPEC;
+    cb.acceptor_addrtype = GSS_C_AF_UNSPEC;
+    cb.application_data.length = j->binding_len;
+    cb.application_data.value = j->binding;
+    gss_ctx_id_t ctx = GSS_C_NO_CONTEXT;
+    gss_buffer_desc out = GSS_C_EMPTY_BUFFER;
+    /* S4U2Proxy happens here, the first time for this user and service. */
+    maj = gss_init_sec_context(&min, c->gss, &ctx, k->target, &spnego_oid, GSS_C_MUTUAL_FLAG, 0,
+                               j->binding != NULL ? &cb : GSS_C_NO_CHANNEL_BINDINGS,
+                               GSS_C_NO_BUFFER, NULL, &out, NULL, NULL);
+    if (GSS_ERROR(maj)) {
+        gss_text(maj, min, why, sizeof why);
+        t->reason = reason_of(min);
+        t->detail = strdup(why);
+    } else {
+        char *b64 = b64_encode(out.value, out.length);
+        size_t n = b64 != NULL ? strlen(b64) + 11 : 0;
+        t->header = b64 != NULL ? malloc(n) : NULL;
+        if (t->header != NULL) {
+            snprintf(t->header, n, "Negotiate %s", b64);
+            t->reason = R_NONE;
+            t->gss_ctx = ctx;
+            ctx = GSS_C_NO_CONTEXT;
+        } else {
+            t->reason = R_KDC_UNAVAILABLE; /* out of memory: fail closed, retried later */
+            t->detail = strdup("out of memory");
+        }
+        free(b64);
+        gss_name_t client = GSS_C_NO_NAME;
+        gss_buffer_desc cn = GSS_C_EMPTY_BUFFER;
+        if (!GSS_ERROR(gss_inquire_cred(&m2, c->gss, &client, NULL, NULL, NULL)) &&
+            !GSS_ERROR(gss_display_name(&m2, client, &cn, NULL)))
+            t->client = strndup(cn.value, cn.length);
+        gss_release_buffer(&m2, &cn);
+        gss_release_name(&m2, &client);
+    }
+    gss_release_buffer(&m2, &out);
+    if (ctx != GSS_C_NO_CONTEXT)
+        gss_delete_sec_context(&m2, &ctx, GSS_C_NO_BUFFER);
+    pthread_mutex_lock(&k->lock);
+    bool in_cache = c->prev != NULL || c->next != NULL || k->lru_head == c;
+    if (t->reason != R_NONE && in_cache)
+        cred_drop(k, c); /* a credential that cannot delegate is not kept */
+    cred_put(k, c, in_cache && t->reason == R_NONE);
+    pthread_mutex_unlock(&k->lock);
+    return t;
+}
+
+/* ---- the pool ---------------------------------------------------------------------- */
+
+static void job_free(struct krb_job *j)
+{
+    free(j->user);
+    free(j->binding);
+    krb_token_free(j->result);
+    free(j);
+}
+
+/* On the asking worker's loop. */
+static void job_complete(void *arg)
+{
+    struct krb_job *j = arg;
+    if (!j->cancelled) {
+        struct krb_token *t = j->result;
+        j->result = NULL;
+        if (t == NULL) {
+            t = calloc(1, sizeof *t);
+            if (t != NULL)
+                t->reason = R_KDC_UNAVAILABLE; /* out of memory: fail closed */
+        }
+        if (t != NULL)
+            j->cb(j->arg, t);
+    }
+    job_free(j);
+}
+
+static void *pool_main(void *arg)
+{
+    struct krb *k = arg;
+    pthread_mutex_lock(&k->lock);
+    for (;;) {
+        while (k->qhead == NULL && !k->stopping)
+            pthread_cond_wait(&k->work, &k->lock);
+        if (k->stopping)
+            break;
+        struct krb_job *j = k->qhead;
+        k->qhead = j->qnext;
+        if (k->qhead == NULL)
+            k->qtail = NULL;
+        pthread_mutex_unlock(&k->lock);
+        j->result = make_token(k, j);
+        j->post(j->post_arg, job_complete, j);
+        pthread_mutex_lock(&k->lock);
+    }
+    pthread_mutex_unlock(&k->lock);
+    return NULL;
+}
+
+struct krb_job *krb_token_start(struct krb *k, const char *user, bool enterprise,
+                                const unsigned char *binding, size_t binding_len,
+                                krb_post_fn post, void *post_arg, krb_done_cb cb, void *arg)
+{
+    struct krb_job *j = calloc(1, sizeof *j);
+    if (j == NULL)
+        return NULL;
+    j->k = k;
+    j->user = strdup(user);
+    j->enterprise = enterprise;
+    if (binding != NULL) {
+        j->binding = malloc(binding_len);
+        if (j->binding != NULL)
+            memcpy(j->binding, binding, binding_len);
+        j->binding_len = binding_len;
+    }
+    if (j->user == NULL || (binding != NULL && j->binding == NULL)) {
+        job_free(j);
+        return NULL;
+    }
+    j->post = post;
+    j->post_arg = post_arg;
+    j->cb = cb;
+    j->arg = arg;
+    pthread_mutex_lock(&k->lock);
+    if (k->qtail != NULL)
+        k->qtail->qnext = j;
+    else
+        k->qhead = j;
+    k->qtail = j;
+    pthread_cond_signal(&k->work);
+    pthread_mutex_unlock(&k->lock);
+    return j;
+}
+
+void krb_job_cancel(struct krb_job *j)
+{
+    if (j != NULL)
+        j->cancelled = true;
+}
+
+void krb_counters(struct krb *k, uint64_t *exchanges, uint64_t *cache_hits)
+{
+    *exchanges = atomic_load(&k->exchanges);
+    *cache_hits = atomic_load(&k->hits);
+}
+
+/* ---- life ----------------------------------------------------------------------- */
+
+struct krb *krb_new(const struct conf *c, char *err, size_t errlen)
+{
+    char where[512], why[1024];
+    OM_uint32 maj, min;
+    struct krb *k = calloc(1, sizeof *k);
+    if (k == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    k->conf = c;
+    k->svc = GSS_C_NO_CREDENTIAL;
+    k->target = GSS_C_NO_NAME;
+    pthread_mutex_init(&k->lock, NULL);
+    pthread_cond_init(&k->work, NULL);
+    pthread_cond_init(&k->acquired, NULL);
+    const char *at = strrchr(c->deleg_principal, '@');
+    snprintf(k->realm, sizeof k->realm, "%s", at != NULL ? at + 1 : "");
+    snprintf(k->ccache, sizeof k->ccache, "MEMORY:certmapd-svc-%ld", (long)getpid());
+
+    gss_name_t svc_name = GSS_C_NO_NAME;
+    gss_buffer_desc nb = text_buffer(c->deleg_principal);
+    maj = gss_import_name(&min, &nb, GSS_KRB5_NT_PRINCIPAL_NAME, &svc_name);
+    if (!GSS_ERROR(maj)) {
+        gss_key_value_element_desc el[] = {{"client_keytab", c->deleg_keytab},
+                                           {"ccache", k->ccache}};
+        gss_key_value_set_desc store = {2, el};
+        maj = gss_acquire_cred_from(&min, svc_name, GSS_C_INDEFINITE, &krb5_set, GSS_C_INITIATE,
+                                    &store, &k->svc, NULL, NULL);
+    }
+    gss_release_name(&min, &svc_name);
+    if (GSS_ERROR(maj)) {
+        gss_text(maj, min, why, sizeof why);
+        snprintf(err, errlen, "%s: cannot use the keytab for %s: %s",
+                 conf_where(c, "delegation", "keytab", where, sizeof where), c->deleg_principal,
+                 why);
+        goto fail;
+    }
+    /* "HTTP/host" as a Kerberos principal in the service account's realm:
+     * no DNS canonicalisation of the backend's name. */
+    char spn[1024];
+    snprintf(spn, sizeof spn, "%s@%s", c->deleg_target_spn, k->realm);
+    nb = text_buffer(spn);
+    maj = gss_import_name(&min, &nb, GSS_KRB5_NT_PRINCIPAL_NAME, &k->target);
+    if (GSS_ERROR(maj)) {
+        gss_text(maj, min, why, sizeof why);
+        snprintf(err, errlen, "%s: %s",
+                 conf_where(c, "delegation", "target_spn", where, sizeof where), why);
+        goto fail;
+    }
+    for (unsigned i = 0; i < KRB_THREADS; i++) {
+        if (pthread_create(&k->threads[i], NULL, pool_main, k) != 0) {
+            snprintf(err, errlen, "delegation: cannot start a thread");
+            goto fail;
+        }
+        k->n_threads++;
+    }
+    return k;
+fail:
+    krb_free(k);
+    return NULL;
+}
+
+void krb_stop(struct krb *k)
+{
+    if (k == NULL)
+        return;
+    pthread_mutex_lock(&k->lock);
+    k->stopping = true;
+    pthread_cond_broadcast(&k->work);
+    pthread_mutex_unlock(&k->lock);
+    for (unsigned i = 0; i < k->n_threads; i++)
+        pthread_join(k->threads[i], NULL);
+    k->n_threads = 0;
+}
+
+void krb_free(struct krb *k)
+{
+    if (k == NULL)
+        return;
+    krb_stop(k);
+    /* Jobs still queued were never run: their workers are gone too. */
+    while (k->qhead != NULL) {
+        struct krb_job *j = k->qhead;
+        k->qhead = j->qnext;
+        job_free(j);
+    }
+    while (k->lru_head != NULL)
+        cred_drop(k, k->lru_head);
+    OM_uint32 min;
+    if (k->svc != GSS_C_NO_CREDENTIAL)
+        gss_release_cred(&min, &k->svc);
+    if (k->target != GSS_C_NO_NAME)
+        gss_release_name(&min, &k->target);
+    pthread_cond_destroy(&k->work);
+    pthread_cond_destroy(&k->acquired);
+    pthread_mutex_destroy(&k->lock);
+    free(k);
+}
+
+int krb_probe(struct krb *k, char *err, size_t errlen)
+{
+    struct krb_job j = {.k = k, .user = (char *)k->conf->deleg_principal};
+    struct krb_token *t = make_token(k, &j);
+    int rc = 0;
+    if (t == NULL) {
+        snprintf(err, errlen, "delegation: out of memory");
+        return -1;
+    }
+    if (t->reason != R_NONE) {
+        snprintf(err, errlen,
+                 "delegation: %s %s delegate to %s: %s", k->conf->deleg_principal,
+                 t->reason == R_KDC_UNAVAILABLE ? "cannot reach the KDC to" : "may not",
+                 k->conf->deleg_target_spn, t->detail != NULL ? t->detail : "?");
+        rc = t->reason == R_KDC_UNAVAILABLE ? -2 : -1;
+    }
+    krb_token_free(t);
+    /* The probe's own credential is not one a request will want. */
+    pthread_mutex_lock(&k->lock);
+    struct cred *c = cred_find(k, k->conf->deleg_principal, false);
+    if (c != NULL && !c->acquiring)
+        cred_drop(k, c);
+    pthread_mutex_unlock(&k->lock);
+    return rc;
+}
+
+char *krb_user_name(const struct conf *c, const char *sam, const char *upn, bool *enterprise)
+{
+    *enterprise = c->deleg_impersonate == IMPERSONATE_UPN;
+    if (*enterprise)
+        return upn != NULL ? strdup(upn) : NULL;
+    if (sam == NULL)
+        return NULL;
+    const char *bs = strrchr(sam, '\\'); /* "CORP\alice": the NetBIOS domain is not the realm */
+    const char *name = bs != NULL ? bs + 1 : sam;
+    const char *at = strrchr(c->deleg_principal, '@');
+    size_t n = strlen(name) + (at != NULL ? strlen(at) : 0) + 1;
+    char *out = malloc(n);
+    if (out != NULL)
+        snprintf(out, n, "%s%s", name, at != NULL ? at : "");
+    return out;
+}
