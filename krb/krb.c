@@ -683,3 +683,94 @@ char *krb_user_name(const struct conf *c, const char *sam, const char *upn, bool
         snprintf(out, n, "%s%s", name, at != NULL ? at : "");
     return out;
 }
+
+/* klist's letters for ticket flags. */
+static void flags_text(krb5_flags f, char *buf, size_t len)
+{
+    static const struct {
+        krb5_flags bit;
+        char letter;
+    } letters[] = {
+        {TKT_FLG_FORWARDABLE, 'F'}, {TKT_FLG_FORWARDED, 'f'},   {TKT_FLG_PROXIABLE, 'P'},
+        {TKT_FLG_PROXY, 'p'},       {TKT_FLG_MAY_POSTDATE, 'D'}, {TKT_FLG_POSTDATED, 'd'},
+        {TKT_FLG_INVALID, 'i'},     {TKT_FLG_RENEWABLE, 'R'},   {TKT_FLG_INITIAL, 'I'},
+        {TKT_FLG_HW_AUTH, 'H'},     {TKT_FLG_PRE_AUTH, 'A'},    {TKT_FLG_TRANSIT_POLICY_CHECKED, 'T'},
+        {TKT_FLG_OK_AS_DELEGATE, 'O'}, {TKT_FLG_ANONYMOUS, 'a'},
+    };
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof letters / sizeof letters[0] && n + 1 < len; i++)
+        if (f & letters[i].bit)
+            buf[n++] = letters[i].letter;
+    buf[n] = '\0';
+}
+
+int krb_explain(struct krb *k, const char *user, bool enterprise, FILE *out)
+{
+    OM_uint32 maj, min, m2;
+    char why[1024], cc[128];
+    gss_cred_id_t imp = GSS_C_NO_CREDENTIAL;
+    gss_ctx_id_t ctx = GSS_C_NO_CONTEXT;
+    gss_buffer_desc tok = GSS_C_EMPTY_BUFFER;
+    time_t expires = 0;
+    int rc = 1;
+
+    fprintf(out, "delegation: %s impersonates %s%s (S4U2Self), then to %s (S4U2Proxy)\n",
+            k->conf->deleg_principal, user, enterprise ? " as an enterprise name" : "",
+            k->conf->deleg_target_spn);
+    maj = impersonate(k, user, enterprise, &imp, &expires, &min);
+    if (!GSS_ERROR(maj))
+        maj = gss_init_sec_context(&min, imp, &ctx, k->target, &spnego_oid, GSS_C_MUTUAL_FLAG, 0,
+                                   GSS_C_NO_CHANNEL_BINDINGS, GSS_C_NO_BUFFER, NULL, &tok, NULL,
+                                   NULL);
+    if (GSS_ERROR(maj)) {
+        gss_text(maj, min, why, sizeof why);
+        enum reason r = reason_of(min);
+        fprintf(out, "verdict: %s: %s\n", reason_name(r), why);
+        rc = r == R_KDC_UNAVAILABLE ? 2 : 1;
+        goto out;
+    }
+    /* The tickets the exchange left in the credential, as klist shows them. */
+    snprintf(cc, sizeof cc, "MEMORY:certmapd-explain-%ld", (long)getpid());
+    gss_key_value_element_desc el = {"ccache", cc};
+    gss_key_value_set_desc store = {1, &el};
+    krb5_context kc = NULL;
+    krb5_ccache ccache = NULL;
+    krb5_cc_cursor cur;
+    krb5_creds cr;
+    if (!GSS_ERROR(gss_store_cred_into(&m2, imp, GSS_C_INITIATE, &krb5_oid, 1, 1, &store, NULL,
+                                       NULL)) &&
+        krb5_init_context(&kc) == 0 && krb5_cc_resolve(kc, cc, &ccache) == 0 &&
+        krb5_cc_start_seq_get(kc, ccache, &cur) == 0) {
+        while (krb5_cc_next_cred(kc, ccache, &cur, &cr) == 0) {
+            char *client = NULL, *server = NULL, flags[32], end[64];
+            krb5_unparse_name(kc, cr.client, &client);
+            krb5_unparse_name(kc, cr.server, &server);
+            flags_text(cr.ticket_flags, flags, sizeof flags);
+            time_t t = (time_t)cr.times.endtime;
+            struct tm tm;
+            strftime(end, sizeof end, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+            if (server != NULL && strncmp(server, "krbtgt/", 7) != 0)
+                fprintf(out, "ticket\n  %-14s %s\n  %-14s %s\n  %-14s %s\n  %-14s %s\n",
+                        "client", client ? client : "?", "service", server, "flags", flags,
+                        "ends", end);
+            krb5_free_unparsed_name(kc, client);
+            krb5_free_unparsed_name(kc, server);
+            krb5_free_cred_contents(kc, &cr);
+        }
+        krb5_cc_end_seq_get(kc, ccache, &cur);
+    }
+    if (ccache != NULL)
+        krb5_cc_destroy(kc, ccache);
+    if (kc != NULL)
+        krb5_free_context(kc);
+    fprintf(out, "verdict: delegated (a %zu-byte Negotiate token for %s)\n", tok.length,
+            k->conf->deleg_target_spn);
+    rc = 0;
+out:
+    gss_release_buffer(&m2, &tok);
+    if (ctx != GSS_C_NO_CONTEXT)
+        gss_delete_sec_context(&m2, &ctx, GSS_C_NO_BUFFER);
+    if (imp != GSS_C_NO_CREDENTIAL)
+        gss_release_cred(&m2, &imp);
+    return rc;
+}

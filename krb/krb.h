@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "common/reason.h"
 #include "conf/conf.h"
@@ -78,6 +79,11 @@ void krb_job_cancel(struct krb_job *j);
 
 /* KDC exchanges made (S4U2Self) and tokens made from a cached credential. */
 void krb_counters(struct krb *k, uint64_t *exchanges, uint64_t *cache_hits);
+
+/* `certmapd map --delegate`: S4U2Self and S4U2Proxy for <user>, synchronously,
+ * and what came of them on <out>: each ticket's client and service principals,
+ * flags and end time, or the KDC's refusal. 0 delegated, 1 refused, 2 no KDC. */
+int krb_explain(struct krb *k, const char *user, bool enterprise, FILE *out);
 
 /* The name delegation impersonates for the mapped account, as <c> says:
  * "sam@REALM" (REALM from principal; <sam> may be "NETBIOS\sam") or the <upn>

@@ -13,6 +13,7 @@
 
 #include "common/log.h"
 #include "conf/conf.h"
+#include "krb/krb.h"
 #include "ldap/dir.h"
 #include "mapping/mapping.h"
 #include "tls/tls.h"
@@ -26,9 +27,11 @@ struct mapcmd {
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: certmapd map [-c FILE] --cert CERT.pem [--chain CHAIN.pem]\n"
+    fprintf(out, "usage: certmapd map [-c FILE] --cert CERT.pem [--chain CHAIN.pem] [--delegate]\n"
                  "  Runs the certificate policy and the mapping for one certificate, prints each\n"
-                 "  step and the verdict. Exit status: 0 mapped, 1 denied, 2 error.\n");
+                 "  step and the verdict. --delegate: then Kerberos delegation for the mapped\n"
+                 "  account ([delegation] mode = kerberos): S4U2Self and S4U2Proxy, the tickets\n"
+                 "  or the KDC's refusal. Exit status: 0 mapped (and delegated), 1 denied, 2 error.\n");
 }
 
 static void print_list(const char *label, char **v, size_t n)
@@ -115,9 +118,11 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"cert", required_argument, NULL, 'x'},
         {"chain", required_argument, NULL, 'n'},  {"help", no_argument, NULL, 'h'},
+        {"delegate", no_argument, NULL, 'd'},
         {NULL, 0, NULL, 0},
     };
     const char *path = default_conf, *cert_path = NULL, *chain_path = NULL;
+    bool delegate = false;
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -125,6 +130,7 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
         case 'c': path = optarg; break;
         case 'x': cert_path = optarg; break;
         case 'n': chain_path = optarg; break;
+        case 'd': delegate = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -149,6 +155,22 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
         goto out;
     }
     cm_log_set_level(CM_LOG_WARN); /* the steps are printed; logs only for problems */
+    if (delegate && c->deleg_mode != DELEG_KERBEROS) {
+        fprintf(stderr, "certmapd map --delegate: %s has no [delegation] mode = kerberos: "
+                        "delegation needs a [delegation] section with mode = kerberos, "
+                        "principal (the gateway's service account) and keytab (its keys), "
+                        "and a [mapping] section\n",
+                c->path);
+        goto out;
+    }
+    if (delegate) {
+        if (c->deleg_krb5_conf != NULL)
+            setenv("KRB5_CONFIG", c->deleg_krb5_conf, 1);
+        if (krb_check_keytab(c, err, sizeof err) < 0) {
+            fprintf(stderr, "%s\n", err);
+            goto out;
+        }
+    }
     tls = tls_ctx_new(c, err, sizeof err);
     if (tls == NULL) {
         fprintf(stderr, "%s: %s\n", path, err);
@@ -232,6 +254,21 @@ int mapcmd_main(int argc, char **argv, const char *default_conf)
         printf("  %-14s %s\n", "sid", m.res.sid ? m.res.sid : "-");
         printf("  %-14s %s\n", "method", m.res.method);
         rc = 0;
+        if (delegate) {
+            bool enterprise;
+            char *user = krb_user_name(c, m.res.sam, m.res.upn, &enterprise);
+            struct krb *k = user != NULL ? krb_new(c, err, sizeof err) : NULL;
+            if (user == NULL)
+                printf("delegation: refused: %s: the account has no %s to impersonate\n",
+                       reason_name(R_DELEGATION_REFUSED),
+                       c->deleg_impersonate == IMPERSONATE_UPN ? "userPrincipalName"
+                                                               : "sAMAccountName");
+            else if (k == NULL)
+                fprintf(stderr, "%s\n", err);
+            rc = user == NULL ? 1 : k == NULL ? 2 : krb_explain(k, user, enterprise, stdout);
+            krb_free(k);
+            free(user);
+        }
     } else {
         printf("verdict: denied: %s\n", reason_name(m.res.reason));
         rc = 1;
