@@ -15,9 +15,8 @@ user, the status and %k, the number of earlier requests on that connection.
 
     from apache import Apache
     a = Apache(env.dir, Kdc()).start()           # http://127.0.0.1:PORT
+    env.add_cleanup(a.stop)                      # httpd is a daemon: stop it whatever happens
     a = Apache(env.dir, kdc, tls=True, connection_bound=True).start()
-    ...
-    a.stop()
 
 Options:
   tls=True               HTTPS with the test PKI's server certificate (localhost, 127.0.0.1)
@@ -26,6 +25,7 @@ Options:
                          connection, so later requests on it need no Authorization
                          (IIS's authPersistNonNTLM); a new Authorization header
                          authenticates again.
+  trace=True             KRB5_TRACE of the workers to <dir>/krb5-trace.log
   channel_bindings=True  refused: mod_auth_gssapi (1.6.4 here, and upstream so far)
                          has no channel-binding support; use gssbackend.py.
 

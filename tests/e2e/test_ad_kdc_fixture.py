@@ -82,66 +82,62 @@ def test_fixture_files(env):
 
 def test_alice_through_apache(env):
     a = Apache(env.dir, KDC).start()
-    try:
-        c = connect(a.port, False)
-        status, headers, _ = get(c)
-        eq(status, 401, "no token")
-        eq(challenges(headers), ["Negotiate"], "the challenge")
-        status, headers, body = get(c, token("alice"))
-        eq(status, 200, f"S4U2Proxy token for alice; httpd: {a.errors(5)}")
-        who = json.loads(body)
-        eq(who["remote_user"], f"alice@{REALM}", "REMOTE_USER")
-        eq(who["auth_type"], "Negotiate", "AUTH_TYPE")
-        eq(who["conn"], local_port(c), "the connection it came on")
-        check(who["headers"]["Authorization"].startswith("Negotiate "), "Authorization seen")
-        # Not connection-bound: the next request on the connection needs a token again.
-        status, _, _ = get(c)
-        eq(status, 401, "second request without a token, GssapiConnectionBound Off")
-        # mod_auth_gssapi passes no channel bindings to gss_accept_sec_context, and
-        # MIT then accepts a token whatever bindings it carries.
-        status, _, body = get(c, token("alice", bindings=b"tls-server-end-point:" + bytes(32)))
-        eq((status, json.loads(body)["remote_user"]), (200, f"alice@{REALM}"),
-           "bindings are not checked by mod_auth_gssapi")
-        eq([(r["user"], r["status"], r["keepalive"]) for r in a.access()],
-           [("-", 401, 0), (f"alice@{REALM}", 200, 1), ("-", 401, 2), (f"alice@{REALM}", 200, 3)],
-           "access log")
-    finally:
-        a.stop()
+    env.add_cleanup(a.stop)
+    c = connect(a.port, False)
+    status, headers, _ = get(c)
+    eq(status, 401, "no token")
+    eq(challenges(headers), ["Negotiate"], "the challenge")
+    status, headers, body = get(c, token("alice"))
+    eq(status, 200, f"S4U2Proxy token for alice; httpd: {a.errors(5)}")
+    who = json.loads(body)
+    eq(who["remote_user"], f"alice@{REALM}", "REMOTE_USER")
+    eq(who["auth_type"], "Negotiate", "AUTH_TYPE")
+    eq(who["conn"], local_port(c), "the connection it came on")
+    check(who["headers"]["Authorization"].startswith("Negotiate "), "Authorization seen")
+    # Not connection-bound: the next request on the connection needs a token again.
+    status, _, _ = get(c)
+    eq(status, 401, "second request without a token, GssapiConnectionBound Off")
+    # mod_auth_gssapi passes no channel bindings to gss_accept_sec_context, and
+    # MIT then accepts a token whatever bindings it carries.
+    status, _, body = get(c, token("alice", bindings=b"tls-server-end-point:" + bytes(32)))
+    eq((status, json.loads(body)["remote_user"]), (200, f"alice@{REALM}"),
+       "bindings are not checked by mod_auth_gssapi")
+    eq([(r["user"], r["status"], r["keepalive"]) for r in a.access()],
+       [("-", 401, 0), (f"alice@{REALM}", 200, 1), ("-", 401, 2), (f"alice@{REALM}", 200, 3)],
+       "access log")
 
 
 def test_apache_https_connection_bound(env):
     other = uniq("dave")
     AD.user_create(other, upn=f"{other}@corp.example.test")
+    env.add_cleanup(lambda: AD.user_delete(other))
     a = Apache(env.dir, KDC, tls=True, connection_bound=True).start()
-    try:
-        c = connect(a.port, True)
-        status, headers, _ = get(c)
-        eq(status, 401, "no token")
-        # mod_auth_gssapi offers NTLM too once connection-bound (multi-step mechanisms
-        # become possible), though GssapiAllowedMech is krb5: IIS sends both as well.
-        eq(challenges(headers), ["Negotiate", "NTLM"], "challenges, connection-bound")
-        status, headers, body = get(c, token("alice"))
-        eq(status, 200, "alice")
-        eq(json.loads(body)["https"], "on", "over TLS")
-        eq(dict(headers).get("Persistent-Auth"), "true", "Persistent-Auth signalled")
-        status, _, body = get(c)
-        eq(status, 200, "next request on the connection without Authorization")
-        eq(json.loads(body)["remote_user"], f"alice@{REALM}", "still alice on this connection")
-        c2 = connect(a.port, True)
-        eq(get(c2)[0], 401, "another connection without a token")
-        # A new token on the authenticated connection authenticates anew: the
-        # connection is now the other user's.
-        status, _, body = get(c, token(other))
-        eq((status, json.loads(body)["remote_user"]), (200, f"{other}@{REALM}"), "re-auth")
-        status, _, body = get(c)
-        eq(json.loads(body)["remote_user"], f"{other}@{REALM}", "bound to the new user")
-        conn = local_port(c)
-        eq([(r["user"], r["status"]) for r in a.access() if r["conn"] == conn],
-           [("-", 401), (f"alice@{REALM}", 200), (f"alice@{REALM}", 200),
-            (f"{other}@{REALM}", 200), (f"{other}@{REALM}", 200)], "one connection's requests")
-    finally:
-        a.stop()
-        AD.user_delete(other)
+    env.add_cleanup(a.stop)
+    c = connect(a.port, True)
+    status, headers, _ = get(c)
+    eq(status, 401, "no token")
+    # mod_auth_gssapi offers NTLM too once connection-bound (multi-step mechanisms
+    # become possible), though GssapiAllowedMech is krb5: IIS sends both as well.
+    eq(challenges(headers), ["Negotiate", "NTLM"], "challenges, connection-bound")
+    status, headers, body = get(c, token("alice"))
+    eq(status, 200, "alice")
+    eq(json.loads(body)["https"], "on", "over TLS")
+    eq(dict(headers).get("Persistent-Auth"), "true", "Persistent-Auth signalled")
+    status, _, body = get(c)
+    eq(status, 200, "next request on the connection without Authorization")
+    eq(json.loads(body)["remote_user"], f"alice@{REALM}", "still alice on this connection")
+    c2 = connect(a.port, True)
+    eq(get(c2)[0], 401, "another connection without a token")
+    # A new token on the authenticated connection authenticates anew: the
+    # connection is now the other user's.
+    status, _, body = get(c, token(other))
+    eq((status, json.loads(body)["remote_user"]), (200, f"{other}@{REALM}"), "re-auth")
+    status, _, body = get(c)
+    eq(json.loads(body)["remote_user"], f"{other}@{REALM}", "bound to the new user")
+    conn = local_port(c)
+    eq([(r["user"], r["status"]) for r in a.access() if r["conn"] == conn],
+       [("-", 401), (f"alice@{REALM}", 200), (f"alice@{REALM}", 200),
+        (f"{other}@{REALM}", 200), (f"{other}@{REALM}", 200)], "one connection's requests")
 
 
 def refused(r, stage, minor, text):
@@ -183,54 +179,48 @@ def test_enterprise_name_is_not_canonicalized(env):
     sees alice\\@corp.example.test@REALM, not alice@REALM. krb/ must impersonate
     sAMAccountName@REALM."""
     a = Apache(env.dir, KDC).start()
-    try:
-        c = connect(a.port, False)
-        status, _, body = get(c, token("alice@corp.example.test", enterprise=True))
-        eq(status, 200, "enterprise name")
-        eq(json.loads(body)["remote_user"], f"alice\\@corp.example.test@{REALM}", "REMOTE_USER")
-    finally:
-        a.stop()
+    env.add_cleanup(a.stop)
+    c = connect(a.port, False)
+    status, _, body = get(c, token("alice@corp.example.test", enterprise=True))
+    eq(status, 200, "enterprise name")
+    eq(json.loads(body)["remote_user"], f"alice\\@corp.example.test@{REALM}", "REMOTE_USER")
 
 
 def test_gssbackend_channel_bindings(env):
     g = GssBackend(env.dir, KDC, tls=True).start()
-    try:
-        c = connect(g.port, True)
-        status, headers, body = get(c)
-        eq((status, challenges(headers)), (401, ["Negotiate"]), "no token")
-        der = c.sock.getpeercert(binary_form=True)
-        eq(channel_binding_data(der), g.cb_data, "the client's view of the server cert")
-        status, _, body = get(c, token("alice", bindings=channel_binding_data(der)))
-        eq(status, 200, f"right bindings: {body!r}")
-        got = json.loads(body)
-        eq((got["principal"], got["channel_bound"], got["bindings"]),
-           (f"alice@{REALM}", True, "match"), "right bindings")
-        wrong = b"tls-server-end-point:" + bytes(32)
-        status, headers, body = get(c, token("alice", bindings=wrong))
-        eq((status, json.loads(body)["reason"]), (401, "channel_bindings_mismatch"), "wrong")
-        eq(challenges(headers), ["Negotiate"], "challenge after wrong bindings")
-        status, _, body = get(c, token("alice"))
-        eq((status, json.loads(body)["bindings"]), (200, "absent"),
-           "no bindings, not required: MIT accepts")
-        log = g.requests()
-        eq(log[2]["error"], "Major (262144): Incorrect channel bindings were supplied, "
-           "Minor (100001): Success", "MIT's GSS_S_BAD_BINDINGS")
-        eq([(r["conn"], r["status"], r["principal"], r.get("bindings")) for r in log],
-           [(local_port(c), 401, None, None), (local_port(c), 200, f"alice@{REALM}", "match"),
-            (local_port(c), 401, None, "mismatch"), (local_port(c), 200, f"alice@{REALM}", "absent")],
-           "the backend's log")
-    finally:
-        g.stop()
+    env.add_cleanup(g.stop)
+    c = connect(g.port, True)
+    status, headers, body = get(c)
+    eq((status, challenges(headers)), (401, ["Negotiate"]), "no token")
+    der = c.sock.getpeercert(binary_form=True)
+    eq(channel_binding_data(der), g.cb_data, "the client's view of the server cert")
+    status, _, body = get(c, token("alice", bindings=channel_binding_data(der)))
+    eq(status, 200, f"right bindings: {body!r}")
+    got = json.loads(body)
+    eq((got["principal"], got["channel_bound"], got["bindings"]),
+       (f"alice@{REALM}", True, "match"), "right bindings")
+    wrong = b"tls-server-end-point:" + bytes(32)
+    status, headers, body = get(c, token("alice", bindings=wrong))
+    eq((status, json.loads(body)["reason"]), (401, "channel_bindings_mismatch"), "wrong")
+    eq(challenges(headers), ["Negotiate"], "challenge after wrong bindings")
+    status, _, body = get(c, token("alice"))
+    eq((status, json.loads(body)["bindings"]), (200, "absent"),
+       "no bindings, not required: MIT accepts")
+    log = g.requests()
+    eq(log[2]["error"], "Major (262144): Incorrect channel bindings were supplied, "
+       "Minor (100001): Success", "MIT's GSS_S_BAD_BINDINGS")
+    eq([(r["conn"], r["status"], r["principal"], r.get("bindings")) for r in log],
+       [(local_port(c), 401, None, None), (local_port(c), 200, f"alice@{REALM}", "match"),
+        (local_port(c), 401, None, "mismatch"), (local_port(c), 200, f"alice@{REALM}", "absent")],
+       "the backend's log")
     g = GssBackend(env.dir, KDC, tls=True, require_bindings=True).start()
-    try:
-        c = connect(g.port, True)
-        status, _, body = get(c, token("alice"))
-        eq((status, json.loads(body)["reason"]), (401, "channel_bindings_absent"), "required")
-        der = c.sock.getpeercert(binary_form=True)
-        status, _, body = get(c, token("alice", bindings=channel_binding_data(der)))
-        eq((status, json.loads(body)["principal"]), (200, f"alice@{REALM}"), "required, given")
-    finally:
-        g.stop()
+    env.add_cleanup(g.stop)
+    c = connect(g.port, True)
+    status, _, body = get(c, token("alice"))
+    eq((status, json.loads(body)["reason"]), (401, "channel_bindings_absent"), "required")
+    der = c.sock.getpeercert(binary_form=True)
+    status, _, body = get(c, token("alice", bindings=channel_binding_data(der)))
+    eq((status, json.loads(body)["principal"]), (200, f"alice@{REALM}"), "required, given")
 
 
 def test_ensure_users(env):
@@ -244,18 +234,16 @@ def test_ensure_users(env):
 
 def test_gssbackend_connection_bound(env):
     g = GssBackend(env.dir, KDC, tls=True, connection_bound=True).start()
-    try:
-        c = connect(g.port, True)
-        der = c.sock.getpeercert(binary_form=True)
-        eq(get(c, token("alice", bindings=channel_binding_data(der)))[0], 200, "alice")
-        status, _, body = get(c)
-        eq((status, json.loads(body)["auth"]), (200, "connection"), "bound to the connection")
-        eq(get(connect(g.port, True))[0], 401, "another connection")
-        eq([(r["auth"], r["principal"]) for r in g.requests()],
-           [("negotiate", f"alice@{REALM}"), ("connection", f"alice@{REALM}"), ("none", None)],
-           "log")
-    finally:
-        g.stop()
+    env.add_cleanup(g.stop)
+    c = connect(g.port, True)
+    der = c.sock.getpeercert(binary_form=True)
+    eq(get(c, token("alice", bindings=channel_binding_data(der)))[0], 200, "alice")
+    status, _, body = get(c)
+    eq((status, json.loads(body)["auth"]), (200, "connection"), "bound to the connection")
+    eq(get(connect(g.port, True))[0], 401, "another connection")
+    eq([(r["auth"], r["principal"]) for r in g.requests()],
+       [("negotiate", f"alice@{REALM}"), ("connection", f"alice@{REALM}"), ("none", None)],
+       "log")
 
 
 if __name__ == "__main__":
