@@ -430,6 +430,14 @@ class Env:
         self.dir = tempfile.mkdtemp(prefix="certmapd-e2e-")
         self.backends = []
         self.daemons = []
+        self.cleanups = []
+
+    def add_cleanup(self, fn):
+        """Calls <fn>() at close, after certmapd stopped (for backends a test starts
+        itself, such as apache.Apache or gssbackend.GssBackend: an httpd left
+        running would outlive the test); the last added is called first."""
+        self.cleanups.append(fn)
+        return fn
 
     def backend(self, tls=False, host=None):
         b = Backend(self.dir).start(tls=tls, host=host)
@@ -456,6 +464,11 @@ class Env:
                 errors.append(str(e))
         for b in self.backends:
             b.stop()
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as e:
+                errors.append(f"cleanup {fn}: {e}")
         if ok and not errors:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:

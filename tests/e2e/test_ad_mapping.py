@@ -118,7 +118,9 @@ def test_compatibility_refuses_certificate_older_than_account(env):
         eq(curl(d.base + PATH, cert="good")[0], 403, "status")
         eq(d.wait_access(1)[0]["reason"], "weak_mapping", "reason")
     finally:
-        AD.user_delete("alice")
+        # Put back the fixture's alice (tests/samba/samba-ad.sh provision), whom the
+        # Kerberos tests impersonate.
+        AD.user_create("alice", upn="alice@corp.example.test", password="Passw0rd!Alice")
     del name
 
 

@@ -9,12 +9,29 @@
 # clients verify the DC for real: connect to ldaps://127.0.0.1 (libldap replaces
 # "localhost" by the machine's host name before checking names; see README.md).
 #
+# provision also sets up Kerberos constrained delegation (issue 12; see README.md):
+# users alice, bob (disabled) and carol (sensitive, cannot be delegated); the
+# backend's account eas-web with SPN HTTP/eas.corp.example.test; svc-seg with SPN
+# HTTP/seg.corp.example.test, protocol transition and constrained delegation to
+# HTTP/eas.corp.example.test; svc-nodeleg (SPN HTTP/nodeleg.corp.example.test,
+# no delegation right); keytabs DIR/seg.keytab, DIR/nodeleg.keytab, DIR/eas.keytab;
+# and DIR/krb5.conf (KRB5_CONFIG) with the KDC on 127.0.0.1. A DIR provisioned
+# before this step existed gets it on its next provision (marker DIR/.kerberos).
+#
 # Only one Samba can hold the AD ports (88, 389, 636, ...) on 127.0.0.1, so start
 # first stops a Samba of an earlier run that still holds them.
 set -euo pipefail
 
 ADMIN_PASS='Passw0rd!Admin'
 SVC_PASS='Passw0rd!Svc'
+ALICE_PASS='Passw0rd!Alice'
+BOB_PASS='Passw0rd!Bob1'
+CAROL_PASS='Passw0rd!Carol'
+WEB_PASS='Passw0rd!Web1'
+NODELEG_PASS='Passw0rd!NoDeleg'
+SEG_SPN=HTTP/seg.corp.example.test
+EAS_SPN=HTTP/eas.corp.example.test
+NODELEG_SPN=HTTP/nodeleg.corp.example.test
 REALM=CORP.EXAMPLE.TEST
 DOMAIN=CORP
 BASE_DN=DC=corp,DC=example,DC=test
@@ -126,8 +143,140 @@ tool() {
     timeout 120 samba-tool "$@" -s "$CONF"
 }
 
+# Kerberos constrained delegation: accounts, SPNs, delegation rights, keytabs,
+# krb5.conf. Every step checks first, so that an interrupted run can be repeated.
+user_exists() {
+    tool user show "$1" >/dev/null 2>&1
+}
+
+ensure_user() { # NAME PASSWORD [DESCRIPTION]
+    user_exists "$1" && return 0
+    tool user create "$1" "$2" --description="${3:-certmapd test user}" >/dev/null
+    # Test accounts must not expire in the middle of a run.
+    tool user setexpiry "$1" --noexpiry >/dev/null
+}
+
+ensure_spn() { # SPN ACCOUNT
+    # It lists them one a line after a tab and a space.
+    tool spn list "$2" 2>/dev/null | sed 's/^[[:space:]]*//' | grep -qixF "$1" && return 0
+    tool spn add "$1" "$2" >/dev/null
+}
+
+# FILE from the keys of PRINCIPAL, with MODE and, when that group exists, GROUP.
+# Written to a new file and renamed: exportkeytab writes into an existing keytab
+# (keeping what it held), and a reader never sees a half-written one.
+export_keytab() { # FILE PRINCIPAL MODE [GROUP]
+    local tmp=$1.tmp
+    local out
+    rm -f "$tmp"
+    # It says "Export one principal to ..." on stderr: shown only on failure.
+    out=$(tool domain exportkeytab "$tmp" --principal="$2" 2>&1) || {
+        echo "$out" >&2
+        return 1
+    }
+    chmod "$3" "$tmp"
+    if [ -n "${4:-}" ] && getent group "$4" >/dev/null; then
+        chgrp "$4" "$tmp"
+    fi
+    mv -f "$tmp" "$1"
+}
+
+# msDS-SupportedEncryptionTypes = AES128 | AES256 on each ACCOUNT. Without it,
+# exportkeytab by SPN gives only the RC4 key (arcfour-hmac, deprecated), so
+# tickets to the backend would be RC4; a current AD's services are set to AES. samba-tool has no verb for the attribute: samba's own Python module
+# (what samba-tool runs on) edits the local database.
+set_aes_only() { # ACCOUNT...
+    timeout 60 /usr/bin/python3 - "$CONF" "$@" <<'PY'
+import sys
+import ldb
+from samba.auth import system_session
+from samba.param import LoadParm
+from samba.samdb import SamDB
+
+lp = LoadParm()
+lp.load(sys.argv[1])
+db = SamDB(url=lp.samdb_url(), session_info=system_session(), lp=lp)
+for name in sys.argv[2:]:
+    res = db.search(db.domain_dn(), ldb.SCOPE_SUBTREE,
+                    "(sAMAccountName=%s)" % ldb.binary_encode(name), ["dn"])
+    if len(res) != 1:
+        sys.exit("samba-ad.sh: no account %s" % name)
+    m = ldb.Message(res[0].dn)
+    m["enc"] = ldb.MessageElement("24", ldb.FLAG_MOD_REPLACE, "msDS-SupportedEncryptionTypes")
+    db.modify(m)
+PY
+}
+
+# DIR/krb5.conf, for KRB5_CONFIG. One relation per line: the one-line
+# "REALM = { kdc = ... }" form is not parsed. forwardable: S4U2Proxy needs a
+# forwardable TGT of the service (without it: KDC_ERR_BADOPTION).
+# dns_canonicalize_hostname = false: the test host names are in no DNS, a lookup
+# would only cost time. udp_preference_limit = 1: always TCP to the KDC (AD's
+# tickets carry a PAC and are large: no UDP attempt that ends in a retry).
+write_krb5_conf() {
+    local lc=${REALM,,}
+    printf '%s\n' \
+        "[libdefaults]" \
+        "  default_realm = $REALM" \
+        "  dns_lookup_kdc = false" \
+        "  dns_lookup_realm = false" \
+        "  dns_canonicalize_hostname = false" \
+        "  rdns = false" \
+        "  forwardable = true" \
+        "  udp_preference_limit = 1" \
+        "" \
+        "[realms]" \
+        "  $REALM = {" \
+        "    kdc = 127.0.0.1" \
+        "  }" \
+        "" \
+        "[domain_realm]" \
+        "  .$lc = $REALM" \
+        "  $lc = $REALM" >"$D/krb5.conf.tmp"
+    chmod 0644 "$D/krb5.conf.tmp"
+    mv -f "$D/krb5.conf.tmp" "$D/krb5.conf"
+}
+
+kerberos() {
+    [ -f "$D/.kerberos" ] && return 0
+    ensure_user alice "$ALICE_PASS"
+    if ! user_exists bob; then
+        ensure_user bob "$BOB_PASS" "certmapd test user (disabled)"
+        tool user disable bob >/dev/null
+    fi
+    ensure_user carol "$CAROL_PASS" "certmapd test user (sensitive, cannot be delegated)"
+    # "on" fails when the flag is set already.
+    if ! tool user sensitive carol show | grep -qF "UF_NOT_DELEGATED: True"; then
+        tool user sensitive carol on >/dev/null
+    fi
+    ensure_user eas-web "$WEB_PASS" "EAS backend service account (HTTP/eas)"
+    ensure_spn "$EAS_SPN" eas-web
+    ensure_spn "$SEG_SPN" svc-seg
+    local deleg
+    deleg=$(tool delegation show svc-seg)
+    if ! grep -qF "UF_TRUSTED_TO_AUTHENTICATE_FOR_DELEGATION: True" <<<"$deleg"; then
+        tool delegation for-any-protocol svc-seg on >/dev/null
+    fi
+    if ! grep -qiF "msDS-AllowedToDelegateTo: $EAS_SPN" <<<"$deleg"; then
+        tool delegation add-service svc-seg "$EAS_SPN" >/dev/null
+    fi
+    ensure_user svc-nodeleg "$NODELEG_PASS" "service account without delegation rights"
+    ensure_spn "$NODELEG_SPN" svc-nodeleg
+    set_aes_only eas-web svc-seg svc-nodeleg
+    (umask 077 && printf '%s' "$NODELEG_PASS" >"$D/svc-nodeleg.secret")
+    chmod 0600 "$D/svc-nodeleg.secret"
+    export_keytab "$D/seg.keytab" svc-seg 0600
+    export_keytab "$D/nodeleg.keytab" svc-nodeleg 0600
+    # httpd's workers (User www-data) read the backend's keytab.
+    export_keytab "$D/eas.keytab" "$EAS_SPN" 0640 www-data
+    write_krb5_conf
+    touch "$D/.kerberos"
+    echo "samba-ad.sh: Kerberos delegation set up in $D (KRB5_CONFIG=$D/krb5.conf)"
+}
+
 provision() {
     if [ -f "$D/.provisioned" ]; then
+        kerberos
         return 0
     fi
     if own_pid >/dev/null; then
@@ -135,7 +284,8 @@ provision() {
     fi
     # A half-made domain from an interrupted run: start over.
     rm -rf "$D/etc" "$D/private" "$D/state" "$D/cache" "$D/bind-dns" "$D/tls-ca" \
-        "$D/svc.secret" "$D"/*.tdb "$D/msg.lock" "$D/samba.pid" "$D/samba.log"
+        "$D/svc.secret" "$D"/*.tdb "$D/msg.lock" "$D/samba.pid" "$D/samba.log" \
+        "$D/.kerberos" "$D/svc-nodeleg.secret" "$D"/*.keytab "$D"/*.keytab.tmp "$D/krb5.conf"
     timeout 120 samba-tool domain provision --targetdir="$D" --realm="$REALM" --domain="$DOMAIN" \
         --server-role=dc --dns-backend=NONE --adminpass="$ADMIN_PASS" --use-rfc2307 \
         --option="interfaces=lo" --option="bind interfaces only=yes" \
@@ -154,6 +304,7 @@ provision() {
     chmod 0600 "$D/svc.secret"
     touch "$D/.provisioned"
     echo "samba-ad.sh: provisioned $REALM in $D"
+    kerberos
 }
 
 ldaps_ok() {
