@@ -23,7 +23,6 @@
 /* A cached credential is not used this close to its end time. */
 #define KRB_MARGIN_S 300
 
-static gss_OID_desc spnego_oid = {6, (void *)"\x2b\x06\x01\x05\x05\x02"};
 static gss_OID_desc krb5_oid = {9, (void *)"\x2a\x86\x48\x86\xf7\x12\x01\x02\x02"};
 static gss_OID_set_desc krb5_set = {1, &krb5_oid};
 
@@ -68,6 +67,9 @@ struct krb {
     struct cred *lru_head, *lru_tail; /* head: least recently used */
     size_t n_creds;
     _Atomic uint64_t exchanges, hits;
+    gss_cred_id_t retired[64];   /* service credentials given up while the KDC was away */
+    unsigned n_retired;
+    time_t retired_at;
 };
 
 /* A GSSAPI buffer over the string <s>, which GSSAPI only reads (its buffers
@@ -219,8 +221,11 @@ int krb_token_verify(struct krb_token *t, const char *b64, size_t len)
     OM_uint32 maj, min;
     gss_buffer_desc in = {(size_t)n, bin}, out = GSS_C_EMPTY_BUFFER;
     gss_ctx_id_t ctx = t->gss_ctx;
-    maj = gss_init_sec_context(&min, GSS_C_NO_CREDENTIAL, &ctx, GSS_C_NO_NAME, &spnego_oid, 0, 0,
-                               GSS_C_NO_CHANNEL_BINDINGS, &in, NULL, &out, NULL, NULL);
+    /* The same target, mechanism and flags as the first call: the krb5
+     * mechanism checks the AP-REP against the context it made then. */
+    maj = gss_init_sec_context(&min, GSS_C_NO_CREDENTIAL, &ctx, t->target, &krb5_oid,
+                               GSS_C_MUTUAL_FLAG, 0, GSS_C_NO_CHANNEL_BINDINGS, &in, NULL, &out,
+                               NULL, NULL);
     t->gss_ctx = ctx;
     gss_release_buffer(&min, &out);
     free(bin);
@@ -289,6 +294,46 @@ static void cred_put(struct krb *k, struct cred *c, bool in_cache)
         cred_free(c);
 }
 
+/* The service account's credential, acquired the first time it is needed
+ * (a KDC that does not answer at start-up does not stop certmapd) and kept:
+ * GSSAPI refreshes its TGT from the keytab before it expires. */
+static OM_uint32 service_cred(struct krb *k, gss_cred_id_t *out, OM_uint32 *minor)
+{
+    OM_uint32 maj = GSS_S_COMPLETE, min;
+    pthread_mutex_lock(&k->lock);
+    if (k->svc == GSS_C_NO_CREDENTIAL) {
+        gss_name_t name = GSS_C_NO_NAME;
+        gss_buffer_desc nb = text_buffer(k->conf->deleg_principal);
+        maj = gss_import_name(minor, &nb, GSS_KRB5_NT_PRINCIPAL_NAME, &name);
+        if (!GSS_ERROR(maj)) {
+            gss_key_value_element_desc el[] = {{"client_keytab", k->conf->deleg_keytab},
+                                               {"ccache", k->ccache}};
+            gss_key_value_set_desc store = {2, el};
+            maj = gss_acquire_cred_from(minor, name, GSS_C_INDEFINITE, &krb5_set,
+                                        GSS_C_INITIATE, &store, &k->svc, NULL, NULL);
+        }
+        gss_release_name(&min, &name);
+    }
+    *out = k->svc;
+    pthread_mutex_unlock(&k->lock);
+    return maj;
+}
+
+/* No KDC answered: GSSAPI would not try again for the service account's TGT
+ * for a while; a new credential (the next exchange) tries at once. The old
+ * one may still be in another thread's hands: kept until krb_free, a few. */
+static void service_cred_retire(struct krb *k)
+{
+    pthread_mutex_lock(&k->lock);
+    time_t now = time(NULL);
+    if (k->svc != GSS_C_NO_CREDENTIAL && k->n_retired < 64 && now - k->retired_at >= 2) {
+        k->retired[k->n_retired++] = k->svc;
+        k->svc = GSS_C_NO_CREDENTIAL;
+        k->retired_at = now;
+    }
+    pthread_mutex_unlock(&k->lock);
+}
+
 /* S4U2Self for <user>, on a pool thread, without the lock. */
 static OM_uint32 impersonate(struct krb *k, const char *user, bool enterprise, gss_cred_id_t *out,
                              time_t *expires, OM_uint32 *minor)
@@ -301,8 +346,14 @@ static OM_uint32 impersonate(struct krb *k, const char *user, bool enterprise, g
                           &name);
     if (GSS_ERROR(maj))
         return maj;
+    gss_cred_id_t svc;
+    maj = service_cred(k, &svc, minor);
+    if (GSS_ERROR(maj)) {
+        gss_release_name(&min, &name);
+        return maj;
+    }
     atomic_fetch_add(&k->exchanges, 1);
-    maj = gss_acquire_cred_impersonate_name(minor, k->svc, name, GSS_C_INDEFINITE, &krb5_set,
+    maj = gss_acquire_cred_impersonate_name(minor, svc, name, GSS_C_INDEFINITE, &krb5_set,
                                             GSS_C_INITIATE, out, NULL, &life);
     gss_release_name(&min, &name);
     if (!GSS_ERROR(maj))
@@ -392,6 +443,8 @@ static struct krb_token *make_token(struct krb *k, struct krb_job *j)
         gss_text(maj, min, why, sizeof why);
         t->reason = reason_of(min);
         t->detail = strdup(why);
+        if (t->reason == R_KDC_UNAVAILABLE)
+            service_cred_retire(k);
         return t;
     }
     struct gss_channel_bindings_struct cb = {0};
@@ -402,7 +455,7 @@ static struct krb_token *make_token(struct krb *k, struct krb_job *j)
     gss_ctx_id_t ctx = GSS_C_NO_CONTEXT;
     gss_buffer_desc out = GSS_C_EMPTY_BUFFER;
     /* S4U2Proxy happens here, the first time for this user and service. */
-    maj = gss_init_sec_context(&min, c->gss, &ctx, k->target, &spnego_oid, GSS_C_MUTUAL_FLAG, 0,
+    maj = gss_init_sec_context(&min, c->gss, &ctx, k->target, &krb5_oid, GSS_C_MUTUAL_FLAG, 0,
                                j->binding != NULL ? &cb : GSS_C_NO_CHANNEL_BINDINGS,
                                GSS_C_NO_BUFFER, NULL, &out, NULL, NULL);
     if (GSS_ERROR(maj)) {
@@ -417,6 +470,7 @@ static struct krb_token *make_token(struct krb *k, struct krb_job *j)
             snprintf(t->header, n, "Negotiate %s", b64);
             t->reason = R_NONE;
             t->gss_ctx = ctx;
+            t->target = k->target;
             ctx = GSS_C_NO_CONTEXT;
         } else {
             t->reason = R_KDC_UNAVAILABLE; /* out of memory: fail closed, retried later */
@@ -561,24 +615,7 @@ struct krb *krb_new(const struct conf *c, char *err, size_t errlen)
     snprintf(k->realm, sizeof k->realm, "%s", at != NULL ? at + 1 : "");
     snprintf(k->ccache, sizeof k->ccache, "MEMORY:certmapd-svc-%ld", (long)getpid());
 
-    gss_name_t svc_name = GSS_C_NO_NAME;
-    gss_buffer_desc nb = text_buffer(c->deleg_principal);
-    maj = gss_import_name(&min, &nb, GSS_KRB5_NT_PRINCIPAL_NAME, &svc_name);
-    if (!GSS_ERROR(maj)) {
-        gss_key_value_element_desc el[] = {{"client_keytab", c->deleg_keytab},
-                                           {"ccache", k->ccache}};
-        gss_key_value_set_desc store = {2, el};
-        maj = gss_acquire_cred_from(&min, svc_name, GSS_C_INDEFINITE, &krb5_set, GSS_C_INITIATE,
-                                    &store, &k->svc, NULL, NULL);
-    }
-    gss_release_name(&min, &svc_name);
-    if (GSS_ERROR(maj)) {
-        gss_text(maj, min, why, sizeof why);
-        snprintf(err, errlen, "%s: cannot use the keytab for %s: %s",
-                 conf_where(c, "delegation", "keytab", where, sizeof where), c->deleg_principal,
-                 why);
-        goto fail;
-    }
+    gss_buffer_desc nb;
     /* "HTTP/host" as a Kerberos principal in the service account's realm:
      * no DNS canonicalisation of the backend's name. */
     char spn[1024];
@@ -633,6 +670,8 @@ void krb_free(struct krb *k)
     OM_uint32 min;
     if (k->svc != GSS_C_NO_CREDENTIAL)
         gss_release_cred(&min, &k->svc);
+    for (unsigned i = 0; i < k->n_retired; i++)
+        gss_release_cred(&min, &k->retired[i]);
     if (k->target != GSS_C_NO_NAME)
         gss_release_name(&min, &k->target);
     pthread_cond_destroy(&k->work);
@@ -641,29 +680,138 @@ void krb_free(struct krb *k)
     free(k);
 }
 
+/* The start-up probe's own state: shared by the waiting thread and the one
+ * asking the KDC, freed by whichever of them is last. */
+struct probe {
+    pthread_mutex_t lock;
+    pthread_cond_t done_cv;
+    bool done;
+    unsigned refs;
+    int rc;
+    char *principal, *keytab;
+    char err[1024];
+};
+
+static void probe_put(struct probe *p)
+{
+    pthread_mutex_lock(&p->lock);
+    bool last = --p->refs == 0;
+    pthread_mutex_unlock(&p->lock);
+    if (!last)
+        return;
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->done_cv);
+    free(p->principal);
+    free(p->keytab);
+    free(p);
+}
+
+/* The service account's initial ticket from its keytab, synchronously. */
+static void *probe_main(void *arg)
+{
+    struct probe *pr = arg;
+    krb5_context kc = NULL;
+    krb5_keytab kt = NULL;
+    krb5_principal p = NULL;
+    krb5_creds cr;
+    krb5_get_init_creds_opt *opt = NULL;
+    char ktname[1100];
+    int rc = -1;
+    char err[1024] = "";
+    memset(&cr, 0, sizeof cr);
+    krb5_error_code e = krb5_init_context(&kc);
+    snprintf(ktname, sizeof ktname, "FILE:%s", pr->keytab);
+    if (e == 0)
+        e = krb5_kt_resolve(kc, ktname, &kt);
+    if (e == 0)
+        e = krb5_parse_name(kc, pr->principal, &p);
+    if (e == 0)
+        e = krb5_get_init_creds_opt_alloc(kc, &opt);
+    if (e == 0) {
+        krb5_get_init_creds_opt_set_forwardable(opt, 1);
+        e = krb5_get_init_creds_keytab(kc, &cr, p, kt, 0, NULL, opt);
+    }
+    if (e != 0) {
+        const char *m = kc != NULL ? krb5_get_error_message(kc, e) : NULL;
+        bool unreachable = reason_of((OM_uint32)e) == R_KDC_UNAVAILABLE;
+        snprintf(err, sizeof err, "delegation: %s %s: %s", pr->principal,
+                 unreachable ? "cannot reach a KDC" : "is refused its ticket by the KDC",
+                 m != NULL ? m : "cannot initialise Kerberos");
+        if (m != NULL)
+            krb5_free_error_message(kc, m);
+        rc = unreachable ? -2 : -1;
+    } else {
+        rc = 0;
+        krb5_free_cred_contents(kc, &cr);
+    }
+    if (opt != NULL)
+        krb5_get_init_creds_opt_free(kc, opt);
+    if (p != NULL)
+        krb5_free_principal(kc, p);
+    if (kt != NULL)
+        krb5_kt_close(kc, kt);
+    if (kc != NULL)
+        krb5_free_context(kc);
+    pthread_mutex_lock(&pr->lock);
+    pr->rc = rc;
+    snprintf(pr->err, sizeof pr->err, "%s", err);
+    pr->done = true;
+    pthread_cond_signal(&pr->done_cv);
+    pthread_mutex_unlock(&pr->lock);
+    probe_put(pr);
+    return NULL;
+}
+
 int krb_probe(struct krb *k, char *err, size_t errlen)
 {
-    struct krb_job j = {.k = k, .user = (char *)k->conf->deleg_principal};
-    struct krb_token *t = make_token(k, &j);
-    int rc = 0;
-    if (t == NULL) {
+    /* The service account's own initial ticket from its keytab: the keys are
+     * the KDC's, and a KDC answers. (Whether it may delegate to target_spn
+     * shows with the first user: a KDC does not do S4U2Self for the service
+     * account itself, and no user is known yet.) Waited for [delegation]
+     * timeout at most: a KDC that does not answer does not hold start-up. */
+    struct probe *pr = calloc(1, sizeof *pr);
+    pthread_t th;
+    if (pr == NULL || (pr->principal = strdup(k->conf->deleg_principal)) == NULL ||
+        (pr->keytab = strdup(k->conf->deleg_keytab)) == NULL) {
+        if (pr != NULL)
+            free(pr->principal);
+        free(pr);
         snprintf(err, errlen, "delegation: out of memory");
         return -1;
     }
-    if (t->reason != R_NONE) {
-        snprintf(err, errlen,
-                 "delegation: %s %s delegate to %s: %s", k->conf->deleg_principal,
-                 t->reason == R_KDC_UNAVAILABLE ? "cannot reach the KDC to" : "may not",
-                 k->conf->deleg_target_spn, t->detail != NULL ? t->detail : "?");
-        rc = t->reason == R_KDC_UNAVAILABLE ? -2 : -1;
+    pthread_mutex_init(&pr->lock, NULL);
+    pthread_cond_init(&pr->done_cv, NULL);
+    pr->refs = 2;
+    if (pthread_create(&th, NULL, probe_main, pr) != 0) {
+        pr->refs = 1;
+        probe_put(pr);
+        snprintf(err, errlen, "delegation: cannot start a thread");
+        return -1;
     }
-    krb_token_free(t);
-    /* The probe's own credential is not one a request will want. */
-    pthread_mutex_lock(&k->lock);
-    struct cred *c = cred_find(k, k->conf->deleg_principal, false);
-    if (c != NULL && !c->acquiring)
-        cred_drop(k, c);
-    pthread_mutex_unlock(&k->lock);
+    pthread_detach(th);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    uint64_t ms = k->conf->deleg_timeout_ms;
+    until.tv_sec += (time_t)(ms / 1000);
+    until.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    int rc;
+    pthread_mutex_lock(&pr->lock);
+    while (!pr->done && pthread_cond_timedwait(&pr->done_cv, &pr->lock, &until) == 0)
+        ;
+    if (pr->done) {
+        rc = pr->rc;
+        snprintf(err, errlen, "%s", pr->err);
+    } else {
+        rc = -2;
+        snprintf(err, errlen, "delegation: no KDC answered for %s within %llu ms",
+                 k->conf->deleg_principal, (unsigned long long)ms);
+    }
+    pthread_mutex_unlock(&pr->lock);
+    probe_put(pr);
     return rc;
 }
 
@@ -719,7 +867,7 @@ int krb_explain(struct krb *k, const char *user, bool enterprise, FILE *out)
             k->conf->deleg_target_spn);
     maj = impersonate(k, user, enterprise, &imp, &expires, &min);
     if (!GSS_ERROR(maj))
-        maj = gss_init_sec_context(&min, imp, &ctx, k->target, &spnego_oid, GSS_C_MUTUAL_FLAG, 0,
+        maj = gss_init_sec_context(&min, imp, &ctx, k->target, &krb5_oid, GSS_C_MUTUAL_FLAG, 0,
                                    GSS_C_NO_CHANNEL_BINDINGS, GSS_C_NO_BUFFER, NULL, &tok, NULL,
                                    NULL);
     if (GSS_ERROR(maj)) {

@@ -36,10 +36,11 @@ void krb_stop(struct krb *k);
 /* Stops and frees <k>; NULL is fine. */
 void krb_free(struct krb *k);
 
-/* Start-up check of the delegation right itself, synchronously: protocol
- * transition for the service account, then delegation to target_spn. 0; -1
- * when the KDC refuses (no delegation right, wrong SPN): a configuration
- * error; -2 when no KDC answered. A clear reason in <err> either way. */
+/* Start-up check, synchronously: the service account's initial ticket from
+ * its keytab. 0; -1 when the KDC refuses it (keys out of date, account
+ * disabled): a configuration error; -2 when no KDC answered. A clear reason in
+ * <err> either way. A missing delegation right shows with the first user
+ * (403 delegation_refused): a KDC does no S4U2Self for the account itself. */
 int krb_probe(struct krb *k, char *err, size_t errlen);
 
 /* A token for one backend connection (or request). */
@@ -50,6 +51,7 @@ struct krb_token {
     char *client;         /* the delegated client principal, "alice@CORP.EXAMPLE.TEST" */
     bool cached;          /* the user's credential came from the cache: no KDC exchange */
     void *gss_ctx;        /* the security context, for the backend's mutual answer */
+    void *target;         /* the backend's name (owned by struct krb) */
 };
 
 /* Checks the backend's answer <b64> (from WWW-Authenticate: Negotiate <b64>)

@@ -36,6 +36,10 @@ REALM=CORP.EXAMPLE.TEST
 DOMAIN=CORP
 BASE_DN=DC=corp,DC=example,DC=test
 START_TIMEOUT=60
+# Samba's RPC endpoints default to 49152..65535, inside Linux's ephemeral range
+# (32768..60999): a client connection of any test can hold one (even in
+# TIME-WAIT) and the DC then fails to start. Below the range, away from it.
+RPC_PORTS=2100-2199
 STOP_TIMEOUT=20
 
 usage() {
@@ -291,7 +295,8 @@ provision() {
         --option="interfaces=lo" --option="bind interfaces only=yes" \
         --option="tls enabled=yes" --option="tls certfile=$TLS/cert.pem" \
         --option="tls keyfile=$TLS/key.pem" --option="tls cafile=$TLS/ca.pem" \
-        --option="log file=$D/log.%m" >"$D/provision.log" 2>&1 || {
+        --option="log file=$D/log.%m" --option="rpc server dynamic port range=$RPC_PORTS" \
+        >"$D/provision.log" 2>&1 || {
         echo "samba-ad.sh: provision failed, see $D/provision.log:" >&2
         tail -20 "$D/provision.log" >&2
         return 1
@@ -327,6 +332,9 @@ do_start() {
         kill_group "$pid" TERM
         wait_stopped "$pid"
     fi
+    # A domain provisioned before the RPC ports were set gets them now.
+    grep -q "^[[:space:]]*rpc server dynamic port range" "$CONF" ||
+        sed -i "/^\[global\]/a\\    rpc server dynamic port range = $RPC_PORTS" "$CONF"
     stop_stale
     make_tls
     setsid samba -i -M single -s "$CONF" </dev/null >"$D/samba.log" 2>&1 &
