@@ -190,7 +190,7 @@ def main():
         r = sum(parts.get(p, (0, 0))[0] for p, _ in PARTS if pred(p))
         c = sum(parts.get(p, (0, 0))[1] for p, _ in PARTS if pred(p))
         return f"{r:,.0f} | {c:,.0f}"
-    openssl = lambda p: not p.startswith(("certmapd", "libevent", "other"))
+    openssl = lambda p: not p.startswith(("certmapd", "libevent")) and p != "other"
     out.append(f"| *subtotal: OpenSSL (SSL, session, certificate, keys)* | | {subtotal(openssl)} |")
     out.append(f"| *subtotal: certmapd and libevent, client side* | | {subtotal(lambda p: not openssl(p) and side[p] == 'client')} |")
     out.append(f"| *subtotal: the backend connection (upstream, its io, evbuffers)* | | {subtotal(lambda p: side[p] == 'backend')} |")
