@@ -477,8 +477,8 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
      * them for up to an hour): give the record buffers back between reads. */
     SSL_CTX_set_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
     /* One read(2) per TLS record instead of two (header, then body). What
-     * OpenSSL reads ahead is invisible to epoll: proxy/conn.c's
-     * conn_read_soon() drains it wherever libevent would stop and wait. */
+     * OpenSSL reads ahead is invisible to epoll: the transport (io/io.c)
+     * reads until OpenSSL holds nothing, and when it resumes reading. */
     SSL_CTX_set_read_ahead(t->ssl, 1);
     /* Resumption (session cache for TLS 1.2 ids, tickets for 1.2 and 1.3) is
      * left on; a session id context is required once peers are verified. */
