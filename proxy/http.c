@@ -24,6 +24,23 @@ void proxy_head_reset(struct proxy_head *hd, size_t limit)
     hd->limit = limit;
 }
 
+void proxy_head_shrink_to_url(struct proxy_head *hd)
+{
+    free(hd->h);
+    hd->h = NULL;
+    hd->n = hd->cap_h = 0;
+    if (hd->buf == NULL)
+        return;
+    memmove(hd->buf, hd->buf + hd->url_off, hd->url_len);
+    hd->url_off = 0;
+    hd->len = hd->url_len;
+    char *b = realloc(hd->buf, hd->url_len > 0 ? hd->url_len : 1);
+    if (b != NULL) {
+        hd->buf = b;
+        hd->cap = hd->url_len > 0 ? hd->url_len : 1;
+    }
+}
+
 void proxy_head_purge(struct proxy_head *hd)
 {
     free(hd->buf);

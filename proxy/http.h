@@ -38,6 +38,10 @@ int proxy_head_url(struct proxy_head *hd, const char *at, size_t len);
 int proxy_head_field(struct proxy_head *hd, const char *at, size_t len);
 int proxy_head_value(struct proxy_head *hd, const char *at, size_t len);
 void proxy_head_reset(struct proxy_head *hd, size_t limit);
+/* Keeps only the request target of <hd> (what the access log needs) and gives
+ * the rest back: a request forwarded and waiting for its answer (an EAS long
+ * poll, for up to an hour) holds no headers. */
+void proxy_head_shrink_to_url(struct proxy_head *hd);
 void proxy_head_purge(struct proxy_head *hd);
 
 /* Case-insensitive comparison of header <i>'s name with <name>. */

@@ -730,6 +730,10 @@ static void stream_send(struct stream *st)
         evbuffer_free(st->readahead);
         st->readahead = NULL;
     }
+    /* Sent: only the target stays, for the access log (with delegation the
+     * whole head stays: a refused token is retried with a head built anew). */
+    if (sc->krb == NULL)
+        proxy_head_shrink_to_url(&st->head);
     if (st->flags & SF_BODY_DONE) {
         /* Read ahead whole: the parser stays paused at the message's end. */
         st->stage = SS_WAIT;
