@@ -107,6 +107,37 @@ def test_upn_mapping_delegated(env):
     eq([r["user"] for r in authed(a, 1)], [f"{name}@{REALM.upper()}"], "user")
 
 
+def test_sid_extension_mapping_delegated(env):
+    """The SID extension maps (strong) and the same account is delegated."""
+    name = uniq("sidd")
+    AD.user_create(name)
+    leaf = leaves.issue(env.dir, name, sid=AD.user_sid(name))
+    a = apache(env)
+    s = sections(a.url)
+    s["mapping"]["methods"] = "sid"
+    d = env.certmapd(sections=s)
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "status")
+    eq([r["user"] for r in authed(a, 1)], [f"{name}@{REALM.upper()}"], "user")
+
+
+def test_401_on_a_reused_connection_retried_with_a_fresh_token(env):
+    """A backend that wants a token on every request (no connection-bound
+    authentication) answers the second request on a pooled connection, sent
+    without one (send = first), with 401 Negotiate: certmapd retries it once
+    on a new connection with a fresh token, and the client never sees the 401."""
+    name, leaf = mapped_user(env)
+    a = apache(env, connection_bound=False)
+    d = env.certmapd(sections=sections(a.url))
+    for i in range(2):
+        eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, f"request {i}")
+    got = authed(a, 2)
+    eq(len(got), 2, "both authenticated at the backend")
+    statuses = [r["status"] for r in a.access()]
+    check(401 in statuses, f"the backend's 401 on the reused connection: {statuses}")
+    eq([l["status"] for l in d.wait_access(2)], ["200", "200"], "the client saw 200 twice")
+    eq(exchanges(d), (1, 1), "one KDC exchange, then a fresh token from the cached credential")
+
+
 def test_cache_hit_no_second_kdc_exchange(env):
     name, leaf = mapped_user(env)
     a = apache(env)

@@ -220,6 +220,10 @@ def test_map_command(env):
     p = map_cmd(d.conf_path, pki("revoked.chain.pem"))
     eq(p.returncode, 1, "revoked")
     check("certificate policy: refused: cert_revoked" in p.stdout, p.stdout)
+    p = map_cmd(d.conf_path, leaf.chain, "--delegate")
+    eq(p.returncode, 2, "--delegate without [delegation]")
+    check("has no [delegation] mode = kerberos" in p.stderr and "principal" in p.stderr
+          and "keytab" in p.stderr, f"says what delegation needs: {p.stderr}")
     p = map_cmd(os.path.join(env.dir, "missing.conf"), leaf.chain)
     eq(p.returncode, 2, "unreadable configuration")
     p = map_cmd(d.conf_path, os.path.join(env.dir, "missing.pem"))
