@@ -222,6 +222,8 @@ def main():
                    help="refuse a token without channel bindings (TLS only)")
     p.add_argument("--connection-bound", action="store_true",
                    help="authentication holds for the rest of the connection")
+    p.add_argument("--expect-cert", help="PEM: expect the bindings of this certificate instead "
+                   "of the served one (a client whose bindings are wrong, for tests)")
     a = p.parse_args()
     if a.krb5_conf:
         os.environ["KRB5_CONFIG"] = a.krb5_conf
@@ -239,7 +241,7 @@ def main():
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.tls_cert, a.tls_key)
         srv.tls = ctx
-        der = pem_first_cert_der(a.tls_cert)
+        der = pem_first_cert_der(a.expect_cert or a.tls_cert)
     srv.setup_gss(a.keytab, a.acceptor, a.require_bindings, a.connection_bound, der)
     port = srv.server_address[1]
     if a.port_file:
@@ -262,10 +264,11 @@ class GssBackend:
     PYTHON = "/usr/bin/python3"
 
     def __init__(self, workdir, kdc, tls=True, require_bindings=False,
-                 connection_bound=False, cert=None, key=None, acceptor=None):
+                 connection_bound=False, cert=None, key=None, acceptor=None, expect_cert=None):
         self.workdir, self.kdc, self.tls = workdir, kdc, tls
         self.require_bindings, self.connection_bound = require_bindings, connection_bound
         self.acceptor = acceptor
+        self.expect_cert = expect_cert
         if tls and cert is None:
             from harness import pki
             cert, key = pki("server-chain.pem"), pki("server.key")
@@ -294,6 +297,8 @@ class GssBackend:
             args.append("--connection-bound")
         if self.acceptor:
             args += ["--acceptor", self.acceptor]
+        if self.expect_cert:
+            args += ["--expect-cert", self.expect_cert]
         self.err = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.err,
                                      env=self.kdc.env())

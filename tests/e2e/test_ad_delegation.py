@@ -290,6 +290,23 @@ def test_channel_binding_off_refused_by_a_backend_that_requires_it(env):
     eq(d.wait_access(1)[0]["reason"], "backend_auth_failed", "reason")
 
 
+def test_wrong_channel_binding_refused(env):
+    """A backend that expects the bindings of another certificate (as if a
+    man in the middle had terminated the TLS connection) refuses certmapd's
+    token: 502 backend_auth_failed, and nothing relayed."""
+    name, leaf = mapped_user(env)
+    g = GssBackend(env.dir, KDC, tls=True, require_bindings=True,
+                   expect_cert=pki("good.crt"))
+    g.start()
+    env.add_cleanup(g.stop)
+    d = env.certmapd(sections=sections(f"https://localhost:{g.port}",
+                                       backend={"ca_file": pki("root-ca.crt")}))
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 502, "status")
+    eq(d.wait_access(1)[0]["reason"], "backend_auth_failed", "reason")
+    eq([r["bindings"] for r in g.requests() if r.get("bindings") not in (None, "absent")],
+       ["mismatch"], "the backend saw bindings that do not match its expectation")
+
+
 def test_map_delegate(env):
     name, leaf = mapped_user(env)
     sens, sleaf = mapped_user(env, "msens", sensitive=True)
