@@ -16,6 +16,7 @@
 struct accesslog {
     int fd;     /* -1: off */
     bool owned; /* opened here, closed by accesslog_close */
+    char *path; /* of an owned file, for accesslog_reopen */
 };
 
 struct accesslog *accesslog_open(const char *spec, char *err, size_t errlen)
@@ -37,8 +38,37 @@ struct accesslog *accesslog_open(const char *spec, char *err, size_t errlen)
             return NULL;
         }
         l->owned = true;
+        l->path = strdup(spec);
+        if (l->path == NULL) {
+            snprintf(err, errlen, "out of memory");
+            close(l->fd);
+            free(l);
+            return NULL;
+        }
     }
     return l;
+}
+
+int accesslog_reopen(struct accesslog *l, char *err, size_t errlen)
+{
+    if (l == NULL || !l->owned)
+        return 0;
+    int fd = open(l->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        snprintf(err, errlen, "[server] access_log: cannot reopen \"%s\": %s", l->path,
+                 strerror(errno));
+        return -1;
+    }
+    /* dup2 swaps the file under the descriptor at once: a worker's write goes
+     * whole to the old file or whole to the new one, never lost. */
+    if (dup2(fd, l->fd) < 0) {
+        snprintf(err, errlen, "[server] access_log: cannot reopen \"%s\": %s", l->path,
+                 strerror(errno));
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
 }
 
 void accesslog_close(struct accesslog *l)
@@ -47,6 +77,7 @@ void accesslog_close(struct accesslog *l)
         return;
     if (l->owned)
         close(l->fd);
+    free(l->path);
     free(l);
 }
 

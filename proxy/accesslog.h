@@ -32,6 +32,11 @@ struct access_record {
 struct accesslog *accesslog_open(const char *spec, char *err, size_t errlen);
 void accesslog_close(struct accesslog *l);
 
+/* Reopens the access log file by its name (logrotate renamed it: SIGUSR1), as
+ * one atomic switch of the descriptor the workers write to. 0 (also for
+ * stderr and off), or -1 with a reason in <err>: the old file stays in use. */
+int accesslog_reopen(struct accesslog *l, char *err, size_t errlen);
+
 /* Writes one line for <r>, with one write(2) (lines of several workers never mix). */
 void accesslog_write(struct accesslog *l, const struct access_record *r);
 

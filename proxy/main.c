@@ -158,6 +158,7 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     if (proxy_workers_start(ws, c->workers) < 0)
         goto out; /* the started ones are stopped with the process, and <ws> with them */
@@ -169,6 +170,14 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
             continue;
         if (sig == SIGHUP) {
             log_info("SIGHUP: configuration reload is not supported; restart to apply changes");
+            continue;
+        }
+        if (sig == SIGUSR1) {
+            /* logrotate renamed the access log: a new file under its name. */
+            if (accesslog_reopen(sh.alog, err, sizeof err) < 0)
+                log_error("SIGUSR1: %s; still writing to the old file", err);
+            else
+                log_info("SIGUSR1: access log reopened");
             continue;
         }
         break;

@@ -105,6 +105,31 @@ def test_sigint_drains(env):
     stop_with_request_in_flight(env, signal.SIGINT)
 
 
+def test_sigusr1_reopens_the_access_log(env):
+    """logrotate renames the access log and sends SIGUSR1: the next lines go to
+    a new file under the configured name, none is lost, and certmapd (which
+    SIGUSR1's default action would kill) goes on serving."""
+    b = env.backend()
+    d = env.certmapd(b)
+    eq(curl(d.base + "/before", cert="good")[0], 200, "before")
+    eq(len(d.wait_access(1)), 1, "first line")
+    rotated = d.access_log + ".1"
+    os.rename(d.access_log, rotated)
+    d.proc.send_signal(signal.SIGUSR1)
+    deadline = time.time() + 5
+    while not os.path.exists(d.access_log) and time.time() < deadline:
+        time.sleep(0.02)
+    check(os.path.exists(d.access_log), "a new access log under the configured name")
+    eq(curl(d.base + "/after", cert="good")[0], 200, "after")
+    lines = d.wait_access(1)
+    eq([l["path"] for l in lines], ["/after"], "the new file has the line after the reopen")
+    with open(rotated) as f:
+        old = f.read()
+    check("path=/before" in old and "path=/after" not in old, f"the rotated file: {old!r}")
+    check("SIGUSR1: access log reopened" in d.stderr(), "logged")
+    eq(d.proc.poll(), None, "still running")
+
+
 def test_workers_zero_one_per_core(env):
     b = env.backend()
     d = env.certmapd(b, {"server": {"workers": "0"}})
