@@ -10,7 +10,7 @@
 struct cert_facts {
     char *subject;      /* RFC 4514, most significant RDN last: "CN=alice,O=Corp,C=US" */
     char *issuer;       /* RFC 4514 */
-    char *subject_asi;  /* altSecurityIdentities form: encoded RDN order, "," no spaces, S= for ST */
+    char *subject_asi;  /* altSecurityIdentities form: encoded RDN order, "," no spaces, " + " in an RDN, S= for ST */
     char *issuer_asi;   /* same, for the issuer: "DC=test,DC=example,DC=corp,CN=Corp Issuing CA" */
     char *serial_hex;   /* upper-case hex of the serial's bytes, big-endian: "2B0000000011AC0000000012" */
     char *serial_rev;   /* the same bytes reversed, for <SR>: "1200000000AC11000000002B" */
