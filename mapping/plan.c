@@ -174,8 +174,13 @@ static int plan_method(enum map_method method, const struct cert_facts *f, struc
                         f->serial_rev);
         if (f->ski != NULL)
             rc |= add_value(l, S, "altsecid:ski", "X509:<SKI>", f->ski, NULL, NULL);
+        /* <SHA1-PUKEY>: Microsoft documents the SHA-1 of the public key; field
+         * reports (ESC14) see AD match the certificate's SHA-1 thumbprint. Both
+         * are looked up, each strong, each with its own label
+         * (docs/mapping.md). */
         rc |=
             add_value(l, S, "altsecid:sha1-pukey", "X509:<SHA1-PUKEY>", f->pubkey_sha1, NULL, NULL);
+        rc |= add_value(l, S, "altsecid:sha1-cert", "X509:<SHA1-PUKEY>", f->sha1, NULL, NULL);
         /* An empty subject names nobody: no subject forms for it. */
         if (f->subject_asi[0] != '\0') {
             rc |= add_value(l, W, "altsecid:issuer-subject", "X509:<I>", f->issuer_asi, "<S>",

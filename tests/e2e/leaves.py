@@ -1,6 +1,7 @@
 """Client certificates made by a test for its own accounts: issued by the
 test PKI's issuing CA with the openssl CLI, with the UPN, e-mail, DNS name,
 SID extension and serial a mapping case needs."""
+import hashlib
 import os
 import subprocess
 
@@ -79,3 +80,39 @@ def issue(directory, name, cn=None, upn=None, email=None, dns=None, sid=None, ou
 
 def strong_altsecid(leaf):
     return f"X509:<I>{ISSUER_ASI}<SR>{leaf.serial_rev}"
+
+
+def _der(crt):
+    return subprocess.run(["openssl", "x509", "-in", crt, "-outform", "DER"], check=True,
+                          capture_output=True, timeout=30).stdout
+
+
+def _tlv(b, i):
+    """(tag, start of contents, end) of the DER element at <i>."""
+    tag, n = b[i], b[i + 1]
+    i += 2
+    if n & 0x80:
+        k = n & 0x7F
+        n = int.from_bytes(b[i:i + k], "big")
+        i += k
+    return tag, i, i + n
+
+
+def cert_sha1(leaf):
+    """The certificate's SHA-1 thumbprint, upper-case hex."""
+    return hashlib.sha1(_der(leaf.crt)).hexdigest().upper()
+
+
+def pubkey_sha1(leaf):
+    """SHA-1 of the subjectPublicKey BIT STRING contents (less its unused-bits
+    byte), read from the DER here, apart from certmapd."""
+    b = _der(leaf.crt)
+    _, i, _ = _tlv(b, 0)            # Certificate
+    _, i, _ = _tlv(b, i)            # TBSCertificate: walk its fields
+    for _ in range(6):              # [0] version, serial, signature, issuer, validity, subject
+        _, _, i = _tlv(b, i)
+    _, i, _ = _tlv(b, i)            # SubjectPublicKeyInfo
+    _, _, i = _tlv(b, i)            # AlgorithmIdentifier
+    tag, start, end = _tlv(b, i)    # BIT STRING
+    assert tag == 0x03
+    return hashlib.sha1(b[start + 1:end]).hexdigest().upper()

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import leaves
-from harness import check, curl, curl_until_recovered, eq, pki, run
+from harness import BIN, check, curl, curl_until_recovered, eq, pki, run
 from samba import Samba
 from slowproxy import SlowProxy
 
@@ -137,6 +137,37 @@ def test_weak_altsecid_forms(env):
     eq(d.wait_access(1)[0]["reason"], "weak_mapping", "reason")
 
 
+def test_sha1_pukey_of_the_key(env):
+    """<SHA1-PUKEY> as Microsoft documents it: the SHA-1 of the public key."""
+    name = uniq("pukey")
+    AD.user_create(name)
+    leaf = leaves.issue(env.dir, name)
+    AD.set_altsecids(name, [f"X509:<SHA1-PUKEY>{leaves.pubkey_sha1(leaf)}"])
+    b, d = start(env, {"enforcement": "full"})
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "strong under full")
+    eq(headers(b.requests()[0])["x-client-cert-mapping"], "altsecid:sha1-pukey", "method")
+    p = subprocess.run([BIN, "map", "-c", d.conf_path, "--cert", leaf.chain],
+                       capture_output=True, text=True, timeout=60)
+    eq(p.returncode, 0, f"certmapd map ({p.stdout[-600:]} {p.stderr[-300:]})")
+    check("method         altsecid:sha1-pukey" in p.stdout, p.stdout)
+
+
+def test_sha1_pukey_of_the_certificate(env):
+    """<SHA1-PUKEY> holding the certificate's thumbprint, as ESC14 reports see it."""
+    name = uniq("pucert")
+    AD.user_create(name)
+    leaf = leaves.issue(env.dir, name)
+    AD.set_altsecids(name, [f"X509:<SHA1-PUKEY>{leaves.cert_sha1(leaf).lower()}"])
+    b, d = start(env, {"enforcement": "full"})
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "strong under full")
+    eq(headers(b.requests()[0])["x-client-cert-mapping"], "altsecid:sha1-cert", "method")
+    p = subprocess.run([BIN, "map", "-c", d.conf_path, "--cert", leaf.chain],
+                       capture_output=True, text=True, timeout=60)
+    eq(p.returncode, 0, f"certmapd map ({p.stdout[-600:]} {p.stderr[-300:]})")
+    check("method         altsecid:sha1-cert" in p.stdout, p.stdout)
+    check("(altsecid:sha1-cert, strong)" in p.stdout, "the lookup value is shown")
+
+
 def test_dns_for_computer_accounts(env):
     host = uniq("ws").lower()
     fqdn = f"{host}.corp.example.test"
@@ -254,6 +285,8 @@ if __name__ == "__main__":
         test_implicit_upn_under_each_enforcement,
         test_compatibility_refuses_certificate_older_than_account,
         test_weak_altsecid_forms,
+        test_sha1_pukey_of_the_key,
+        test_sha1_pukey_of_the_certificate,
         test_dns_for_computer_accounts,
         test_disabled_user,
         test_two_accounts_same_mapping,

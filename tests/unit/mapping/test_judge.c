@@ -121,6 +121,39 @@ static void test_strong(void **state)
     assert_non_null(strstr(x->r.detail, "or userPrincipalName alice@corp.example.test"));
 }
 
+/* <SHA1-PUKEY> holding the key's SHA-1 or the certificate's: both strong,
+ * each reported by its own label. */
+static void test_sha1_pukey_forms(void **state)
+{
+    struct fixture *x = *state;
+    char key[64], cert[64];
+    struct map_entry a = account("CN=alice,CN=Users,DC=corp,DC=example,DC=test", "alice",
+                                 "alice@corp.example.test", "S-1-5-21-1-2-3-1104", key, 0);
+
+    x->f = pki_facts("good");
+    snprintf(key, sizeof key, "X509:<SHA1-PUKEY>%s", x->f->pubkey_sha1);
+    snprintf(cert, sizeof cert, "X509:<SHA1-PUKEY>%s", x->f->sha1);
+    assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NONE);
+    assert_string_equal(x->r.method, "altsecid:sha1-pukey");
+    assert_non_null(strstr(x->r.detail, "by altsecid:sha1-pukey (strong)"));
+    a.altsecids[0] = cert;
+    assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NONE);
+    assert_string_equal(x->r.method, "altsecid:sha1-cert");
+    assert_non_null(strstr(x->r.detail, "by altsecid:sha1-cert (strong)"));
+    /* lower case, as an administrator may paste it: AD compares case-insensitively */
+    for (char *c = cert; *c != '\0'; c++)
+        *c = (char)(*c >= 'A' && *c <= 'F' ? *c - 'A' + 'a' : *c);
+    assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NONE);
+    assert_string_equal(x->r.method, "altsecid:sha1-cert");
+    /* any other SHA-1: nothing */
+    a.altsecids[0] = "X509:<SHA1-PUKEY>0000000000000000000000000000000000000000";
+    assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NO_MAPPING);
+}
+
 static void test_ambiguous(void **state)
 {
     struct fixture *x = *state;
@@ -299,6 +332,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_strong, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sha1_pukey_forms, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ambiguous, setup, teardown),
         cmocka_unit_test_setup_teardown(test_weak_by_enforcement, setup, teardown),
         cmocka_unit_test_setup_teardown(test_weak_then_strong, setup, teardown),

@@ -64,7 +64,7 @@ static void test_good(void **state)
     assert_int_equal(a->method, METHOD_ALTSECID);
     assert_string_equal(a->attr, "altSecurityIdentities");
     assert_non_null(f->ski);
-    assert_int_equal(a->n_values, 6);
+    assert_int_equal(a->n_values, 7);
     assert_string_equal(a->values[0], "X509:<I>" ISSUING_ASI "<SR>1200000000AC11000000002B");
     assert_int_equal(a->strength[0], MAP_STRONG);
     assert_string_equal(a->labels[0], "altsecid:issuer-serial");
@@ -74,14 +74,22 @@ static void test_good(void **state)
     snprintf(want, sizeof(want), "X509:<SHA1-PUKEY>%s", f->pubkey_sha1);
     assert_string_equal(a->values[2], want);
     assert_int_equal(a->strength[2], MAP_STRONG);
-    assert_string_equal(a->values[3],
+    assert_string_equal(a->labels[2], "altsecid:sha1-pukey");
+    /* the same tag with the certificate's thumbprint (docs/mapping.md: which
+     * of the two AD means is not settled, so both are looked up) */
+    snprintf(want, sizeof(want), "X509:<SHA1-PUKEY>%s", f->sha1);
+    assert_string_equal(a->values[3], want);
+    assert_int_equal(a->strength[3], MAP_STRONG);
+    assert_string_equal(a->labels[3], "altsecid:sha1-cert");
+    assert_string_not_equal(f->sha1, f->pubkey_sha1);
+    assert_string_equal(a->values[4],
                         "X509:<I>" ISSUING_ASI "<S>DC=test,DC=example,DC=corp,OU=Users,CN=alice");
-    assert_int_equal(a->strength[3], MAP_WEAK);
-    assert_string_equal(a->labels[3], "altsecid:issuer-subject");
-    assert_string_equal(a->values[4], "X509:<S>DC=test,DC=example,DC=corp,OU=Users,CN=alice");
-    assert_string_equal(a->labels[4], "altsecid:subject");
-    assert_string_equal(a->values[5], "X509:<RFC822>alice@corp.example.test");
-    assert_int_equal(a->strength[5], MAP_WEAK);
+    assert_int_equal(a->strength[4], MAP_WEAK);
+    assert_string_equal(a->labels[4], "altsecid:issuer-subject");
+    assert_string_equal(a->values[5], "X509:<S>DC=test,DC=example,DC=corp,OU=Users,CN=alice");
+    assert_string_equal(a->labels[5], "altsecid:subject");
+    assert_string_equal(a->values[6], "X509:<RFC822>alice@corp.example.test");
+    assert_int_equal(a->strength[6], MAP_WEAK);
 
     /* the filter: accounts only, one assertion per value, in order */
     size_t len = (size_t)snprintf(want, sizeof(want), ACCOUNTS "(|");
@@ -183,7 +191,7 @@ static void test_meta(void **state)
     assert_string_equal(u->filter, ACCOUNTS "(userPrincipalName="
                                             "\\2A\\29\\28uid=\\2A\\29\\29\\28|\\28uid=\\2A"
                                             "@corp.example.test))");
-    assert_string_equal(a->values[4], "X509:<S>DC=test,DC=example,DC=corp,OU=Users,CN=a*)(b\\");
+    assert_string_equal(a->values[5], "X509:<S>DC=test,DC=example,DC=corp,OU=Users,CN=a*)(b\\");
     assert_non_null(strstr(a->filter, "(altSecurityIdentities=X509:<S>DC=test,DC=example,"
                                       "DC=corp,OU=Users,CN=a\\2A\\29\\28b\\5C)"));
     assert_non_null(strstr(a->filter, "(altSecurityIdentities=X509:<RFC822>a\\28b\\29\\2A"
