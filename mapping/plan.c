@@ -162,8 +162,9 @@ static int plan_method(enum map_method method, const struct cert_facts *f, struc
     case METHOD_SID:
         l->kind = "sid";
         l->attr = "objectSid";
-        if (f->sid != NULL)
-            rc = add_value(l, S, "sid", f->sid, NULL, NULL, NULL);
+        if (map_cert_sid(f) != NULL)
+            rc = add_value(l, S, f->sid != NULL ? "sid" : "sid:url", map_cert_sid(f), NULL, NULL,
+                           NULL);
         break;
     case METHOD_ALTSECID:
         l->kind = "altsecid";

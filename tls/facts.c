@@ -28,6 +28,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <openssl/asn1.h>
@@ -44,6 +45,9 @@
 /* No certificate a TLS peer can send comes near this (OpenSSL's default
  * max_cert_list is 100 KiB); anything longer is refused, never cut. */
 #define FACTS_MAX_STR (1024 * 1024)
+
+/* The SID in a SAN URL (MS-PKCA 3.1.5.2.1.6): this prefix, then the SID. */
+#define SAN_SID_PREFIX "tag:microsoft.com,2022-09-14:sid:"
 
 #define OID_SID_EXT "1.3.6.1.4.1.311.25.2"
 #define OID_SID_NAME "1.3.6.1.4.1.311.25.2.1"
@@ -350,7 +354,37 @@ static bool list_add(char ***list, size_t *n, char *s)
     return true;
 }
 
-/* UPN, rfc822Name and dNSName values of the subjectAltName extension. */
+/* The SID of a SAN URI <uri> that starts with SAN_SID_PREFIX (compared
+ * without regard to case, so that no spelling of it passes for another URI)
+ * into <f->san_sid>. Not such a URI: R_NONE, nothing kept. A SID spelled
+ * otherwise than objectSid is printed, or a second, different one:
+ * R_CERT_MALFORMED. */
+static enum reason san_uri_sid(const ASN1_IA5STRING *uri, struct cert_facts *f)
+{
+    const char *p = (const char *)ASN1_STRING_get0_data(uri);
+    int n = ASN1_STRING_length(uri);
+    size_t plen = strlen(SAN_SID_PREFIX);
+    unsigned char bin[CM_SID_BIN_MAX];
+    size_t binlen = sizeof bin;
+
+    if (n < 0 || (size_t)n < plen || strncasecmp(p, SAN_SID_PREFIX, plen) != 0)
+        return R_NONE;
+    if (ASN1_STRING_type(uri) != V_ASN1_IA5STRING || memchr(p, 0, (size_t)n) != NULL)
+        return R_CERT_MALFORMED;
+    p += plen;
+    n -= (int)plen;
+    if (cm_sid_to_binary(p, (size_t)n, bin, &binlen) != 0)
+        return R_CERT_MALFORMED;
+    if (f->san_sid != NULL)
+        return strlen(f->san_sid) == (size_t)n && memcmp(f->san_sid, p, (size_t)n) == 0
+                   ? R_NONE
+                   : R_CERT_MALFORMED; /* two SIDs: which account is meant? */
+    f->san_sid = strndup(p, (size_t)n);
+    return f->san_sid != NULL ? R_NONE : R_CERT_MALFORMED;
+}
+
+/* UPN, rfc822Name and dNSName values of the subjectAltName extension, and
+ * the SID of a SAN URL. */
 static enum reason facts_san(X509 *x, struct cert_facts *f)
 {
     int crit = -1;
@@ -384,6 +418,10 @@ static enum reason facts_san(X509 *x, struct cert_facts *f)
                 goto fail;
             list = g->type == GEN_EMAIL ? &f->rfc822 : &f->dns;
             count = g->type == GEN_EMAIL ? &f->n_rfc822 : &f->n_dns;
+        } else if (g->type == GEN_URI) {
+            if (san_uri_sid(g->d.uniformResourceIdentifier, f) != R_NONE)
+                goto fail;
+            continue;
         } else {
             continue;
         }
@@ -561,6 +599,9 @@ enum reason tls_facts_from_x509(X509 *x, struct cert_facts **out)
         (r = facts_san(x, f)) != R_NONE || (r = facts_sid(x, f)) != R_NONE)
         goto fail;
     r = R_CERT_MALFORMED;
+    /* The SID extension and a SAN URL naming two SIDs name two accounts. */
+    if (f->sid != NULL && f->san_sid != NULL && strcmp(f->sid, f->san_sid) != 0)
+        goto fail;
     if (!time_of(X509_get0_notBefore(x), &f->not_before) ||
         !time_of(X509_get0_notAfter(x), &f->not_after))
         goto fail;
@@ -593,5 +634,6 @@ void tls_facts_free(struct cert_facts *f)
     list_free(f->rfc822, f->n_rfc822);
     list_free(f->dns, f->n_dns);
     free(f->sid);
+    free(f->san_sid);
     free(f);
 }

@@ -25,6 +25,8 @@ struct cert_facts {
     char **dns;         /* SAN dNSName values */
     size_t n_dns;
     char *sid;          /* "S-1-5-21-..." from extension 1.3.6.1.4.1.311.25.2; NULL if absent */
+    char *san_sid;      /* "S-1-5-21-..." from a SAN URI tag:microsoft.com,2022-09-14:sid:<SID>
+                         * (MS-PKCA 3.1.5.2.1.6); NULL if none. Equal to <sid> when both are there */
     time_t not_before;
     time_t not_after;
 };

@@ -35,28 +35,34 @@ ISSUER_ASI = "DC=test,DC=example,DC=corp,CN=Corp Issuing CA"
 
 
 def issue(directory, name, cn=None, upn=None, email=None, dns=None, sid=None, ou="Users",
-          eku="clientAuth", ski="hash", key="ec"):
+          eku="clientAuth", ski="hash", key="ec", san_uri=None):
     """Issues a leaf named <name> in <directory>; returns a Leaf. <key>: "ec" (P-256),
-    "p384", "p521" or "rsa" (2048 bits)."""
+    "p384", "p521" or "rsa" (2048 bits). <san_uri>: a URI SAN (a string or a list), e.g.
+    sid_url(sid)."""
     leaf = Leaf(directory, name)
     leaf.serial = f"{_serial():016X}"
     cn = cn or name
+    # In a section, one name a line: a URI such as the SID URL holds commas.
     san = []
     if upn is not None:
-        san.append(f"otherName:1.3.6.1.4.1.311.20.2.3;UTF8:{upn}")
+        san.append(f"otherName.{len(san)} = 1.3.6.1.4.1.311.20.2.3;UTF8:{upn}")
     if email is not None:
-        san.append(f"email:{email}")
+        san.append(f"email.{len(san)} = {email}")
     if dns is not None:
-        san.append(f"DNS:{dns}")
+        san.append(f"DNS.{len(san)} = {dns}")
+    for uri in ([san_uri] if isinstance(san_uri, str) else (san_uri or [])):
+        san.append(f"URI.{len(san)} = {uri}")
     ext = ["[v3]", "basicConstraints=critical,CA:false", "keyUsage=critical,digitalSignature",
            f"extendedKeyUsage={eku}", f"subjectKeyIdentifier={ski}",
            "authorityKeyIdentifier=keyid"]
     if san:
-        ext.append("subjectAltName=" + ",".join(san))
+        ext.append("subjectAltName=@san_names")
     if sid is not None:
         ext += ["1.3.6.1.4.1.311.25.2=ASN1:SEQUENCE:sid_names", "[sid_names]",
                 "name=IMPLICIT:0C,SEQUENCE:sid_other", "[sid_other]",
                 "type=OID:1.3.6.1.4.1.311.25.2.1", f"value=EXPLICIT:0C,OCTETSTRING:{sid}"]
+    if san:
+        ext += ["[san_names]", *san]
     extfile = os.path.join(directory, f"{name}.ext")
     with open(extfile, "w") as f:
         f.write("\n".join(ext) + "\n")
@@ -76,6 +82,11 @@ def issue(directory, name, cn=None, upn=None, email=None, dns=None, sid=None, ou
         out.write(open(leaf.crt).read())
         out.write(open(pki("issuing-ca.crt")).read())
     return leaf
+
+
+def sid_url(sid):
+    """The SAN URL that carries a SID (MS-PKCA 3.1.5.2.1.6)."""
+    return f"tag:microsoft.com,2022-09-14:sid:{sid}"
 
 
 def strong_altsecid(leaf):

@@ -92,6 +92,32 @@ def test_sid_extension(env):
     eq(d.wait_access(2)[1]["reason"], "sid_mismatch", "reason")
 
 
+def test_sid_in_san_url(env):
+    """MS-PKCA 3.1.5.2.1.6: the SID in a SAN URL. Matching the account's objectSid
+    it makes the weak UPN mapping strong (accepted under full); another account's
+    SID is sid_mismatch; a malformed one makes the certificate malformed."""
+    good, bad, ugly = uniq("urlok"), uniq("urlbad"), uniq("urlugly")
+    for n in (good, bad, ugly):
+        AD.user_create(n, upn=f"{n}@{REALM}")
+    l_ok = leaves.issue(env.dir, good, upn=f"{good}@{REALM}",
+                        san_uri=["https://example.test/x", leaves.sid_url(AD.user_sid(good))])
+    l_bad = leaves.issue(env.dir, bad, upn=f"{bad}@{REALM}",
+                         san_uri=leaves.sid_url(AD.user_sid(good)))
+    l_ugly = leaves.issue(env.dir, ugly, upn=f"{ugly}@{REALM}",
+                          san_uri=leaves.sid_url(AD.user_sid(ugly).lower()))
+    AD.set_altsecids(bad, [leaves.strong_altsecid(l_bad)])
+    b, d = start(env, {"methods": "altsecid, upn", "enforcement": "full"})
+    eq(curl(d.base + PATH, args=l_ok.curl_args())[0], 200, "UPN made strong by the SID URL")
+    h = headers(b.requests()[0])
+    eq((h["x-client-cert-mapping"], h["x-remote-user-sid"]), ("upn", AD.user_sid(good)), "SID")
+    eq(curl(d.base + PATH, args=l_bad.curl_args())[0], 403, "SID URL of another account")
+    eq(curl(d.base + PATH, args=l_ugly.curl_args())[0], 403, "SID URL not spelled as objectSid")
+    eq([l["reason"] for l in d.wait_access(3)[1:]], ["sid_mismatch", "cert_malformed"], "reasons")
+    b, d = start(env, {"methods": "sid", "enforcement": "full"})
+    eq(curl(d.base + PATH, args=l_ok.curl_args())[0], 200, "the sid method: objectSid lookup")
+    eq(headers(b.requests()[0])["x-client-cert-mapping"], "sid:url", "method")
+
+
 def test_implicit_upn_under_each_enforcement(env):
     name = uniq("upnuser")
     upn = f"{name}@{REALM}"
@@ -282,6 +308,7 @@ if __name__ == "__main__":
         test_strong_altsecid_mapping,
         test_altsecid_is_case_insensitive_and_space_sensitive,
         test_sid_extension,
+        test_sid_in_san_url,
         test_implicit_upn_under_each_enforcement,
         test_compatibility_refuses_certificate_older_than_account,
         test_weak_altsecid_forms,

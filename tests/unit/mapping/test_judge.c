@@ -41,15 +41,18 @@ struct fixture {
     struct map_result r;
 };
 
-/* Plans <leaf> with <methods> and judges <entries> answered to lookup <li>. */
-static enum reason judge(struct fixture *x, const char *leaf, enum map_enforcement e,
-                         enum map_method m0, enum map_method m1, struct map_entry *entries,
-                         size_t n, size_t li, const char *netbios)
+/* Plans <leaf> with <methods> and judges <entries> answered to lookup <li>;
+ * <san_sid> (may be NULL) is put in the facts as a SAN URL's SID. */
+static enum reason judge_url(struct fixture *x, const char *leaf, const char *san_sid,
+                             enum map_enforcement e, enum map_method m0, enum map_method m1,
+                             struct map_entry *entries, size_t n, size_t li, const char *netbios)
 {
     map_result_purge(&x->r);
     map_plan_purge(&x->p);
     tls_facts_free(x->f);
     x->f = pki_facts(leaf);
+    if (san_sid != NULL)
+        assert_non_null(x->f->san_sid = strdup(san_sid));
     test_conf(&x->c, e, m0, m1, METHOD_MAX, METHOD_MAX);
     assert_int_equal(map_plan_build(&x->c, x->f, &x->p), 0);
     memset(x->answers, 0, sizeof(x->answers));
@@ -67,6 +70,13 @@ static enum reason judge(struct fixture *x, const char *leaf, enum map_enforceme
         assert_null(x->r.sam);
     }
     return x->r.reason;
+}
+
+static enum reason judge(struct fixture *x, const char *leaf, enum map_enforcement e,
+                         enum map_method m0, enum map_method m1, struct map_entry *entries,
+                         size_t n, size_t li, const char *netbios)
+{
+    return judge_url(x, leaf, NULL, e, m0, m1, entries, n, li, netbios);
 }
 
 static int setup(void **state)
@@ -282,6 +292,56 @@ static void test_sid_mismatch(void **state)
     assert_string_equal(x->r.method, "sid");
 }
 
+#define SID_ALICE "S-1-5-21-436880987-830612363-2677326092-1102"
+
+/* KB5014754: a weak mapping of an account whose objectSid is the
+ * certificate's SID (extension or SAN URL) is strong, even under full. */
+static void test_sid_makes_weak_strong(void **state)
+{
+    struct fixture *x = *state;
+    struct map_entry u = account("CN=sidalice,DC=corp", "sidalice", "sidalice@corp.example.test",
+                                 SID_ALICE, NULL, 0);
+
+    /* the SID extension (the PKI's sid leaf) */
+    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_UPN, METHOD_MAX, &u, 1, 0, NULL), R_NONE);
+    assert_string_equal(x->r.method, "upn");
+    assert_non_null(strstr(x->r.detail, "(strong: the certificate's SID is the account's)"));
+    /* another objectSid: not upgraded, so refused as weak under full */
+    u.sid = "S-1-5-21-436880987-830612363-2677326092-1199";
+    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_UPN, METHOD_MAX, &u, 1, 0, NULL),
+                     R_WEAK_MAPPING);
+
+    /* the SID of a SAN URL, on the good leaf (UPN alice@...) */
+    struct map_entry a = account("CN=alice,CN=Users,DC=corp,DC=example,DC=test", "alice",
+                                 "alice@corp.example.test", SID_ALICE, NULL, 0);
+    assert_int_equal(
+        judge_url(x, "good", SID_ALICE, ENFORCE_FULL, METHOD_UPN, METHOD_MAX, &a, 1, 0, NULL),
+        R_NONE);
+    assert_string_equal(x->r.method, "upn");
+    assert_non_null(strstr(x->r.detail, "(strong: the certificate's SID is the account's)"));
+    /* a SAN URL SID of another account: sid_mismatch, as for the extension */
+    a.when_created = 1;
+    assert_int_equal(judge_url(x, "good", "S-1-5-21-1-2-3-4", ENFORCE_COMPATIBILITY, METHOD_UPN,
+                               METHOD_MAX, &a, 1, 0, NULL),
+                     R_SID_MISMATCH);
+    assert_non_null(strstr(x->r.detail, "S-1-5-21-1-2-3-4 (SAN URL)"));
+    /* a strong explicit mapping with a SAN URL SID of another account: sid_mismatch */
+    struct map_entry b = account("CN=alice,CN=Users,DC=corp,DC=example,DC=test", "alice",
+                                 "alice@corp.example.test", SID_ALICE, GOOD_SR, 0);
+    assert_int_equal(judge_url(x, "good", "S-1-5-21-1-2-3-4", ENFORCE_FULL, METHOD_ALTSECID,
+                               METHOD_MAX, &b, 1, 0, NULL),
+                     R_SID_MISMATCH);
+    /* the sid method looks the SAN URL's SID up, labelled sid:url */
+    assert_int_equal(
+        judge_url(x, "good", SID_ALICE, ENFORCE_FULL, METHOD_SID, METHOD_MAX, &a, 1, 0, NULL),
+        R_NONE);
+    assert_string_equal(x->r.method, "sid:url");
+    /* enforcement disabled: the SID is not checked */
+    assert_int_equal(judge_url(x, "good", "S-1-5-21-1-2-3-4", ENFORCE_DISABLED, METHOD_UPN,
+                               METHOD_MAX, &a, 1, 0, NULL),
+                     R_NONE);
+}
+
 static void test_account_state(void **state)
 {
     struct fixture *x = *state;
@@ -337,6 +397,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_weak_by_enforcement, setup, teardown),
         cmocka_unit_test_setup_teardown(test_weak_then_strong, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sid_mismatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sid_makes_weak_strong, setup, teardown),
         cmocka_unit_test_setup_teardown(test_account_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nothing, setup, teardown),
     };

@@ -708,6 +708,81 @@ static void test_sid_validation(void **state)
     X509_free(x);
 }
 
+/* subjectAltName with the URIs <uris> (NULL-terminated), as IA5Strings. */
+static X509_EXTENSION *san_uris(const char *const *uris)
+{
+    GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
+    assert_non_null(gens);
+    for (; *uris != NULL; uris++) {
+        GENERAL_NAME *g = GENERAL_NAME_new();
+        ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
+        assert_true(g && ia5);
+        assert_true(ASN1_STRING_set(ia5, *uris, (int)strlen(*uris)));
+        GENERAL_NAME_set0_value(g, GEN_URI, ia5);
+        assert_true(sk_GENERAL_NAME_push(gens, g));
+    }
+    X509_EXTENSION *ext = X509V3_EXT_i2d(NID_subject_alt_name, 0, gens);
+    assert_non_null(ext);
+    GENERAL_NAMES_free(gens);
+    return ext;
+}
+
+#define SID_URL "tag:microsoft.com,2022-09-14:sid:"
+
+/* MS-PKCA 3.1.5.2.1.6: the SID in a SAN URL. */
+static void test_san_url_sid(void **state)
+{
+    static const struct {
+        const char *uris[3];
+        const char *want; /* NULL: cert_malformed */
+    } v[] = {
+        {{SID_URL SID_ALICE, NULL}, SID_ALICE},
+        {{"https://example.test/", SID_URL SID_ALICE, NULL}, SID_ALICE}, /* other URIs ignored */
+        {{SID_URL SID_ALICE, SID_URL SID_ALICE, NULL}, SID_ALICE},       /* the same SID twice */
+        {{"https://example.test/", NULL}, ""},                           /* no SID URL: none */
+        {{"tag:microsoft.com,2022-09-14:sidx", NULL}, ""},               /* not the prefix */
+        {{SID_URL "S-1-5-21-1-2-3-1104", SID_URL SID_ALICE, NULL}, NULL}, /* two SIDs */
+        {{SID_URL, NULL}, NULL},                                          /* no SID */
+        {{SID_URL "s-1-5-21-1", NULL}, NULL},     /* not objectSid's spelling */
+        {{SID_URL "S-1-5-021", NULL}, NULL},
+        {{SID_URL SID_ALICE " ", NULL}, NULL},
+        {{SID_URL SID_ALICE "?x", NULL}, NULL},
+        {{"TAG:Microsoft.com,2022-09-14:SID:S-1-5-x", NULL}, NULL}, /* the prefix in any case */
+    };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        X509 *x = make_cert(contoso, plain_cn, "01", san_uris(v[i].uris));
+        struct cert_facts *f = NULL;
+        enum reason r = tls_facts_from_x509(x, &f);
+        if (v[i].want == NULL) {
+            if (r != R_CERT_MALFORMED)
+                fail_msg("row %zu: reason %d, want cert_malformed", i, (int)r);
+        } else {
+            if (r != R_NONE)
+                fail_msg("row %zu: reason %d", i, (int)r);
+            if (v[i].want[0] == '\0')
+                assert_null(f->san_sid);
+            else
+                assert_string_equal(f->san_sid, v[i].want);
+            assert_null(f->sid);
+        }
+        tls_facts_free(f);
+        X509_free(x);
+    }
+
+    /* With the SID extension: the same SID is fine, another is two accounts. */
+    const char *same[] = {SID_URL SID_ALICE, NULL};
+    const char *other[] = {SID_URL "S-1-5-21-1-2-3-1104", NULL};
+    X509 *x = make_cert2(contoso, plain_cn, "01", sid_ext(SID_ALICE, 0), san_uris(same));
+    struct cert_facts *f = facts_ok(x);
+    assert_string_equal(f->sid, SID_ALICE);
+    assert_string_equal(f->san_sid, SID_ALICE);
+    tls_facts_free(f);
+    X509_free(x);
+    x = make_cert2(contoso, plain_cn, "01", sid_ext(SID_ALICE, 0), san_uris(other));
+    expect_malformed(x);
+    X509_free(x);
+}
+
 /* A UPN is certificate text: refused (cert_malformed) exactly when the shared
  * table says it is not UTF-8 (cm_utf8_valid); control characters other than
  * NUL are the header writer's business (written as \xHH), not refused here. */
@@ -748,6 +823,7 @@ int main(void)
         cmocka_unit_test(test_bad_names_in_memory),
         cmocka_unit_test(test_bad_san_in_memory),
         cmocka_unit_test(test_sid_validation),
+        cmocka_unit_test(test_san_url_sid),
         cmocka_unit_test(test_hostile_upn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
