@@ -173,6 +173,11 @@ static int plan_method(enum map_method method, const struct cert_facts *f, struc
             break;
         rc |= add_value(l, S, "altsecid:issuer-serial", "X509:<I>", f->issuer_asi, "<SR>",
                         f->serial_rev);
+        /* Issuer and SID: strong, for a certificate that carries a SID
+         * (extension or SAN URL); the issuer binds it to one CA. */
+        if (map_cert_sid(f) != NULL)
+            rc |= add_value(l, S, "altsecid:issuer-sid", "X509:<I>", f->issuer_asi, "<SID>",
+                            map_cert_sid(f));
         if (f->ski != NULL)
             rc |= add_value(l, S, "altsecid:ski", "X509:<SKI>", f->ski, NULL, NULL);
         /* <SHA1-PUKEY>: Microsoft documents the SHA-1 of the public key; field

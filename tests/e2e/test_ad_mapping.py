@@ -118,6 +118,30 @@ def test_sid_in_san_url(env):
     eq(headers(b.requests()[0])["x-client-cert-mapping"], "sid:url", "method")
 
 
+def test_issuer_sid_altsecid(env):
+    """X509:<I>issuer<SID>sid: strong, for a SID in the extension or in a SAN URL;
+    the same SID under another issuer does not match."""
+    ext, url, other = uniq("isext"), uniq("isurl"), uniq("isother")
+    for n in (ext, url, other):
+        AD.user_create(n)
+    l_ext = leaves.issue(env.dir, ext, sid=AD.user_sid(ext))
+    l_url = leaves.issue(env.dir, url, san_uri=leaves.sid_url(AD.user_sid(url)))
+    l_other = leaves.issue(env.dir, other, sid=AD.user_sid(other))
+    AD.set_altsecids(ext, [f"X509:<I>{leaves.ISSUER_ASI}<SID>{AD.user_sid(ext)}"])
+    AD.set_altsecids(url, [f"X509:<I>{leaves.ISSUER_ASI}<SID>{AD.user_sid(url)}"])
+    AD.set_altsecids(other, [f"X509:<I>DC=test,DC=example,DC=corp,CN=Corp Root CA<SID>"
+                             f"{AD.user_sid(other)}"])
+    b, d = start(env, {"methods": "altsecid", "enforcement": "full"})
+    eq(curl(d.base + PATH, args=l_ext.curl_args())[0], 200, "SID extension")
+    eq(curl(d.base + PATH, args=l_url.curl_args())[0], 200, "SID URL")
+    got = [(headers(r)["x-remote-user-sid"], headers(r)["x-client-cert-mapping"])
+           for r in b.requests()]
+    eq(got, [(AD.user_sid(ext), "altsecid:issuer-sid"), (AD.user_sid(url), "altsecid:issuer-sid")],
+       "mappings")
+    eq(curl(d.base + PATH, args=l_other.curl_args())[0], 403, "another issuer")
+    eq(d.wait_access(3)[2]["reason"], "no_mapping", "reason")
+
+
 def test_implicit_upn_under_each_enforcement(env):
     name = uniq("upnuser")
     upn = f"{name}@{REALM}"
@@ -309,6 +333,7 @@ if __name__ == "__main__":
         test_altsecid_is_case_insensitive_and_space_sensitive,
         test_sid_extension,
         test_sid_in_san_url,
+        test_issuer_sid_altsecid,
         test_implicit_upn_under_each_enforcement,
         test_compatibility_refuses_certificate_older_than_account,
         test_weak_altsecid_forms,

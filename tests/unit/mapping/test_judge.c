@@ -342,6 +342,35 @@ static void test_sid_makes_weak_strong(void **state)
                      R_NONE);
 }
 
+/* X509:<I>issuer<SID>sid: strong; the issuer and the SID must both be the certificate's. */
+static void test_issuer_sid(void **state)
+{
+    struct fixture *x = *state;
+    struct map_entry a = account("CN=sidalice,DC=corp", "sidalice", NULL, SID_ALICE,
+                                 "X509:<I>" ISSUING_ASI "<SID>" SID_ALICE, 0);
+
+    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NONE);
+    assert_string_equal(x->r.method, "altsecid:issuer-sid");
+    assert_non_null(strstr(x->r.detail, "by altsecid:issuer-sid (strong)"));
+    /* from a SAN URL's SID */
+    assert_int_equal(
+        judge_url(x, "good", SID_ALICE, ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+        R_NONE);
+    assert_string_equal(x->r.method, "altsecid:issuer-sid");
+    /* another issuer, or another SID: no match */
+    a.altsecids[0] = "X509:<I>DC=test,DC=example,DC=corp,CN=Corp Root CA<SID>" SID_ALICE;
+    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NO_MAPPING);
+    a.altsecids[0] = "X509:<I>" ISSUING_ASI "<SID>S-1-5-21-436880987-830612363-2677326092-1103";
+    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NO_MAPPING);
+    /* a certificate without a SID never matches the form */
+    a.altsecids[0] = "X509:<I>" ISSUING_ASI "<SID>" SID_ALICE;
+    assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NO_MAPPING);
+}
+
 static void test_account_state(void **state)
 {
     struct fixture *x = *state;
@@ -398,6 +427,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_weak_then_strong, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sid_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sid_makes_weak_strong, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_issuer_sid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_account_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nothing, setup, teardown),
     };

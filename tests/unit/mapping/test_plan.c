@@ -171,6 +171,36 @@ static void test_sid(void **state)
     assert_int_equal(cm_sid_from_binary(want, 28, text, sizeof text), -1);
 
     assert_string_equal(p.lookups[2].values[0], "sidalice@corp.example.test");
+
+    /* altsecid: the issuer and SID form, strong, right after issuer-serial */
+    const struct map_lookup *a = &p.lookups[1];
+    assert_string_equal(a->labels[0], "altsecid:issuer-serial");
+    assert_string_equal(a->values[1], "X509:<I>" ISSUING_ASI "<SID>" SID_ALICE);
+    assert_string_equal(a->labels[1], "altsecid:issuer-sid");
+    assert_int_equal(a->strength[1], MAP_STRONG);
+    assert_non_null(strstr(a->filter, "(altSecurityIdentities=X509:<I>" ISSUING_ASI
+                                      "<SID>" SID_ALICE ")"));
+    map_plan_purge(&p);
+    tls_facts_free(f);
+
+    /* the SID of a SAN URL gives the same form, and the sid lookup as sid:url */
+    f = pki_facts("good");
+    assert_null(f->sid);
+    f->san_sid = strdup(SID_ALICE);
+    assert_non_null(f->san_sid);
+    assert_int_equal(map_plan_build(&c, f, &p), 0);
+    assert_int_equal(p.n, 3);
+    assert_string_equal(p.lookups[0].labels[0], "sid:url");
+    assert_string_equal(p.lookups[0].values[0], SID_ALICE);
+    assert_string_equal(p.lookups[1].values[1], "X509:<I>" ISSUING_ASI "<SID>" SID_ALICE);
+    map_plan_purge(&p);
+    tls_facts_free(f);
+
+    /* no SID: no issuer-sid form */
+    f = pki_facts("good");
+    assert_int_equal(map_plan_build(&c, f, &p), 0);
+    for (size_t i = 0; i < p.lookups[0].n_values; i++)
+        assert_null(strstr(p.lookups[0].values[i], "<SID>"));
     map_plan_purge(&p);
     tls_facts_free(f);
 }
