@@ -136,7 +136,7 @@ static void test_strong(void **state)
 static void test_sha1_pukey_forms(void **state)
 {
     struct fixture *x = *state;
-    char key[64], cert[64];
+    char key[64] = "", cert[64] = "";
     struct map_entry a = account("CN=alice,CN=Users,DC=corp,DC=example,DC=test", "alice",
                                  "alice@corp.example.test", "S-1-5-21-1-2-3-1104", key, 0);
 
