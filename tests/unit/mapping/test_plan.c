@@ -178,8 +178,8 @@ static void test_sid(void **state)
     assert_string_equal(a->values[1], "X509:<I>" ISSUING_ASI "<SID>" SID_ALICE);
     assert_string_equal(a->labels[1], "altsecid:issuer-sid");
     assert_int_equal(a->strength[1], MAP_STRONG);
-    assert_non_null(strstr(a->filter, "(altSecurityIdentities=X509:<I>" ISSUING_ASI
-                                      "<SID>" SID_ALICE ")"));
+    assert_non_null(
+        strstr(a->filter, "(altSecurityIdentities=X509:<I>" ISSUING_ASI "<SID>" SID_ALICE ")"));
     map_plan_purge(&p);
     tls_facts_free(f);
 
