@@ -66,6 +66,7 @@ static void print_facts(const struct cert_facts *f)
     print_list("rfc822", f->rfc822, f->n_rfc822);
     print_list("dns", f->dns, f->n_dns);
     printf("  %-14s %s\n", "sid extension", f->sid ? f->sid : "(none)");
+    printf("  %-14s %s\n", "sid (SAN URL)", f->san_sid ? f->san_sid : "(none)");
     print_time("not before", f->not_before);
     print_time("not after", f->not_after);
 }

@@ -13,6 +13,13 @@
  * without it the KDC allows 10 minutes, the time AD CS backdates notBefore by. */
 #define MAP_BACKDATING_ALLOWANCE_S 600
 
+/* The certificate's SID: the SID extension's, else a SAN URL's (tls/facts
+ * makes sure the two agree when both are there); NULL when it has none. */
+static inline const char *map_cert_sid(const struct cert_facts *f)
+{
+    return f->sid != NULL ? f->sid : f->san_sid;
+}
+
 /* Deep copy of <src> into <dst>; 0, or -1 (no memory: <dst> is left empty). */
 int map_entry_copy(struct map_entry *dst, const struct map_entry *src);
 

@@ -1,7 +1,9 @@
 /* The verdict from the directory's answers, by the rules the KDC applies since
  * KB5014754 (docs/mapping.md has them with their sources): the first lookup
- * with a strong match decides; weak matches count only as enforcement allows;
- * then the SID extension and the account's state are checked. */
+ * with a strong match decides (a weak match of an account whose objectSid is
+ * the certificate's SID counts as strong); weak matches count only as
+ * enforcement allows; then the certificate's SID (extension or SAN URL) and
+ * the account's state are checked. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,7 +143,16 @@ struct step_out {
     const struct map_entry *account;
     const char *label;
     bool strong;
+    bool by_sid; /* strong only because the account's objectSid is the certificate's SID */
 };
+
+/* Whether <e>'s objectSid is the certificate's SID (both in objectSid's one
+ * spelling, so the texts compare as the SIDs do). */
+static bool sid_matches(const struct cert_facts *f, const struct map_entry *e)
+{
+    const char *sid = map_cert_sid(f);
+    return sid != NULL && e->sid != NULL && strcasecmp(e->sid, sid) == 0;
+}
 
 /* Judges lookup <l>'s <entries>. An entry that does not really hold one of
  * the values (a directory that matched more loosely) is not trusted. */
@@ -151,7 +162,7 @@ static void judge_lookup(const struct conf *c, const struct cert_facts *f,
 {
     const struct map_entry *strong = NULL, *weak = NULL;
     const char *strong_label = NULL, *weak_label = NULL;
-    bool strong_many = false, weak_many = false;
+    bool strong_many = false, weak_many = false, strong_by_sid = false;
 
     memset(out, 0, sizeof(*out));
     for (size_t i = 0; i < n; i++) {
@@ -159,12 +170,16 @@ static void judge_lookup(const struct conf *c, const struct cert_facts *f,
         size_t k;
         if (e->dn == NULL || !map_entry_matches(l, e, &k))
             continue;
-        if (l->strength[k] == MAP_STRONG) {
+        /* KB5014754: a weak mapping of a certificate whose SID (extension or
+         * SAN URL) is the account's objectSid is a strong one. */
+        bool by_sid = l->strength[k] != MAP_STRONG && sid_matches(f, e);
+        if (l->strength[k] == MAP_STRONG || by_sid) {
             if (strong != NULL && strcasecmp(strong->dn, e->dn) != 0)
                 strong_many = true;
             if (strong == NULL) {
                 strong = e;
                 strong_label = l->labels[k];
+                strong_by_sid = by_sid;
             }
         } else {
             if (weak != NULL && strcasecmp(weak->dn, e->dn) != 0)
@@ -180,6 +195,7 @@ static void judge_lookup(const struct conf *c, const struct cert_facts *f,
         out->account = strong;
         out->label = strong_label;
         out->strong = true;
+        out->by_sid = strong_by_sid;
         return;
     }
     if (weak == NULL)
@@ -337,11 +353,12 @@ void map_judge(const struct conf *c, const struct cert_facts *f, const struct ma
         goto done;
     }
 
-    if (f->sid != NULL && c->enforcement != ENFORCE_DISABLED &&
-        (s.account->sid == NULL || strcasecmp(s.account->sid, f->sid) != 0)) {
+    if (map_cert_sid(f) != NULL && c->enforcement != ENFORCE_DISABLED &&
+        !sid_matches(f, s.account)) {
         res->reason = R_SID_MISMATCH;
-        detail_add(detail, "%s matches by %s, but its objectSid %s is not the certificate's %s",
-                   s.account->dn, s.label, s.account->sid ? s.account->sid : "(none)", f->sid);
+        detail_add(detail, "%s matches by %s, but its objectSid %s is not the certificate's %s%s",
+                   s.account->dn, s.label, s.account->sid ? s.account->sid : "(none)",
+                   map_cert_sid(f), f->sid != NULL ? "" : " (SAN URL)");
         goto done;
     }
     why = account_state(s.account, now);
@@ -360,7 +377,9 @@ void map_judge(const struct conf *c, const struct cert_facts *f, const struct ma
     }
     res->reason = R_NONE;
     detail_add(detail, "mapped %s by %s (%s)", s.account->dn, s.label,
-               s.strong ? "strong" : "weak");
+               s.by_sid   ? "strong: the certificate's SID is the account's"
+               : s.strong ? "strong"
+                          : "weak");
 done:
     res->detail = strdup(detail);
 }

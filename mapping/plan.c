@@ -162,8 +162,9 @@ static int plan_method(enum map_method method, const struct cert_facts *f, struc
     case METHOD_SID:
         l->kind = "sid";
         l->attr = "objectSid";
-        if (f->sid != NULL)
-            rc = add_value(l, S, "sid", f->sid, NULL, NULL, NULL);
+        if (map_cert_sid(f) != NULL)
+            rc = add_value(l, S, f->sid != NULL ? "sid" : "sid:url", map_cert_sid(f), NULL, NULL,
+                           NULL);
         break;
     case METHOD_ALTSECID:
         l->kind = "altsecid";
@@ -172,10 +173,20 @@ static int plan_method(enum map_method method, const struct cert_facts *f, struc
             break;
         rc |= add_value(l, S, "altsecid:issuer-serial", "X509:<I>", f->issuer_asi, "<SR>",
                         f->serial_rev);
+        /* Issuer and SID: strong, for a certificate that carries a SID
+         * (extension or SAN URL); the issuer binds it to one CA. */
+        if (map_cert_sid(f) != NULL)
+            rc |= add_value(l, S, "altsecid:issuer-sid", "X509:<I>", f->issuer_asi, "<SID>",
+                            map_cert_sid(f));
         if (f->ski != NULL)
             rc |= add_value(l, S, "altsecid:ski", "X509:<SKI>", f->ski, NULL, NULL);
+        /* <SHA1-PUKEY>: Microsoft documents the SHA-1 of the public key; field
+         * reports (ESC14) see AD match the certificate's SHA-1 thumbprint. Both
+         * are looked up, each strong, each with its own label
+         * (docs/mapping.md). */
         rc |=
             add_value(l, S, "altsecid:sha1-pukey", "X509:<SHA1-PUKEY>", f->pubkey_sha1, NULL, NULL);
+        rc |= add_value(l, S, "altsecid:sha1-cert", "X509:<SHA1-PUKEY>", f->sha1, NULL, NULL);
         /* An empty subject names nobody: no subject forms for it. */
         if (f->subject_asi[0] != '\0') {
             rc |= add_value(l, W, "altsecid:issuer-subject", "X509:<I>", f->issuer_asi, "<S>",

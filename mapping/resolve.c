@@ -98,6 +98,7 @@ static void job_free(struct map_job *j)
     map_plan_purge(&j->plan);
     map_result_purge(&j->w.result);
     free(j->f.sid);
+    free(j->f.san_sid);
     free(j);
 }
 
@@ -210,6 +211,8 @@ struct map_job *map_job_start(struct mapper *m, const struct cert_facts *f, map_
     j->f.not_before = f->not_before;
     j->f.not_after = f->not_after;
     if (f->sid != NULL && (j->f.sid = strdup(f->sid)) == NULL)
+        goto oom;
+    if (f->san_sid != NULL && (j->f.san_sid = strdup(f->san_sid)) == NULL)
         goto oom;
     j->cb = cb;
     j->arg = arg;

@@ -7,16 +7,16 @@
  * spelled as objectSid is printed (cm_sid_to_binary).
  *
  * altSecurityIdentities form (subject_asi / issuer_asi), as Windows writes
- * X509:<I>...<S>... strings: RDNs in encoded order, joined with "," and no
- * space, values of a multi-valued RDN joined with "+", Windows short names
- * (CN OU O L S C DC E STREET SERIALNUMBER T G SN I). Choices where Windows
- * gives no vector:
- *  - an attribute without a short name is written as its dotted OID, "1.2.3.4=value";
- *  - a value that is not a character string (a SEQUENCE, ...) is written as
- *    "#" and the hex of its DER, as RFC 4514 does;
- *  - a value holding , + = " < > # ; CR or LF, or starting or ending with a
- *    space, is put in double quotes with inner quotes doubled (CertNameToStr's
- *    quoting), so that no value can pass for an RDN boundary.
+ * X509:<I>...<S>... strings (MS-PKCA 3.1.5.2.1; CertNameToStr with
+ * CERT_X500_NAME_STR; docs/mapping.md has the rules and their sources): RDNs
+ * in encoded order, joined with "," and no space; values of a multi-valued
+ * RDN joined with " + ", in encoded (DER SET) order; Windows' names for the
+ * attributes it knows (asi_names[] below), "OID.<dotted>" for every other;
+ * values quoted as CertRDNValueToStr quotes them (asi_needs_quotes); a
+ * T61String read as UTF-8 when its bytes are UTF-8, else as Latin-1, as
+ * CryptoAPI decodes it. Choice where Windows gives no vector: a value that is
+ * not a character string (a SEQUENCE, ...) is written as "#" and the hex of
+ * its DER, as RFC 4514 does.
  *
  * serial_hex is the DER content of the serial INTEGER, sign byte included when
  * DER has one (serial 0x8001 is "008001"): the bytes Windows shows. OpenSSL's
@@ -28,6 +28,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <openssl/asn1.h>
@@ -44,6 +45,9 @@
 /* No certificate a TLS peer can send comes near this (OpenSSL's default
  * max_cert_list is 100 KiB); anything longer is refused, never cut. */
 #define FACTS_MAX_STR (1024 * 1024)
+
+/* The SID in a SAN URL (MS-PKCA 3.1.5.2.1.6): this prefix, then the SID. */
+#define SAN_SID_PREFIX "tag:microsoft.com,2022-09-14:sid:"
 
 #define OID_SID_EXT "1.3.6.1.4.1.311.25.2"
 #define OID_SID_NAME "1.3.6.1.4.1.311.25.2.1"
@@ -148,6 +152,16 @@ static bool string_utf8(const ASN1_STRING *s, char **out)
             if (raw[i] == 0 || raw[i] > 0x7F)
                 return false;
     }
+    /* CryptoAPI reads a T61String as UTF-8 when its bytes are UTF-8 and as
+     * Latin-1 otherwise (which is how OpenSSL converts every T61String). */
+    if (type == V_ASN1_T61STRING && cm_utf8_valid((const char *)raw, (size_t)rawlen)) {
+        *out = malloc((size_t)rawlen + 1);
+        if (*out == NULL)
+            return false;
+        memcpy(*out, raw, (size_t)rawlen);
+        (*out)[rawlen] = '\0';
+        return true;
+    }
     n = ASN1_STRING_to_UTF8(&u, s);
     if (n < 0)
         return false;
@@ -162,40 +176,63 @@ static bool string_utf8(const ASN1_STRING *s, char **out)
     return *out != NULL;
 }
 
-/* Windows short name of an attribute, or NULL when it has none. */
-static const char *asi_short_name(int nid)
+/* Windows' names for RDN attributes: the first name CryptFindOIDInfo gives
+ * for each OID of CRYPT_RDN_ATTR_OID_GROUP_ID (Wine crypt32 oid.c, the table
+ * CertNameToStr takes its names from), plus SERIALNUMBER and UID, which
+ * Windows also names. By dotted OID: OpenSSL's NIDs are not Windows' table. */
+static const struct {
+    const char *oid;
+    const char *name;
+} asi_names[] = {
+    {"2.5.4.3", "CN"},
+    {"2.5.4.7", "L"},
+    {"2.5.4.10", "O"},
+    {"2.5.4.11", "OU"},
+    {"1.2.840.113549.1.9.1", "E"},
+    {"2.5.4.6", "C"},
+    {"2.5.4.8", "S"},
+    {"2.5.4.9", "STREET"},
+    {"2.5.4.12", "T"},
+    {"2.5.4.42", "G"},
+    {"2.5.4.43", "I"},
+    {"2.5.4.4", "SN"},
+    {"0.9.2342.19200300.100.1.25", "DC"},
+    {"2.5.4.5", "SERIALNUMBER"},
+    {"2.5.4.13", "Description"},
+    {"2.5.4.17", "PostalCode"},
+    {"2.5.4.18", "POBox"},
+    {"2.5.4.20", "Phone"},
+    {"2.5.4.24", "X21Address"},
+    {"2.5.4.46", "dnQualifier"},
+    {"0.9.2342.19200300.100.1.1", "UID"},
+};
+
+/* Appends Windows' name for <obj>, or "OID." and its dotted form. */
+static bool asi_add_type(struct sbuf *b, const ASN1_OBJECT *obj)
 {
-    static const struct {
-        int nid;
-        const char *name;
-    } names[] = {
-        {NID_commonName, "CN"},
-        {NID_organizationalUnitName, "OU"},
-        {NID_organizationName, "O"},
-        {NID_localityName, "L"},
-        {NID_stateOrProvinceName, "S"},
-        {NID_countryName, "C"},
-        {NID_domainComponent, "DC"},
-        {NID_pkcs9_emailAddress, "E"},
-        {NID_streetAddress, "STREET"},
-        {NID_serialNumber, "SERIALNUMBER"},
-        {NID_title, "T"},
-        {NID_givenName, "G"},
-        {NID_surname, "SN"},
-        {NID_initials, "I"},
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (names[i].nid == nid)
-            return names[i].name;
-    return NULL;
+    char oid[128];
+    int n = OBJ_obj2txt(oid, sizeof(oid), obj, 1);
+
+    if (n <= 0 || (size_t)n >= sizeof(oid))
+        return false;
+    for (size_t i = 0; i < sizeof(asi_names) / sizeof(asi_names[0]); i++)
+        if (strcmp(asi_names[i].oid, oid) == 0)
+            return sb_str(b, asi_names[i].name);
+    return sb_str(b, "OID.") && sb_str(b, oid);
 }
 
+/* CertRDNValueToStr's rule (Wine crypt32 str.c): quotes around an empty
+ * value, one that starts or ends with white space (space, TAB, LF, VT, FF,
+ * CR), or one that holds , + = " < > # ; or LF anywhere. A CR inside does
+ * not by itself call for quotes. */
 static bool asi_needs_quotes(const char *v)
 {
+    static const char space[] = " \t\n\v\f\r";
     size_t n = strlen(v);
-    if (n > 0 && (v[0] == ' ' || v[n - 1] == ' '))
+
+    if (n == 0 || strchr(space, v[0]) != NULL || strchr(space, v[n - 1]) != NULL)
         return true;
-    return strpbrk(v, ",+=\"<>#;\r\n") != NULL;
+    return strpbrk(v, ",+=\"<>#;\n") != NULL;
 }
 
 /* Appends "<type>=<value>" for one attribute. R_CERT_MALFORMED for a value
@@ -204,19 +241,11 @@ static enum reason asi_add_entry(struct sbuf *b, const X509_NAME_ENTRY *e)
 {
     const ASN1_OBJECT *obj = X509_NAME_ENTRY_get_object(e);
     ASN1_STRING *val = X509_NAME_ENTRY_get_data(e);
-    const char *sn = asi_short_name(OBJ_obj2nid(obj));
-    char oid[128];
     char *text = NULL;
     unsigned char *der = NULL;
     enum reason r = R_CERT_MALFORMED;
 
-    if (sn == NULL) {
-        int n = OBJ_obj2txt(oid, sizeof(oid), obj, 1);
-        if (n <= 0 || (size_t)n >= sizeof(oid))
-            goto fail;
-        sn = oid;
-    }
-    if (!sb_str(b, sn) || !sb_add(b, "=", 1))
+    if (!asi_add_type(b, obj) || !sb_add(b, "=", 1))
         goto fail;
 
     if (is_char_type(ASN1_STRING_type(val))) {
@@ -262,7 +291,7 @@ static enum reason name_asi(const X509_NAME *name, char **out)
     for (int i = 0; i < count; i++) {
         const X509_NAME_ENTRY *e = X509_NAME_get_entry(name, i);
         int set = X509_NAME_ENTRY_set(e);
-        if (i > 0 && !sb_add(&b, set == prev_set ? "+" : ",", 1))
+        if (i > 0 && !sb_str(&b, set == prev_set ? " + " : ","))
             goto fail;
         prev_set = set;
         r = asi_add_entry(&b, e);
@@ -325,7 +354,37 @@ static bool list_add(char ***list, size_t *n, char *s)
     return true;
 }
 
-/* UPN, rfc822Name and dNSName values of the subjectAltName extension. */
+/* The SID of a SAN URI <uri> that starts with SAN_SID_PREFIX (compared
+ * without regard to case, so that no spelling of it passes for another URI)
+ * into <f->san_sid>. Not such a URI: R_NONE, nothing kept. A SID spelled
+ * otherwise than objectSid is printed, or a second, different one:
+ * R_CERT_MALFORMED. */
+static enum reason san_uri_sid(const ASN1_IA5STRING *uri, struct cert_facts *f)
+{
+    const char *p = (const char *)ASN1_STRING_get0_data(uri);
+    int n = ASN1_STRING_length(uri);
+    size_t plen = strlen(SAN_SID_PREFIX);
+    unsigned char bin[CM_SID_BIN_MAX];
+    size_t binlen = sizeof bin;
+
+    if (n < 0 || (size_t)n < plen || strncasecmp(p, SAN_SID_PREFIX, plen) != 0)
+        return R_NONE;
+    if (ASN1_STRING_type(uri) != V_ASN1_IA5STRING || memchr(p, 0, (size_t)n) != NULL)
+        return R_CERT_MALFORMED;
+    p += plen;
+    n -= (int)plen;
+    if (cm_sid_to_binary(p, (size_t)n, bin, &binlen) != 0)
+        return R_CERT_MALFORMED;
+    if (f->san_sid != NULL)
+        return strlen(f->san_sid) == (size_t)n && memcmp(f->san_sid, p, (size_t)n) == 0
+                   ? R_NONE
+                   : R_CERT_MALFORMED; /* two SIDs: which account is meant? */
+    f->san_sid = strndup(p, (size_t)n);
+    return f->san_sid != NULL ? R_NONE : R_CERT_MALFORMED;
+}
+
+/* UPN, rfc822Name and dNSName values of the subjectAltName extension, and
+ * the SID of a SAN URL. */
 static enum reason facts_san(X509 *x, struct cert_facts *f)
 {
     int crit = -1;
@@ -359,6 +418,10 @@ static enum reason facts_san(X509 *x, struct cert_facts *f)
                 goto fail;
             list = g->type == GEN_EMAIL ? &f->rfc822 : &f->dns;
             count = g->type == GEN_EMAIL ? &f->n_rfc822 : &f->n_dns;
+        } else if (g->type == GEN_URI) {
+            if (san_uri_sid(g->d.uniformResourceIdentifier, f) != R_NONE)
+                goto fail;
+            continue;
         } else {
             continue;
         }
@@ -536,6 +599,9 @@ enum reason tls_facts_from_x509(X509 *x, struct cert_facts **out)
         (r = facts_san(x, f)) != R_NONE || (r = facts_sid(x, f)) != R_NONE)
         goto fail;
     r = R_CERT_MALFORMED;
+    /* The SID extension and a SAN URL naming two SIDs name two accounts. */
+    if (f->sid != NULL && f->san_sid != NULL && strcmp(f->sid, f->san_sid) != 0)
+        goto fail;
     if (!time_of(X509_get0_notBefore(x), &f->not_before) ||
         !time_of(X509_get0_notAfter(x), &f->not_after))
         goto fail;
@@ -568,5 +634,6 @@ void tls_facts_free(struct cert_facts *f)
     list_free(f->rfc822, f->n_rfc822);
     list_free(f->dns, f->n_dns);
     free(f->sid);
+    free(f->san_sid);
     free(f);
 }

@@ -10,7 +10,7 @@
 struct cert_facts {
     char *subject;      /* RFC 4514, most significant RDN last: "CN=alice,O=Corp,C=US" */
     char *issuer;       /* RFC 4514 */
-    char *subject_asi;  /* altSecurityIdentities form: encoded RDN order, "," no spaces, S= for ST */
+    char *subject_asi;  /* altSecurityIdentities form: encoded RDN order, "," no spaces, " + " in an RDN, S= for ST */
     char *issuer_asi;   /* same, for the issuer: "DC=test,DC=example,DC=corp,CN=Corp Issuing CA" */
     char *serial_hex;   /* upper-case hex of the serial's bytes, big-endian: "2B0000000011AC0000000012" */
     char *serial_rev;   /* the same bytes reversed, for <SR>: "1200000000AC11000000002B" */
@@ -25,6 +25,8 @@ struct cert_facts {
     char **dns;         /* SAN dNSName values */
     size_t n_dns;
     char *sid;          /* "S-1-5-21-..." from extension 1.3.6.1.4.1.311.25.2; NULL if absent */
+    char *san_sid;      /* "S-1-5-21-..." from a SAN URI tag:microsoft.com,2022-09-14:sid:<SID>
+                         * (MS-PKCA 3.1.5.2.1.6); NULL if none. Equal to <sid> when both are there */
     time_t not_before;
     time_t not_after;
 };

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import leaves
-from harness import check, curl, curl_until_recovered, eq, pki, run
+from harness import BIN, check, curl, curl_until_recovered, eq, pki, run
 from samba import Samba
 from slowproxy import SlowProxy
 
@@ -92,6 +92,56 @@ def test_sid_extension(env):
     eq(d.wait_access(2)[1]["reason"], "sid_mismatch", "reason")
 
 
+def test_sid_in_san_url(env):
+    """MS-PKCA 3.1.5.2.1.6: the SID in a SAN URL. Matching the account's objectSid
+    it makes the weak UPN mapping strong (accepted under full); another account's
+    SID is sid_mismatch; a malformed one makes the certificate malformed."""
+    good, bad, ugly = uniq("urlok"), uniq("urlbad"), uniq("urlugly")
+    for n in (good, bad, ugly):
+        AD.user_create(n, upn=f"{n}@{REALM}")
+    l_ok = leaves.issue(env.dir, good, upn=f"{good}@{REALM}",
+                        san_uri=["https://example.test/x", leaves.sid_url(AD.user_sid(good))])
+    l_bad = leaves.issue(env.dir, bad, upn=f"{bad}@{REALM}",
+                         san_uri=leaves.sid_url(AD.user_sid(good)))
+    l_ugly = leaves.issue(env.dir, ugly, upn=f"{ugly}@{REALM}",
+                          san_uri=leaves.sid_url(AD.user_sid(ugly).lower()))
+    AD.set_altsecids(bad, [leaves.strong_altsecid(l_bad)])
+    b, d = start(env, {"methods": "altsecid, upn", "enforcement": "full"})
+    eq(curl(d.base + PATH, args=l_ok.curl_args())[0], 200, "UPN made strong by the SID URL")
+    h = headers(b.requests()[0])
+    eq((h["x-client-cert-mapping"], h["x-remote-user-sid"]), ("upn", AD.user_sid(good)), "SID")
+    eq(curl(d.base + PATH, args=l_bad.curl_args())[0], 403, "SID URL of another account")
+    eq(curl(d.base + PATH, args=l_ugly.curl_args())[0], 403, "SID URL not spelled as objectSid")
+    eq([l["reason"] for l in d.wait_access(3)[1:]], ["sid_mismatch", "cert_malformed"], "reasons")
+    b, d = start(env, {"methods": "sid", "enforcement": "full"})
+    eq(curl(d.base + PATH, args=l_ok.curl_args())[0], 200, "the sid method: objectSid lookup")
+    eq(headers(b.requests()[0])["x-client-cert-mapping"], "sid:url", "method")
+
+
+def test_issuer_sid_altsecid(env):
+    """X509:<I>issuer<SID>sid: strong, for a SID in the extension or in a SAN URL;
+    the same SID under another issuer does not match."""
+    ext, url, other = uniq("isext"), uniq("isurl"), uniq("isother")
+    for n in (ext, url, other):
+        AD.user_create(n)
+    l_ext = leaves.issue(env.dir, ext, sid=AD.user_sid(ext))
+    l_url = leaves.issue(env.dir, url, san_uri=leaves.sid_url(AD.user_sid(url)))
+    l_other = leaves.issue(env.dir, other, sid=AD.user_sid(other))
+    AD.set_altsecids(ext, [f"X509:<I>{leaves.ISSUER_ASI}<SID>{AD.user_sid(ext)}"])
+    AD.set_altsecids(url, [f"X509:<I>{leaves.ISSUER_ASI}<SID>{AD.user_sid(url)}"])
+    AD.set_altsecids(other, [f"X509:<I>DC=test,DC=example,DC=corp,CN=Corp Root CA<SID>"
+                             f"{AD.user_sid(other)}"])
+    b, d = start(env, {"methods": "altsecid", "enforcement": "full"})
+    eq(curl(d.base + PATH, args=l_ext.curl_args())[0], 200, "SID extension")
+    eq(curl(d.base + PATH, args=l_url.curl_args())[0], 200, "SID URL")
+    got = [(headers(r)["x-remote-user-sid"], headers(r)["x-client-cert-mapping"])
+           for r in b.requests()]
+    eq(got, [(AD.user_sid(ext), "altsecid:issuer-sid"), (AD.user_sid(url), "altsecid:issuer-sid")],
+       "mappings")
+    eq(curl(d.base + PATH, args=l_other.curl_args())[0], 403, "another issuer")
+    eq(d.wait_access(3)[2]["reason"], "no_mapping", "reason")
+
+
 def test_implicit_upn_under_each_enforcement(env):
     name = uniq("upnuser")
     upn = f"{name}@{REALM}"
@@ -135,6 +185,37 @@ def test_weak_altsecid_forms(env):
     b, d = start(env, {"enforcement": "full"})
     eq(curl(d.base + PATH, args=leaf.curl_args())[0], 403, "rfc822 under full")
     eq(d.wait_access(1)[0]["reason"], "weak_mapping", "reason")
+
+
+def test_sha1_pukey_of_the_key(env):
+    """<SHA1-PUKEY> as Microsoft documents it: the SHA-1 of the public key."""
+    name = uniq("pukey")
+    AD.user_create(name)
+    leaf = leaves.issue(env.dir, name)
+    AD.set_altsecids(name, [f"X509:<SHA1-PUKEY>{leaves.pubkey_sha1(leaf)}"])
+    b, d = start(env, {"enforcement": "full"})
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "strong under full")
+    eq(headers(b.requests()[0])["x-client-cert-mapping"], "altsecid:sha1-pukey", "method")
+    p = subprocess.run([BIN, "map", "-c", d.conf_path, "--cert", leaf.chain],
+                       capture_output=True, text=True, timeout=60)
+    eq(p.returncode, 0, f"certmapd map ({p.stdout[-600:]} {p.stderr[-300:]})")
+    check("method         altsecid:sha1-pukey" in p.stdout, p.stdout)
+
+
+def test_sha1_pukey_of_the_certificate(env):
+    """<SHA1-PUKEY> holding the certificate's thumbprint, as ESC14 reports see it."""
+    name = uniq("pucert")
+    AD.user_create(name)
+    leaf = leaves.issue(env.dir, name)
+    AD.set_altsecids(name, [f"X509:<SHA1-PUKEY>{leaves.cert_sha1(leaf).lower()}"])
+    b, d = start(env, {"enforcement": "full"})
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "strong under full")
+    eq(headers(b.requests()[0])["x-client-cert-mapping"], "altsecid:sha1-cert", "method")
+    p = subprocess.run([BIN, "map", "-c", d.conf_path, "--cert", leaf.chain],
+                       capture_output=True, text=True, timeout=60)
+    eq(p.returncode, 0, f"certmapd map ({p.stdout[-600:]} {p.stderr[-300:]})")
+    check("method         altsecid:sha1-cert" in p.stdout, p.stdout)
+    check("(altsecid:sha1-cert, strong)" in p.stdout, "the lookup value is shown")
 
 
 def test_dns_for_computer_accounts(env):
@@ -251,9 +332,13 @@ if __name__ == "__main__":
         test_strong_altsecid_mapping,
         test_altsecid_is_case_insensitive_and_space_sensitive,
         test_sid_extension,
+        test_sid_in_san_url,
+        test_issuer_sid_altsecid,
         test_implicit_upn_under_each_enforcement,
         test_compatibility_refuses_certificate_older_than_account,
         test_weak_altsecid_forms,
+        test_sha1_pukey_of_the_key,
+        test_sha1_pukey_of_the_certificate,
         test_dns_for_computer_accounts,
         test_disabled_user,
         test_two_accounts_same_mapping,

@@ -41,15 +41,18 @@ struct fixture {
     struct map_result r;
 };
 
-/* Plans <leaf> with <methods> and judges <entries> answered to lookup <li>. */
-static enum reason judge(struct fixture *x, const char *leaf, enum map_enforcement e,
-                         enum map_method m0, enum map_method m1, struct map_entry *entries,
-                         size_t n, size_t li, const char *netbios)
+/* Plans <leaf> with <methods> and judges <entries> answered to lookup <li>;
+ * <san_sid> (may be NULL) is put in the facts as a SAN URL's SID. */
+static enum reason judge_url(struct fixture *x, const char *leaf, const char *san_sid,
+                             enum map_enforcement e, enum map_method m0, enum map_method m1,
+                             struct map_entry *entries, size_t n, size_t li, const char *netbios)
 {
     map_result_purge(&x->r);
     map_plan_purge(&x->p);
     tls_facts_free(x->f);
     x->f = pki_facts(leaf);
+    if (san_sid != NULL)
+        assert_non_null(x->f->san_sid = strdup(san_sid));
     test_conf(&x->c, e, m0, m1, METHOD_MAX, METHOD_MAX);
     assert_int_equal(map_plan_build(&x->c, x->f, &x->p), 0);
     memset(x->answers, 0, sizeof(x->answers));
@@ -67,6 +70,13 @@ static enum reason judge(struct fixture *x, const char *leaf, enum map_enforceme
         assert_null(x->r.sam);
     }
     return x->r.reason;
+}
+
+static enum reason judge(struct fixture *x, const char *leaf, enum map_enforcement e,
+                         enum map_method m0, enum map_method m1, struct map_entry *entries,
+                         size_t n, size_t li, const char *netbios)
+{
+    return judge_url(x, leaf, NULL, e, m0, m1, entries, n, li, netbios);
 }
 
 static int setup(void **state)
@@ -119,6 +129,39 @@ static void test_strong(void **state)
                      R_NO_MAPPING);
     assert_non_null(strstr(x->r.detail, "no account has altSecurityIdentities X509:<I>"));
     assert_non_null(strstr(x->r.detail, "or userPrincipalName alice@corp.example.test"));
+}
+
+/* <SHA1-PUKEY> holding the key's SHA-1 or the certificate's: both strong,
+ * each reported by its own label. */
+static void test_sha1_pukey_forms(void **state)
+{
+    struct fixture *x = *state;
+    char key[64] = "", cert[64] = "";
+    struct map_entry a = account("CN=alice,CN=Users,DC=corp,DC=example,DC=test", "alice",
+                                 "alice@corp.example.test", "S-1-5-21-1-2-3-1104", key, 0);
+
+    x->f = pki_facts("good");
+    snprintf(key, sizeof key, "X509:<SHA1-PUKEY>%s", x->f->pubkey_sha1);
+    snprintf(cert, sizeof cert, "X509:<SHA1-PUKEY>%s", x->f->sha1);
+    assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NONE);
+    assert_string_equal(x->r.method, "altsecid:sha1-pukey");
+    assert_non_null(strstr(x->r.detail, "by altsecid:sha1-pukey (strong)"));
+    a.altsecids[0] = cert;
+    assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NONE);
+    assert_string_equal(x->r.method, "altsecid:sha1-cert");
+    assert_non_null(strstr(x->r.detail, "by altsecid:sha1-cert (strong)"));
+    /* lower case, as an administrator may paste it: AD compares case-insensitively */
+    for (char *c = cert; *c != '\0'; c++)
+        *c = (char)(*c >= 'A' && *c <= 'F' ? *c - 'A' + 'a' : *c);
+    assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NONE);
+    assert_string_equal(x->r.method, "altsecid:sha1-cert");
+    /* any other SHA-1: nothing */
+    a.altsecids[0] = "X509:<SHA1-PUKEY>0000000000000000000000000000000000000000";
+    assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NO_MAPPING);
 }
 
 static void test_ambiguous(void **state)
@@ -249,6 +292,85 @@ static void test_sid_mismatch(void **state)
     assert_string_equal(x->r.method, "sid");
 }
 
+#define SID_ALICE "S-1-5-21-436880987-830612363-2677326092-1102"
+
+/* KB5014754: a weak mapping of an account whose objectSid is the
+ * certificate's SID (extension or SAN URL) is strong, even under full. */
+static void test_sid_makes_weak_strong(void **state)
+{
+    struct fixture *x = *state;
+    struct map_entry u = account("CN=sidalice,DC=corp", "sidalice", "sidalice@corp.example.test",
+                                 SID_ALICE, NULL, 0);
+
+    /* the SID extension (the PKI's sid leaf) */
+    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_UPN, METHOD_MAX, &u, 1, 0, NULL), R_NONE);
+    assert_string_equal(x->r.method, "upn");
+    assert_non_null(strstr(x->r.detail, "(strong: the certificate's SID is the account's)"));
+    /* another objectSid: not upgraded, so refused as weak under full */
+    u.sid = "S-1-5-21-436880987-830612363-2677326092-1199";
+    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_UPN, METHOD_MAX, &u, 1, 0, NULL),
+                     R_WEAK_MAPPING);
+
+    /* the SID of a SAN URL, on the good leaf (UPN alice@...) */
+    struct map_entry a = account("CN=alice,CN=Users,DC=corp,DC=example,DC=test", "alice",
+                                 "alice@corp.example.test", SID_ALICE, NULL, 0);
+    assert_int_equal(
+        judge_url(x, "good", SID_ALICE, ENFORCE_FULL, METHOD_UPN, METHOD_MAX, &a, 1, 0, NULL),
+        R_NONE);
+    assert_string_equal(x->r.method, "upn");
+    assert_non_null(strstr(x->r.detail, "(strong: the certificate's SID is the account's)"));
+    /* a SAN URL SID of another account: sid_mismatch, as for the extension */
+    a.when_created = 1;
+    assert_int_equal(judge_url(x, "good", "S-1-5-21-1-2-3-4", ENFORCE_COMPATIBILITY, METHOD_UPN,
+                               METHOD_MAX, &a, 1, 0, NULL),
+                     R_SID_MISMATCH);
+    assert_non_null(strstr(x->r.detail, "S-1-5-21-1-2-3-4 (SAN URL)"));
+    /* a strong explicit mapping with a SAN URL SID of another account: sid_mismatch */
+    struct map_entry b = account("CN=alice,CN=Users,DC=corp,DC=example,DC=test", "alice",
+                                 "alice@corp.example.test", SID_ALICE, GOOD_SR, 0);
+    assert_int_equal(judge_url(x, "good", "S-1-5-21-1-2-3-4", ENFORCE_FULL, METHOD_ALTSECID,
+                               METHOD_MAX, &b, 1, 0, NULL),
+                     R_SID_MISMATCH);
+    /* the sid method looks the SAN URL's SID up, labelled sid:url */
+    assert_int_equal(
+        judge_url(x, "good", SID_ALICE, ENFORCE_FULL, METHOD_SID, METHOD_MAX, &a, 1, 0, NULL),
+        R_NONE);
+    assert_string_equal(x->r.method, "sid:url");
+    /* enforcement disabled: the SID is not checked */
+    assert_int_equal(judge_url(x, "good", "S-1-5-21-1-2-3-4", ENFORCE_DISABLED, METHOD_UPN,
+                               METHOD_MAX, &a, 1, 0, NULL),
+                     R_NONE);
+}
+
+/* X509:<I>issuer<SID>sid: strong; the issuer and the SID must both be the certificate's. */
+static void test_issuer_sid(void **state)
+{
+    struct fixture *x = *state;
+    struct map_entry a = account("CN=sidalice,DC=corp", "sidalice", NULL, SID_ALICE,
+                                 "X509:<I>" ISSUING_ASI "<SID>" SID_ALICE, 0);
+
+    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NONE);
+    assert_string_equal(x->r.method, "altsecid:issuer-sid");
+    assert_non_null(strstr(x->r.detail, "by altsecid:issuer-sid (strong)"));
+    /* from a SAN URL's SID */
+    assert_int_equal(
+        judge_url(x, "good", SID_ALICE, ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+        R_NONE);
+    assert_string_equal(x->r.method, "altsecid:issuer-sid");
+    /* another issuer, or another SID: no match */
+    a.altsecids[0] = "X509:<I>DC=test,DC=example,DC=corp,CN=Corp Root CA<SID>" SID_ALICE;
+    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NO_MAPPING);
+    a.altsecids[0] = "X509:<I>" ISSUING_ASI "<SID>S-1-5-21-436880987-830612363-2677326092-1103";
+    assert_int_equal(judge(x, "sid", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NO_MAPPING);
+    /* a certificate without a SID never matches the form */
+    a.altsecids[0] = "X509:<I>" ISSUING_ASI "<SID>" SID_ALICE;
+    assert_int_equal(judge(x, "good", ENFORCE_FULL, METHOD_ALTSECID, METHOD_MAX, &a, 1, 0, NULL),
+                     R_NO_MAPPING);
+}
+
 static void test_account_state(void **state)
 {
     struct fixture *x = *state;
@@ -299,10 +421,13 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_strong, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sha1_pukey_forms, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ambiguous, setup, teardown),
         cmocka_unit_test_setup_teardown(test_weak_by_enforcement, setup, teardown),
         cmocka_unit_test_setup_teardown(test_weak_then_strong, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sid_mismatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sid_makes_weak_strong, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_issuer_sid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_account_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nothing, setup, teardown),
     };

@@ -64,7 +64,7 @@ static void test_good(void **state)
     assert_int_equal(a->method, METHOD_ALTSECID);
     assert_string_equal(a->attr, "altSecurityIdentities");
     assert_non_null(f->ski);
-    assert_int_equal(a->n_values, 6);
+    assert_int_equal(a->n_values, 7);
     assert_string_equal(a->values[0], "X509:<I>" ISSUING_ASI "<SR>1200000000AC11000000002B");
     assert_int_equal(a->strength[0], MAP_STRONG);
     assert_string_equal(a->labels[0], "altsecid:issuer-serial");
@@ -74,14 +74,22 @@ static void test_good(void **state)
     snprintf(want, sizeof(want), "X509:<SHA1-PUKEY>%s", f->pubkey_sha1);
     assert_string_equal(a->values[2], want);
     assert_int_equal(a->strength[2], MAP_STRONG);
-    assert_string_equal(a->values[3],
+    assert_string_equal(a->labels[2], "altsecid:sha1-pukey");
+    /* the same tag with the certificate's thumbprint (docs/mapping.md: which
+     * of the two AD means is not settled, so both are looked up) */
+    snprintf(want, sizeof(want), "X509:<SHA1-PUKEY>%s", f->sha1);
+    assert_string_equal(a->values[3], want);
+    assert_int_equal(a->strength[3], MAP_STRONG);
+    assert_string_equal(a->labels[3], "altsecid:sha1-cert");
+    assert_string_not_equal(f->sha1, f->pubkey_sha1);
+    assert_string_equal(a->values[4],
                         "X509:<I>" ISSUING_ASI "<S>DC=test,DC=example,DC=corp,OU=Users,CN=alice");
-    assert_int_equal(a->strength[3], MAP_WEAK);
-    assert_string_equal(a->labels[3], "altsecid:issuer-subject");
-    assert_string_equal(a->values[4], "X509:<S>DC=test,DC=example,DC=corp,OU=Users,CN=alice");
-    assert_string_equal(a->labels[4], "altsecid:subject");
-    assert_string_equal(a->values[5], "X509:<RFC822>alice@corp.example.test");
-    assert_int_equal(a->strength[5], MAP_WEAK);
+    assert_int_equal(a->strength[4], MAP_WEAK);
+    assert_string_equal(a->labels[4], "altsecid:issuer-subject");
+    assert_string_equal(a->values[5], "X509:<S>DC=test,DC=example,DC=corp,OU=Users,CN=alice");
+    assert_string_equal(a->labels[5], "altsecid:subject");
+    assert_string_equal(a->values[6], "X509:<RFC822>alice@corp.example.test");
+    assert_int_equal(a->strength[6], MAP_WEAK);
 
     /* the filter: accounts only, one assertion per value, in order */
     size_t len = (size_t)snprintf(want, sizeof(want), ACCOUNTS "(|");
@@ -163,6 +171,36 @@ static void test_sid(void **state)
     assert_int_equal(cm_sid_from_binary(want, 28, text, sizeof text), -1);
 
     assert_string_equal(p.lookups[2].values[0], "sidalice@corp.example.test");
+
+    /* altsecid: the issuer and SID form, strong, right after issuer-serial */
+    const struct map_lookup *a = &p.lookups[1];
+    assert_string_equal(a->labels[0], "altsecid:issuer-serial");
+    assert_string_equal(a->values[1], "X509:<I>" ISSUING_ASI "<SID>" SID_ALICE);
+    assert_string_equal(a->labels[1], "altsecid:issuer-sid");
+    assert_int_equal(a->strength[1], MAP_STRONG);
+    assert_non_null(
+        strstr(a->filter, "(altSecurityIdentities=X509:<I>" ISSUING_ASI "<SID>" SID_ALICE ")"));
+    map_plan_purge(&p);
+    tls_facts_free(f);
+
+    /* the SID of a SAN URL gives the same form, and the sid lookup as sid:url */
+    f = pki_facts("good");
+    assert_null(f->sid);
+    f->san_sid = strdup(SID_ALICE);
+    assert_non_null(f->san_sid);
+    assert_int_equal(map_plan_build(&c, f, &p), 0);
+    assert_int_equal(p.n, 3);
+    assert_string_equal(p.lookups[0].labels[0], "sid:url");
+    assert_string_equal(p.lookups[0].values[0], SID_ALICE);
+    assert_string_equal(p.lookups[1].values[1], "X509:<I>" ISSUING_ASI "<SID>" SID_ALICE);
+    map_plan_purge(&p);
+    tls_facts_free(f);
+
+    /* no SID: no issuer-sid form */
+    f = pki_facts("good");
+    assert_int_equal(map_plan_build(&c, f, &p), 0);
+    for (size_t i = 0; i < p.lookups[0].n_values; i++)
+        assert_null(strstr(p.lookups[0].values[i], "<SID>"));
     map_plan_purge(&p);
     tls_facts_free(f);
 }
@@ -183,7 +221,7 @@ static void test_meta(void **state)
     assert_string_equal(u->filter, ACCOUNTS "(userPrincipalName="
                                             "\\2A\\29\\28uid=\\2A\\29\\29\\28|\\28uid=\\2A"
                                             "@corp.example.test))");
-    assert_string_equal(a->values[4], "X509:<S>DC=test,DC=example,DC=corp,OU=Users,CN=a*)(b\\");
+    assert_string_equal(a->values[5], "X509:<S>DC=test,DC=example,DC=corp,OU=Users,CN=a*)(b\\");
     assert_non_null(strstr(a->filter, "(altSecurityIdentities=X509:<S>DC=test,DC=example,"
                                       "DC=corp,OU=Users,CN=a\\2A\\29\\28b\\5C)"));
     assert_non_null(strstr(a->filter, "(altSecurityIdentities=X509:<RFC822>a\\28b\\29\\2A"

@@ -401,17 +401,147 @@ static void test_asi_names(void **state)
     X509 *x = make_cert(contoso, subject, "01", NULL);
     struct cert_facts *f = facts_ok(x);
 
-    /* CN=B sorts before OU=A in the DER SET: its OID's last byte is smaller. */
-    assert_string_equal(f->subject_asi,
-                        "C=US,S=Washington,L=Redmond,O=\"Contoso, Ltd\",CN=B+OU=A,E=b@contoso.com,"
-                        "STREET=1 Way,SERIALNUMBER=42,T=Dr,G=Ann,SN=Lee,I=AL,1.2.3.4=x,"
-                        "CN=\" say \"\"hi\"\" \",CN=caf\xc3\xa9");
+    /* CN=B sorts before OU=A in the DER SET: its OID's last byte is smaller.
+     * " + " inside an RDN and "OID." before an unnamed OID, as CertNameToStr
+     * writes them (see test_windows_name_vectors). */
+    assert_string_equal(
+        f->subject_asi,
+        "C=US,S=Washington,L=Redmond,O=\"Contoso, Ltd\",CN=B + OU=A,E=b@contoso.com,"
+        "STREET=1 Way,SERIALNUMBER=42,T=Dr,G=Ann,SN=Lee,I=AL,OID.1.2.3.4=x,"
+        "CN=\" say \"\"hi\"\" \",CN=caf\xc3\xa9");
     /* RFC 4514: UTF-8 stays UTF-8; specials escaped by OpenSSL. */
     assert_non_null(strstr(f->subject, "CN=caf\xc3\xa9,"));
     assert_non_null(strstr(f->subject, "O=Contoso\\, Ltd"));
 
     tls_facts_free(f);
     X509_free(x);
+}
+
+/* The altSecurityIdentities form against what Windows' CertNameToStr
+ * (CERT_X500_NAME_STR) writes, one name per row, run through the real code.
+ * Sources of the expectations (the vectors are written here, not copied):
+ *  W: Wine crypt32 tests/str.c, test_CertNameToStrA (the encodedSimpleCN ...
+ *     encodedNewlineCN blobs, encodedDummyCN, encodedFields and the test
+ *     certificate's subject x500SubjectStr; ", " there is "," here);
+ *  V: Wine str.c test_CertRDNValueToStrA values (abc"def, "abc, def", ...)
+ *     as CertNameToStr quotes them;
+ *  N: .NET X500DistinguishedNameTests (PrintMultiComponentRdn: "CN=James +
+ *     O=Microsoft"; the T61String cases: UTF-8 bytes read as UTF-8, other
+ *     bytes as Latin-1; "OID.<dotted>" for an unnamed attribute);
+ *  R: the rest of the quoting rule of Wine str.c (white space at either end,
+ *     an empty value, a CR inside) and the names of Wine crypt32 oid.c,
+ *     as docs/mapping.md states them. */
+static void test_windows_name_vectors(void **state)
+{
+    static const char *bmp_quote = "\0\"\0001\0\"";
+    static const struct {
+        const char *src;
+        struct rdn name[4];
+        const char *asi;
+    } v[] = {
+        {"W simpleCN", {{"CN", "1", V_ASN1_PRINTABLESTRING, 0, 0}, {0}}, "CN=1"},
+        {"W singleQuotedCN", {{"CN", "'1'", V_ASN1_PRINTABLESTRING, 0, 0}, {0}}, "CN='1'"},
+        {"W spacedCN", {{"CN", " 1 ", V_ASN1_PRINTABLESTRING, 0, 0}, {0}}, "CN=\" 1 \""},
+        {"W quotedCN (BMPString)", {{"CN", NULL, V_ASN1_BMPSTRING, 6, 0}, {0}}, "CN=\"\"\"1\"\"\""},
+        {"W multipleAttrCN", {{"CN", "1+2", V_ASN1_PRINTABLESTRING, 0, 0}, {0}}, "CN=\"1+2\""},
+        {"W commaCN", {{"CN", "a,b", V_ASN1_PRINTABLESTRING, 0, 0}, {0}}, "CN=\"a,b\""},
+        {"W equalCN", {{"CN", "a=b", V_ASN1_PRINTABLESTRING, 0, 0}, {0}}, "CN=\"a=b\""},
+        {"W lessThanCN", {{"CN", "\0<", V_ASN1_BMPSTRING, 2, 0}, {0}}, "CN=\"<\""},
+        {"W greaterThanCN", {{"CN", "\0>", V_ASN1_BMPSTRING, 2, 0}, {0}}, "CN=\">\""},
+        {"W hashCN", {{"CN", "\0#", V_ASN1_BMPSTRING, 2, 0}, {0}}, "CN=\"#\""},
+        {"W semiCN", {{"CN", "\0;", V_ASN1_BMPSTRING, 2, 0}, {0}}, "CN=\";\""},
+        {"W newlineCN", {{"CN", "\0a\0\n\0b", V_ASN1_BMPSTRING, 6, 0}, {0}}, "CN=\"a\nb\""},
+        {"W dummyCN",
+         {{"CN", "dummy", V_ASN1_PRINTABLESTRING, 0, 0},
+          {"2.5.4.12", "test", V_ASN1_PRINTABLESTRING, 0, 0},
+          {0}},
+         "CN=dummy,T=test"},
+        {"W fields",
+         {{"CN", "Wine Test", V_ASN1_PRINTABLESTRING, 0, 0},
+          {"2.5.4.12", "123", V_ASN1_PRINTABLESTRING, 0, 0},
+          {"C", "BR", V_ASN1_PRINTABLESTRING, 0, 0},
+          {0}},
+         "CN=Wine Test,T=123,C=BR"},
+        {"V embedded double quote", {{"CN", "abc\"def", 0, 0, 0}, {0}}, "CN=\"abc\"\"def\""},
+        {"V embedded single quote", {{"CN", "abc'def", 0, 0, 0}, {0}}, "CN=abc'def"},
+        {"V embedded comma", {{"CN", "abc, def", 0, 0, 0}, {0}}, "CN=\"abc, def\""},
+        {"V enclosing quotes", {{"CN", "\"def\"", 0, 0, 0}, {0}}, "CN=\"\"\"def\"\"\""},
+        {"V embedded semicolon", {{"CN", "1;3", 0, 0, 0}, {0}}, "CN=\"1;3\""},
+        {"N PrintMultiComponentRdn",
+         {{"CN", "James", V_ASN1_PRINTABLESTRING, 0, 0},
+          {"O", "Microsoft", V_ASN1_PRINTABLESTRING, 0, 1},
+          {0}},
+         "CN=James + O=Microsoft"},
+        {"N three values in one RDN",
+         {{"OU", "c", 0, 0, 0}, {"O", "b", 0, 0, 1}, {"CN", "a", 0, 0, 1}, {0}},
+         "CN=a + O=b + OU=c"},
+        {"N T61String of UTF-8 bytes",
+         {{"CN", "caf\xc3\xa9", V_ASN1_T61STRING, 0, 0}, {0}},
+         "CN=caf\xc3\xa9"},
+        {"N T61String of Latin-1 bytes",
+         {{"CN", "caf\xe9", V_ASN1_T61STRING, 0, 0}, {0}},
+         "CN=caf\xc3\xa9"},
+        {"N T61String, a cut UTF-8 sequence is Latin-1",
+         {{"CN", "a\xc3", V_ASN1_T61STRING, 0, 0}, {0}},
+         "CN=a\xc3\x83"},
+        {"N unnamed OID",
+         {{"1.3.6.1.4.1.311.60.2.1.3", "US", V_ASN1_PRINTABLESTRING, 0, 0}, {0}},
+         "OID.1.3.6.1.4.1.311.60.2.1.3=US"},
+        {"N businessCategory has no Windows name",
+         {{"businessCategory", "x", 0, 0, 0}, {0}},
+         "OID.2.5.4.15=x"},
+        {"R empty value", {{"CN", "", V_ASN1_UTF8STRING, 0, 0}, {0}}, "CN=\"\""},
+        {"R leading tab", {{"CN", "\ta", 0, 0, 0}, {0}}, "CN=\"\ta\""},
+        {"R trailing CR", {{"CN", "a\r", 0, 0, 0}, {0}}, "CN=\"a\r\""},
+        {"R leading LF", {{"CN", "\na", 0, 0, 0}, {0}}, "CN=\"\na\""},
+        {"R leading VT, trailing FF", {{"CN", "\va\f", 0, 0, 0}, {0}}, "CN=\"\va\f\""},
+        {"R inner CR does not quote", {{"CN", "a\rb", 0, 0, 0}, {0}}, "CN=a\rb"},
+        {"R inner tab does not quote", {{"CN", "a\tb", 0, 0, 0}, {0}}, "CN=a\tb"},
+        {"R > and < quote", {{"CN", "a>b", 0, 0, 0}, {0}}, "CN=\"a>b\""},
+        {"R names: UID, Description, PostalCode",
+         {{"UID", "jdoe", 0, 0, 0},
+          {"description", "d", 0, 0, 0},
+          {"postalCode", "98052", 0, 0, 0},
+          {0}},
+         "UID=jdoe,Description=d,PostalCode=98052"},
+        {"R names: POBox, Phone (a + quotes), dnQualifier",
+         {{"postOfficeBox", "7", 0, 0, 0},
+          {"telephoneNumber", "+1 555", V_ASN1_PRINTABLESTRING, 0, 0},
+          {"dnQualifier", "q", V_ASN1_PRINTABLESTRING, 0, 0},
+          {0}},
+         "POBox=7,Phone=\"+1 555\",dnQualifier=q"},
+        {"R names: S, STREET, G",
+         {{"ST", "WA", 0, 0, 0}, {"street", "1 Way", 0, 0, 0}, {"GN", "Ann", 0, 0, 0}, {0}},
+         "S=WA,STREET=1 Way,G=Ann"},
+        {"R names: I, SN, E",
+         {{"initials", "AL", 0, 0, 0},
+          {"SN", "Lee", 0, 0, 0},
+          {"emailAddress", "a@x", V_ASN1_IA5STRING, 0, 0},
+          {0}},
+         "I=AL,SN=Lee,E=a@x"},
+        {"R names: X21Address (2.5.4.24), DC, SERIALNUMBER",
+         {{"x121Address", "1", V_ASN1_NUMERICSTRING, 0, 0},
+          {"DC", "corp", V_ASN1_IA5STRING, 0, 0},
+          {"serialNumber", "42", V_ASN1_PRINTABLESTRING, 0, 0},
+          {0}},
+         "X21Address=1,DC=corp,SERIALNUMBER=42"},
+    };
+
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        struct rdn name[4];
+        memcpy(name, v[i].name, sizeof(name));
+        if (name[0].value == NULL)
+            name[0].value = bmp_quote;
+        X509 *x = make_cert(contoso, name, "01", NULL);
+        struct cert_facts *f = NULL;
+        enum reason r = tls_facts_from_x509(x, &f);
+        if (r != R_NONE)
+            fail_msg("%s: reason %d", v[i].src, (int)r);
+        if (strcmp(f->subject_asi, v[i].asi) != 0)
+            fail_msg("%s: got [%s], want [%s]", v[i].src, f->subject_asi, v[i].asi);
+        tls_facts_free(f);
+        X509_free(x);
+    }
 }
 
 static void test_bad_names_in_memory(void **state)
@@ -578,6 +708,81 @@ static void test_sid_validation(void **state)
     X509_free(x);
 }
 
+/* subjectAltName with the URIs <uris> (NULL-terminated), as IA5Strings. */
+static X509_EXTENSION *san_uris(const char *const *uris)
+{
+    GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
+    assert_non_null(gens);
+    for (; *uris != NULL; uris++) {
+        GENERAL_NAME *g = GENERAL_NAME_new();
+        ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
+        assert_true(g && ia5);
+        assert_true(ASN1_STRING_set(ia5, *uris, (int)strlen(*uris)));
+        GENERAL_NAME_set0_value(g, GEN_URI, ia5);
+        assert_true(sk_GENERAL_NAME_push(gens, g));
+    }
+    X509_EXTENSION *ext = X509V3_EXT_i2d(NID_subject_alt_name, 0, gens);
+    assert_non_null(ext);
+    GENERAL_NAMES_free(gens);
+    return ext;
+}
+
+#define SID_URL "tag:microsoft.com,2022-09-14:sid:"
+
+/* MS-PKCA 3.1.5.2.1.6: the SID in a SAN URL. */
+static void test_san_url_sid(void **state)
+{
+    static const struct {
+        const char *uris[3];
+        const char *want; /* NULL: cert_malformed */
+    } v[] = {
+        {{SID_URL SID_ALICE, NULL}, SID_ALICE},
+        {{"https://example.test/", SID_URL SID_ALICE, NULL}, SID_ALICE}, /* other URIs ignored */
+        {{SID_URL SID_ALICE, SID_URL SID_ALICE, NULL}, SID_ALICE},       /* the same SID twice */
+        {{"https://example.test/", NULL}, ""},                           /* no SID URL: none */
+        {{"tag:microsoft.com,2022-09-14:sidx", NULL}, ""},               /* not the prefix */
+        {{SID_URL "S-1-5-21-1-2-3-1104", SID_URL SID_ALICE, NULL}, NULL}, /* two SIDs */
+        {{SID_URL, NULL}, NULL},                                          /* no SID */
+        {{SID_URL "s-1-5-21-1", NULL}, NULL},     /* not objectSid's spelling */
+        {{SID_URL "S-1-5-021", NULL}, NULL},
+        {{SID_URL SID_ALICE " ", NULL}, NULL},
+        {{SID_URL SID_ALICE "?x", NULL}, NULL},
+        {{"TAG:Microsoft.com,2022-09-14:SID:S-1-5-x", NULL}, NULL}, /* the prefix in any case */
+    };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        X509 *x = make_cert(contoso, plain_cn, "01", san_uris(v[i].uris));
+        struct cert_facts *f = NULL;
+        enum reason r = tls_facts_from_x509(x, &f);
+        if (v[i].want == NULL) {
+            if (r != R_CERT_MALFORMED)
+                fail_msg("row %zu: reason %d, want cert_malformed", i, (int)r);
+        } else {
+            if (r != R_NONE)
+                fail_msg("row %zu: reason %d", i, (int)r);
+            if (v[i].want[0] == '\0')
+                assert_null(f->san_sid);
+            else
+                assert_string_equal(f->san_sid, v[i].want);
+            assert_null(f->sid);
+        }
+        tls_facts_free(f);
+        X509_free(x);
+    }
+
+    /* With the SID extension: the same SID is fine, another is two accounts. */
+    const char *same[] = {SID_URL SID_ALICE, NULL};
+    const char *other[] = {SID_URL "S-1-5-21-1-2-3-1104", NULL};
+    X509 *x = make_cert2(contoso, plain_cn, "01", sid_ext(SID_ALICE, 0), san_uris(same));
+    struct cert_facts *f = facts_ok(x);
+    assert_string_equal(f->sid, SID_ALICE);
+    assert_string_equal(f->san_sid, SID_ALICE);
+    tls_facts_free(f);
+    X509_free(x);
+    x = make_cert2(contoso, plain_cn, "01", sid_ext(SID_ALICE, 0), san_uris(other));
+    expect_malformed(x);
+    X509_free(x);
+}
+
 /* A UPN is certificate text: refused (cert_malformed) exactly when the shared
  * table says it is not UTF-8 (cm_utf8_valid); control characters other than
  * NUL are the header writer's business (written as \xHH), not refused here. */
@@ -614,9 +819,11 @@ int main(void)
         cmocka_unit_test(test_lab_vectors),
         cmocka_unit_test(test_serial_sign_byte),
         cmocka_unit_test(test_asi_names),
+        cmocka_unit_test(test_windows_name_vectors),
         cmocka_unit_test(test_bad_names_in_memory),
         cmocka_unit_test(test_bad_san_in_memory),
         cmocka_unit_test(test_sid_validation),
+        cmocka_unit_test(test_san_url_sid),
         cmocka_unit_test(test_hostile_upn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
