@@ -373,7 +373,7 @@ deleg_run() {
     # user; tokens = requests authenticated anew (the first on each connection).
     deleg_stop "$on_pid"
     deleg_stop "$off_pid"
-    users=$(awk -F'\t' -v re="^$DELEG_PREFIX[0-9]+@$DELEG_REALM\$" '$3 == 200 && $2 ~ re {print $2}' \
+    users=$(awk -F'\t' -v re="^${DELEG_PREFIX}[0-9]+@${DELEG_REALM}\$" '$3 == 200 && $2 ~ re {print $2}' \
         "$d/apache-on/access.log" 2>/dev/null | sort -u | wc -l)
     put certmapd deleg_backend_users "$users"
     put certmapd dkaon_tokens "$(awk -F'\t' -v u="$(printf '%s%05d@%s' "$DELEG_PREFIX" "$n" \
