@@ -5,8 +5,9 @@
  *
  * Writes OUTDIR/leaf.key (one ECDSA P-256 key shared by all leaves: the key
  * does not matter to mapping, the certificate does), OUTDIR/PREFIXNNNNN.pem
- * (leaf + CA certificate) and OUTDIR/list ("CHAIN KEY" lines for loadgen
- * --cert-list). Leaf NNNNN has subject .../OU=Users/CN=PREFIXNNNNN, a random
+ * (leaf + CA certificate), OUTDIR/list ("CHAIN KEY" lines for loadgen
+ * --cert-list) and OUTDIR/serials ("PREFIXNNNNN HEX" lines: each leaf's serial
+ * in hex, for altSecurityIdentities X509:<I>...<SR>... mappings). Leaf NNNNN has subject .../OU=Users/CN=PREFIXNNNNN, a random
  * serial, clientAuth and the UPN and e-mail PREFIXNNNNN@corp.example.test,
  * the shape tests/pki/mkpki.sh gives its user leaves. The openssl CLI takes
  * ~15 ms per leaf; this takes well under one. */
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -131,7 +133,7 @@ int main(int argc, char **argv)
 {
     X509 *ca = NULL;
     EVP_PKEY *cakey = NULL, *key = NULL;
-    FILE *list = NULL;
+    FILE *list = NULL, *serials = NULL;
     char path[4096], keypath[4096], name[64];
     int rc = 1;
     long count;
@@ -163,11 +165,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "mkleaves: cannot write in %s\n", argv[3]);
         goto fail;
     }
+    snprintf(path, sizeof path, "%s/serials", argv[3]);
+    if ((serials = fopen(path, "w")) == NULL) {
+        fprintf(stderr, "mkleaves: cannot write in %s\n", argv[3]);
+        goto fail;
+    }
     for (long i = 0; i < count; i++) {
         snprintf(name, sizeof name, "%s%05ld", argv[5], i);
         X509 *leaf = issue(ca, cakey, key, name);
         snprintf(path, sizeof path, "%s/%s.pem", argv[3], name);
         int bad = leaf == NULL || write_pem(path, leaf, ca, NULL) < 0;
+        BIGNUM *sn = bad ? NULL : ASN1_INTEGER_to_BN(X509_get0_serialNumber(leaf), NULL);
+        char *hex = sn != NULL ? BN_bn2hex(sn) : NULL;
+        bad = bad || hex == NULL || fprintf(serials, "%s %s\n", name, hex) < 0;
+        OPENSSL_free(hex);
+        BN_free(sn);
         X509_free(leaf);
         if (bad) {
             fprintf(stderr, "mkleaves: cannot issue %s\n", path);
@@ -178,6 +190,8 @@ int main(int argc, char **argv)
     rc = 0;
 fail:
     if (list != NULL && fclose(list) != 0)
+        rc = 1;
+    if (serials != NULL && fclose(serials) != 0)
         rc = 1;
     ERR_print_errors_fp(stderr);
     X509_free(ca);

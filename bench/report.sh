@@ -100,6 +100,50 @@ MAPWHY=$(get certmapd map_not_measured)
         echo "New certificates mapped per second against Samba AD: not measured: ${MAPWHY:-no result}."
     fi
     echo
+    DEL=$(get certmapd deleg_per_s) DELWHY=$(get certmapd deleg_not_measured)
+    if [ -n "$DEL" ]; then
+        DC=$(get certmapd deleg_cpu_us) DM=$(get certmapd dmap_cpu_us)
+        echo "New delegated users per second against Samba's KDC (each a cache miss: a directory search," \
+            "S4U2Self and S4U2Proxy, and a backend connection whose first request carries the token" \
+            "to Apache httpd + mod_auth_gssapi; certmapd only): **$DEL/s** over $(get certmapd deleg_requests)" \
+            "users, server CPU **$(show "$DC") µs** each, latency p50 $(show "$(get certmapd deleg_p50_us)") µs," \
+            "p99 $(show "$(get certmapd deleg_p99_us)") µs; the backend authenticated" \
+            "$(show "$(get certmapd deleg_backend_users)") users (with the probe's)." \
+            "The same certificates mapped without \`[delegation]\` (same backend without authentication):" \
+            "$(show "$(get certmapd dmap_rps)")/s, $(show "$DM") µs each, so delegation's own share is" \
+            "$(show "$(awk -v a="$DC" -v b="$DM" 'BEGIN {if (a != "" && b != "") printf "%.1f", a - b}')") µs per user." \
+            "Samba's DC (directory and KDC, one process, on the load core with loadgen and Apache) spent" \
+            "$(show "$(get certmapd deleg_dc_cpu_us)") µs per delegated user, $(show "$(get certmapd dmap_dc_cpu_us)")" \
+            "per user mapped only."
+    else
+        echo "New delegated users per second against Samba's KDC: not measured: ${DELWHY:-no result}."
+    fi
+    echo
+    KON=$(get certmapd dkaon_cpu_us) KOFF=$(get certmapd dkaoff_cpu_us)
+    if [ -n "$KON" ] && [ -n "$KOFF" ]; then
+        echo "Keep-alive request of one mapped user, server CPU (µs), \`[delegation] mode = kerberos\`" \
+            "(\`send = first\`: the token only on each new backend connection; Apache httpd +" \
+            "mod_auth_gssapi, \`GssapiConnectionBound On\`) against no \`[delegation]\` (identity headers;" \
+            "the same Apache without authentication):"
+        echo
+        echo "| load | delegation on | off | on/off | on: user / kernel | off: user / kernel |"
+        echo "|---|---|---|---|---|---|"
+        for t in ka:loadgen kab:"ab -k"; do
+            k=${t%%:*}
+            echo "| ${t#*:} | $(show "$(get certmapd d${k}on_cpu_us)") | $(show "$(get certmapd d${k}off_cpu_us)") |" \
+                "$(show "$(ratio "$(get certmapd d${k}on_cpu_us)" "$(get certmapd d${k}off_cpu_us)")") |" \
+                "$(show "$(get certmapd d${k}on_user_us)") / $(show "$(get certmapd d${k}on_sys_us)") |" \
+                "$(show "$(get certmapd d${k}off_user_us)") / $(show "$(get certmapd d${k}off_sys_us)") |"
+        done
+        echo
+        echo "($(show "$(get certmapd dkaon_requests)") loadgen and $(show "$(get certmapd dkabon_requests)") ab" \
+            "requests with delegation on; the backend saw $(show "$(get certmapd dkaon_tokens)") connections" \
+            "of that user, each authenticated by a token, the probes' included.)"
+    else
+        echo "Keep-alive request with delegation on against off: not measured:" \
+            "$(show "$(get certmapd dka_not_measured)")."
+    fi
+    echo
     echo "## Which part costs what"
     echo
     echo "Server CPU per request, user / kernel time (µs, utime / stime from /proc/PID/stat):"
