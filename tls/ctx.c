@@ -73,6 +73,32 @@ fail:
     return infos;
 }
 
+/* Why <path> holds no PEM certificate, into <err>: it is DER (said, with the
+ * command that converts it), a PEM of something else (a key), or not a
+ * certificate at all (OpenSSL's reason for refusing it as DER). */
+static void no_pem_why(const char *what, const char *path, char *err, size_t errlen)
+{
+    ERR_clear_error();
+    BIO *in = BIO_new_file(path, "rb");
+    X509 *x = in != NULL ? d2i_X509_bio(in, NULL) : NULL;
+    if (x != NULL) {
+        set_err(err, errlen,
+                "%s %s: no PEM certificate: it is a DER certificate (convert it with "
+                "openssl x509 -inform DER -in %s -out %s.pem)",
+                what, path, path, path);
+    } else {
+        unsigned long e = ERR_peek_last_error();
+        const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
+        ERR_clear_error();
+        set_err(err, errlen,
+                "%s %s: no certificate found: no -----BEGIN CERTIFICATE----- block, and not a "
+                "DER certificate either (%s)",
+                what, path, r != NULL ? r : "empty or unreadable");
+    }
+    X509_free(x);
+    BIO_free(in);
+}
+
 /* All certificates of <path> (at least one), with their extensions cached so
  * that later reads from several threads never write to them. NULL + <err>. */
 static STACK_OF(X509) *load_certs(const char *what, const char *path, char *err, size_t errlen)
@@ -98,7 +124,7 @@ static STACK_OF(X509) *load_certs(const char *what, const char *path, char *err,
         info->x509 = NULL;
     }
     if (sk_X509_num(certs) == 0) {
-        set_err(err, errlen, "%s %s: no certificate found", what, path);
+        no_pem_why(what, path, err, errlen);
         goto fail;
     }
     ret = certs;

@@ -233,7 +233,15 @@ def test_map_command(env):
     subprocess.run(["openssl", "x509", "-in", leaf.crt, "-outform", "DER", "-out", der], check=True)
     p = map_cmd(d.conf_path, der)
     eq(p.returncode, 2, "a certificate OpenSSL cannot decode as PEM")
-    check(f"certmapd map: certificate {der}: no certificate found" in p.stderr, p.stderr)
+    check(f"certmapd map: certificate {der}: no PEM certificate: it is a DER certificate "
+          f"(convert it with openssl x509 -inform DER" in p.stderr, p.stderr)
+    junk = os.path.join(env.dir, "junk.pem")
+    with open(junk, "w") as f:
+        f.write("not a certificate\n")
+    p = map_cmd(d.conf_path, junk)
+    eq(p.returncode, 2, "a file that is no certificate")
+    check("no -----BEGIN CERTIFICATE----- block, and not a DER certificate either (" in p.stderr,
+          p.stderr)
     # A broken block after the leaf is an error, not a shorter chain (and cert_untrusted).
     broken = os.path.join(env.dir, "broken.pem")
     with open(leaf.chain) as f:
@@ -246,7 +254,8 @@ def test_map_command(env):
     check("cannot parse PEM" in p.stderr, p.stderr)
     p = map_cmd(d.conf_path, leaf.crt, "--chain", der)
     eq(p.returncode, 2, "an undecodable chain file")
-    check(f"certmapd map: chain {der}: no certificate found" in p.stderr, p.stderr)
+    check(f"certmapd map: chain {der}: no PEM certificate: it is a DER certificate" in p.stderr,
+          p.stderr)
     eq(b.requests(), [], "map never forwards anything")
 
 
