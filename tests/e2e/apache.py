@@ -277,6 +277,16 @@ class Apache:
         except OSError:
             return ""
 
+    def wait_access(self, n, timeout=5.0):
+        """access(), once it has <n> lines (httpd writes a request's line after
+        its answer, so a client may have it before the log does)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.access()
+            if len(got) >= n or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
+
     def access(self):
         """One dict per request: conn ("addr:port"), user ("-" when none), status
         (int), keepalive (earlier requests on that connection), request (line)."""

@@ -73,7 +73,7 @@ def authed(a, n, timeout=5.0):
         got = [r for r in a.access() if r.get("user") not in (None, "-")]
         if len(got) >= n or time.time() > deadline:
             return got
-        time.sleep(0.05)
+        time.sleep(0.05)  # a.wait_access counts every line; here only authenticated ones
 
 
 def exchanges(d):

@@ -102,7 +102,7 @@ def test_alice_through_apache(env):
     status, _, body = get(c, token("alice", bindings=b"tls-server-end-point:" + bytes(32)))
     eq((status, json.loads(body)["remote_user"]), (200, f"alice@{REALM}"),
        "bindings are not checked by mod_auth_gssapi")
-    eq([(r["user"], r["status"], r["keepalive"]) for r in a.access()],
+    eq([(r["user"], r["status"], r["keepalive"]) for r in a.wait_access(4)],
        [("-", 401, 0), (f"alice@{REALM}", 200, 1), ("-", 401, 2), (f"alice@{REALM}", 200, 3)],
        "access log")
 
@@ -135,7 +135,7 @@ def test_apache_https_connection_bound(env):
     status, _, body = get(c)
     eq(json.loads(body)["remote_user"], f"{other}@{REALM}", "bound to the new user")
     conn = local_port(c)
-    eq([(r["user"], r["status"]) for r in a.access() if r["conn"] == conn],
+    eq([(r["user"], r["status"]) for r in a.wait_access(6) if r["conn"] == conn],
        [("-", 401), (f"alice@{REALM}", 200), (f"alice@{REALM}", 200),
         (f"{other}@{REALM}", 200), (f"{other}@{REALM}", 200)], "one connection's requests")
 
