@@ -222,6 +222,11 @@ static const char *parse_record(char *buf, unsigned long line, struct ldif_entry
     const char *why = NULL;
 
     memset(&lr, 0, sizeof(lr));
+    /* A line without an attribute name (": v") right after the DN crashes
+     * libldap 2.5's reader (strcasecmp on NULL); RFC 2849 has none anywhere. */
+    for (const char *p = buf; p != NULL; p = strchr(p, '\n'), p = p != NULL ? p + 1 : NULL)
+        if (*p == ':')
+            return "a line without an attribute name";
     if (ldap_parse_ldif_record(&bv, line, &lr, "certmapd", LDIF_DEFAULT_ADD | LDIF_NO_CONTROLS) !=
         LDAP_SUCCESS)
         return "not a valid LDIF record";
