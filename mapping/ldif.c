@@ -376,6 +376,11 @@ struct map_source *map_ldif_open(const char *path, const char *netbios, struct e
     }
     bool first = true;
     while ((rc = ldif_read_record(fp, &line, &buf, &buflen)) > 0) {
+        if (buf == NULL) {
+            /* libldap 2.5 says "a record" without one for some bytes (fuzz_ldif). */
+            fail_at(err, errlen, path, line, "not a valid LDIF record");
+            goto fail;
+        }
         unsigned long start = record_line(line, buf, feof(fp->fp) != 0);
         const char *why;
         if (first && strncasecmp(buf, "version:", 8) == 0) {
