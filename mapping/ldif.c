@@ -135,16 +135,21 @@ static const char *take_attr(struct ldif_entry *le, const LDAPMod *m)
         return NULL;
     }
     if (strcasecmp(t, "altSecurityIdentities") == 0) {
-        e->altsecids = calloc(n ? n : 1, sizeof(*e->altsecids));
-        if (e->altsecids == NULL)
+        /* The attribute may come back later in the record (libldap gives it
+         * as a second mod): its values are added to the first ones. */
+        size_t have = e->n_altsecids;
+        char **a = realloc(e->altsecids, (have + n + 1) * sizeof(*a));
+        if (a == NULL)
             return "out of memory";
-        for (; e->n_altsecids < n; e->n_altsecids++) {
-            if (!text_ok(vals[e->n_altsecids]))
+        e->altsecids = a;
+        for (size_t i = 0; i < n; i++) {
+            if (!text_ok(vals[i]))
                 return "altSecurityIdentities holds a NUL, a control character, invalid UTF-8 or "
                        "too many bytes";
-            e->altsecids[e->n_altsecids] = bvdup(vals[e->n_altsecids]);
-            if (e->altsecids[e->n_altsecids] == NULL)
+            e->altsecids[have + i] = bvdup(vals[i]);
+            if (e->altsecids[have + i] == NULL)
                 return "out of memory";
+            e->n_altsecids = have + i + 1;
         }
         return NULL;
     }
