@@ -19,7 +19,8 @@ enum log_level cm_log_get_level(void)
     return max_level;
 }
 
-static void vlog(enum log_level level, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void vlog(enum log_level level, const char *fmt,
+                                                    va_list ap)
 {
     char line[2048];
     struct timespec ts;

@@ -135,16 +135,21 @@ static const char *take_attr(struct ldif_entry *le, const LDAPMod *m)
         return NULL;
     }
     if (strcasecmp(t, "altSecurityIdentities") == 0) {
-        e->altsecids = calloc(n ? n : 1, sizeof(*e->altsecids));
-        if (e->altsecids == NULL)
+        /* The attribute may come back later in the record (libldap gives it
+         * as a second mod): its values are added to the first ones. */
+        size_t have = e->n_altsecids;
+        char **a = realloc(e->altsecids, (have + n + 1) * sizeof(*a));
+        if (a == NULL)
             return "out of memory";
-        for (; e->n_altsecids < n; e->n_altsecids++) {
-            if (!text_ok(vals[e->n_altsecids]))
+        e->altsecids = a;
+        for (size_t i = 0; i < n; i++) {
+            if (!text_ok(vals[i]))
                 return "altSecurityIdentities holds a NUL, a control character, invalid UTF-8 or "
                        "too many bytes";
-            e->altsecids[e->n_altsecids] = bvdup(vals[e->n_altsecids]);
-            if (e->altsecids[e->n_altsecids] == NULL)
+            e->altsecids[have + i] = bvdup(vals[i]);
+            if (e->altsecids[have + i] == NULL)
                 return "out of memory";
+            e->n_altsecids = have + i + 1;
         }
         return NULL;
     }
@@ -222,6 +227,18 @@ static const char *parse_record(char *buf, unsigned long line, struct ldif_entry
     const char *why = NULL;
 
     memset(&lr, 0, sizeof(lr));
+    /* A line without an attribute name (": v", "-") right after the DN
+     * crashes libldap 2.5's reader (strcasecmp on NULL); an entry has none
+     * anywhere (RFC 2849). Continuation lines start with a space. */
+    for (const char *p = buf; p != NULL; p = strchr(p, '\n'), p = p != NULL ? p + 1 : NULL) {
+        const char *eol = strchr(p, '\n');
+        size_t len = eol != NULL ? (size_t)(eol - p) : strlen(p);
+        if (len == 0 || *p == ' ' || *p == '#')
+            continue;
+        const char *colon = memchr(p, ':', len);
+        if (colon == NULL || colon == p)
+            return "not a valid LDIF record (a line without an attribute name)";
+    }
     if (ldap_parse_ldif_record(&bv, line, &lr, "certmapd", LDIF_DEFAULT_ADD | LDIF_NO_CONTROLS) !=
         LDAP_SUCCESS)
         return "not a valid LDIF record";
@@ -371,6 +388,11 @@ struct map_source *map_ldif_open(const char *path, const char *netbios, struct e
     }
     bool first = true;
     while ((rc = ldif_read_record(fp, &line, &buf, &buflen)) > 0) {
+        if (buf == NULL) {
+            /* libldap 2.5 says "a record" without one for some bytes (fuzz_ldif). */
+            fail_at(err, errlen, path, line, "not a valid LDIF record");
+            goto fail;
+        }
         unsigned long start = record_line(line, buf, feof(fp->fp) != 0);
         const char *why;
         if (first && strncasecmp(buf, "version:", 8) == 0) {

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -96,6 +97,26 @@ static void proxy_shared_purge(struct proxy_shared *sh)
     map_cache_free(sh->cache);
 }
 
+/* Every client holds a descriptor (two with its backend): the soft open-files
+ * limit, often 1024, is raised to the hard one, and both are logged. */
+static void raise_nofile_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    unsigned long long soft = (unsigned long long)rl.rlim_cur;
+    if (rl.rlim_cur != rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+            log_warn("open files: cannot raise the soft limit %llu to the hard limit %llu: %s",
+                     soft, (unsigned long long)rl.rlim_max, strerror(errno));
+            return;
+        }
+    }
+    log_info("open files: soft limit %llu (was %llu), hard limit %llu",
+             (unsigned long long)rl.rlim_cur, soft, (unsigned long long)rl.rlim_max);
+}
+
 static int serve(const struct conf *c, struct tls_ctx *tls)
 {
     struct proxy_shared sh = {.conf = c, .tls = tls};
@@ -142,6 +163,7 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
         if (rc_krb == -2)
             log_error("%s; starting anyway: delegated requests get 503 until a KDC answers", err);
     }
+    raise_nofile_limit();
     ws = proxy_workers_bind(c->workers, &sh, err, sizeof err);
     if (ws == NULL) {
         log_error("%s", err);

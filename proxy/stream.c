@@ -306,6 +306,10 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     char before = b > st->feed_start ? b[-1] : st->feed_prev;
     if (before == '\n')
         return head_fail(st, R_BAD_REQUEST);
+    /* llhttp takes ": v" as a header with an empty name (RFC 9110 5.1: a token,
+     * one character at least): never forwarded (tests/fuzz/regressions/). */
+    if (st->head.n > 0 && st->head.h[st->head.n - 1].name_len == 0)
+        return head_fail(st, R_BAD_REQUEST);
     /* NUL, bare CR or LF inside a value: never forwarded, whatever the parser allows. */
     for (size_t i = 0; i < len; i++)
         if (at[i] == '\0' || at[i] == '\r' || at[i] == '\n')

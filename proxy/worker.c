@@ -2,9 +2,12 @@
  * sockets (SO_REUSEPORT: the kernel spreads connections), their own upstream
  * pool and their own connections. Nothing is shared between workers but the
  * read-only configuration, TLS contexts and the access log descriptor. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +36,13 @@ struct worker {
     struct conn_env env; /* what its connections share */
     struct event *stop_ev;
     struct event *grace_ev;
+    /* Out of descriptors (or socket memory): the listeners are off for
+     * <pause_ms> (100 ms doubling to 2 s, 0 again after an accept), so that
+     * accept is not retried at once forever; <spare_fd> (/dev/null) is given
+     * up for a moment to accept and close one waiting client. */
+    struct event *resume_ev;
+    uint32_t pause_ms;
+    int spare_fd;
     pthread_t thread;
     /* Certificate mapping, when [mapping] is configured: this worker's source
      * (LDAP connection or LDIF view) and mapper over the shared cache. */
@@ -77,6 +87,7 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
                       int salen, void *arg)
 {
     struct worker *w = arg;
+    w->pause_ms = 0;
     if (w->env.draining) {
         close(fd);
         return;
@@ -84,10 +95,62 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     proxy_conn_accept(&w->env, fd, sa, (socklen_t)salen);
 }
 
+#define ACCEPT_PAUSE_MIN_MS 100
+#define ACCEPT_PAUSE_MAX_MS 2000
+
+/* Descriptors this process has open, or -1; needs one free descriptor. */
+static long open_fd_count(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return -1;
+    long n = -1; /* the directory's own descriptor */
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n - 2; /* "." and ".." */
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    for (size_t i = 0; i < w->n_listeners; i++)
+        if (w->listeners[i] != NULL)
+            evconnlistener_enable(w->listeners[i]);
+}
+
 static void accept_error_cb(struct evconnlistener *lev, void *arg)
 {
-    /* EMFILE and the like: log and go on; the listener stays enabled. */
-    log_warn("accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    struct worker *w = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM) {
+        log_warn("accept failed: %s", evutil_socket_error_to_string(e));
+        return;
+    }
+    /* The listener would be readable again at once: retrying now spins. */
+    long open_fds = -1;
+    if (w->spare_fd >= 0) {
+        close(w->spare_fd);
+        open_fds = open_fd_count();
+        /* One waiting client gets a clean close rather than a hang. */
+        int fd = accept4(evconnlistener_get_fd(lev), NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0)
+            close(fd);
+        w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    w->pause_ms = w->pause_ms == 0 ? ACCEPT_PAUSE_MIN_MS
+                  : w->pause_ms * 2 > ACCEPT_PAUSE_MAX_MS ? ACCEPT_PAUSE_MAX_MS
+                                                          : w->pause_ms * 2;
+    struct rlimit rl = {0};
+    getrlimit(RLIMIT_NOFILE, &rl);
+    log_warn("worker %u: accept failed: %s, %ld descriptors open (limit %llu): not accepting "
+             "for %u ms", w->id, strerror(e), open_fds, (unsigned long long)rl.rlim_cur,
+             w->pause_ms);
+    for (size_t i = 0; i < w->n_listeners; i++)
+        if (w->listeners[i] != NULL)
+            evconnlistener_disable(w->listeners[i]);
+    struct timeval tv = proxy_tv_ms(w->pause_ms);
+    evtimer_add(w->resume_ev, &tv);
 }
 
 static void grace_cb(evutil_socket_t fd, short what, void *arg)
@@ -108,6 +171,7 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
         w->listeners[i] = NULL;
     }
     w->n_listeners = 0;
+    evtimer_del(w->resume_ev);
     upstream_pool_purge(&w->pool);
     /* Idle connections and handshakes go now; requests in flight may finish. */
     proxy_conn_drain(&w->env);
@@ -199,6 +263,7 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
         struct worker *w = &ws[i];
         w->id = i;
         w->conf = c;
+        w->spare_fd = -1;
         /* The change list batches the EV_WRITE adds and deletes that a
          * write which found the socket full causes, into one epoll_ctl per
          * descriptor and loop turn. */
@@ -215,10 +280,17 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
         w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
         w->grace_ev = evtimer_new(w->base, grace_cb, w);
         w->post_ev = event_new(w->base, -1, 0, post_cb, w);
+        w->resume_ev = evtimer_new(w->base, resume_cb, w);
+        w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         pthread_mutex_init(&w->post_lock, NULL);
         w->post_lock_made = true;
-        if (w->stop_ev == NULL || w->grace_ev == NULL || w->post_ev == NULL) {
+        if (w->stop_ev == NULL || w->grace_ev == NULL || w->post_ev == NULL ||
+            w->resume_ev == NULL) {
             snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        if (w->spare_fd < 0) {
+            snprintf(err, errlen, "/dev/null: %s", strerror(errno));
             goto fail;
         }
         if (c->has_mapping_section && worker_mapping_init(w, sh, err, errlen) < 0)
@@ -311,6 +383,10 @@ static void worker_purge(struct worker *w)
         event_free(w->stop_ev);
     if (w->grace_ev != NULL)
         event_free(w->grace_ev);
+    if (w->resume_ev != NULL)
+        event_free(w->resume_ev);
+    if (w->spare_fd >= 0)
+        close(w->spare_fd);
     event_base_free(w->base);
     w->base = NULL;
 }

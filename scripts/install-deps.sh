@@ -22,6 +22,8 @@ PACKAGES=(
   apache2 apache2-bin libapache2-mod-auth-gssapi python3-gssapi
   # tests: GnuTLS clients (tests/e2e/test_late_cert_clients.py), a TLS scanner
   gnutls-bin wget testssl.sh
+  # tests: libFuzzer harnesses (tests/fuzz/run.sh): clang and its fuzzer runtime
+  clang libclang-rt-14-dev
   # benchmarks
   gnuplot-nox apache2-utils strace
 )

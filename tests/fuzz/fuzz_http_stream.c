@@ -1,0 +1,308 @@
+/* The client's bytes through the real request path: proxy/stream.c
+ * (stream_new, stream_feed: llhttp with the stream's own settings, the head
+ * checks, proxy_http_request_head) against a fake upstream, as
+ * tests/unit/proxy/test_stream.c does: this file defines the upstream_*
+ * functions, so the linker takes them instead of proxy/upstream.c. Every
+ * request head that reaches "the backend" is checked: no identity header from
+ * the client, never both Content-Length and Transfer-Encoding, one
+ * X-Forwarded-For, and no CR, LF or NUL inside a header line. Pipelined
+ * requests are answered 200 one after the other. */
+#include <errno.h>
+#include <stdbool.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "conf/conf.h"
+#include "io/io.h"
+#include "proxy/accesslog.h"
+#include "proxy/http.h"
+#include "proxy/stream.h"
+#include "proxy/upstream.h"
+#include "tests/fuzz/fuzz.h"
+
+#define N_FAKES 4
+#define MAX_STREAMS 8
+
+struct upstream {
+    const struct upstream_handler *h;
+    void *arg;
+    struct evbuffer *out;
+    bool released;
+};
+
+static struct upstream fakes[N_FAKES];
+static int n_acquired;
+
+struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream_handler *h,
+                                  void *arg, unsigned flags, const char *identity,
+                                  struct upstream_trail *trail)
+{
+    if (n_acquired >= N_FAKES)
+        return NULL;
+    struct upstream *u = &fakes[n_acquired++];
+    u->h = h;
+    u->arg = arg;
+    u->out = evbuffer_new();
+    u->released = false;
+    trail->addr[trail->n] = 0;
+    trail->how[trail->n] = UP_USED;
+    trail->n++;
+    return u;
+}
+
+void upstream_write(struct upstream *u, const void *data, size_t len)
+{
+    evbuffer_add(u->out, data, len);
+}
+
+void upstream_write_buffer(struct upstream *u, struct evbuffer *buf)
+{
+    evbuffer_add_buffer(u->out, buf);
+}
+
+size_t upstream_output_length(const struct upstream *u)
+{
+    return evbuffer_get_length(u->out);
+}
+
+void upstream_read_pause(struct upstream *u, bool paused)
+{
+}
+
+bool upstream_reused(const struct upstream *u)
+{
+    return false;
+}
+
+bool upstream_connected(const struct upstream *u)
+{
+    return true;
+}
+
+const unsigned char *upstream_binding(const struct upstream *u, size_t *len)
+{
+    *len = 0;
+    return NULL;
+}
+
+void upstream_release(struct upstream *u, bool reusable)
+{
+    u->released = true;
+}
+
+void upstream_pool_purge(struct upstream_pool *p)
+{
+}
+
+const char *upstream_trail_text(const struct upstream_trail *t, const struct backend_addr *ba,
+                                char *buf, size_t len)
+{
+    snprintf(buf, len, "fake*%u", t->n);
+    return buf;
+}
+
+/* ---- the connection's side, made once ----------------------------------------- */
+
+static struct event_base *base;
+static struct io *cio;
+static int peer_fd = -1;
+static struct conf conf;
+static struct upstream_pool pool;
+static struct backend_addr ba;
+static struct accesslog *alog;
+static struct stream_client sc;
+static bool done;
+static enum stream_end end;
+
+static bool ops_ask_cert(void *arg)
+{
+    return false;
+}
+
+static void ops_more(void *arg)
+{
+}
+
+static void ops_done(void *arg, enum stream_end how)
+{
+    done = true;
+    end = how;
+}
+
+static const struct stream_client_ops ops = {
+    .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
+
+static void io_nop_read(void *arg)
+{
+}
+
+static void io_nop_event(void *arg, enum io_event ev)
+{
+}
+
+static const struct io_handler client_handler = {.read = io_nop_read, .event = io_nop_event};
+
+static void setup_once(void)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0)
+        abort();
+    base = event_base_new();
+    cio = io_new(base, &client_handler, NULL);
+    if (base == NULL || cio == NULL || io_accept(cio, sv[0], NULL) != 0)
+        abort();
+    peer_fd = sv[1];
+    conf.max_request_head = 8 * 1024;
+    conf.header_timeout_ms = 30000;
+    conf.body_timeout_ms = 60000;
+    conf.upload_read_ahead_size = 48 * 1024;
+    conf.cert_mode = CERT_IGNORE;
+    conf.backend.host_header = "eas.test";
+    pool.backend = &ba;
+    char err[256];
+    alog = accesslog_open("off", err, sizeof err);
+    if (alog == NULL)
+        abort();
+    sc = (struct stream_client){.io = cio,
+                                .conf = &conf,
+                                .alog = alog,
+                                .pool = &pool,
+                                .peer = "127.0.0.9",
+                                .conn_id = 7,
+                                .n_requests = 1,
+                                .cert_asked = true,
+                                .ops = &ops};
+}
+
+/* What the client was sent is read and dropped, so that the stream never
+ * waits on a full socket. */
+static void drain_client(void)
+{
+    for (int i = 0; i < 4; i++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    char buf[16384];
+    while (read(peer_fd, buf, sizeof buf) > 0)
+        ;
+}
+
+static bool name_is(const char *line, size_t nlen, const char *name)
+{
+    return strlen(name) == nlen && strncasecmp(line, name, nlen) == 0;
+}
+
+static bool name_starts(const char *line, size_t nlen, const char *prefix)
+{
+    size_t p = strlen(prefix);
+    return nlen >= p && strncasecmp(line, prefix, p) == 0;
+}
+
+/* The invariants of one request head as the backend got it. */
+static void check_backend_head(struct upstream *u)
+{
+    size_t n = evbuffer_get_length(u->out);
+    if (n == 0)
+        return;
+    char *s = malloc(n + 1);
+    if (s == NULL)
+        abort();
+    evbuffer_copyout(u->out, s, n);
+    s[n] = '\0';
+    const char *end_head = memmem(s, n, "\r\n\r\n", 4);
+    fuzz_assert(end_head != NULL, "a request head without its end went upstream");
+    size_t head_len = (size_t)(end_head - s) + 2;
+    int cl = 0, te = 0, xff = 0;
+    const char *line = s;
+    bool first = true;
+    while (line < s + head_len) {
+        const char *eol = memmem(line, (size_t)(s + head_len - line), "\r\n", 2);
+        size_t len = (size_t)(eol - line);
+        for (size_t i = 0; i < len; i++)
+            fuzz_assert(line[i] != '\r' && line[i] != '\n' && line[i] != '\0',
+                        "CR, LF or NUL inside a forwarded line: %.*s", (int)len, line);
+        if (!first) {
+            const char *colon = memchr(line, ':', len);
+            fuzz_assert(colon != NULL && colon > line, "a header line without a name");
+            size_t nlen = (size_t)(colon - line);
+            fuzz_assert(!name_starts(line, nlen, "x-remote-user") &&
+                            !name_starts(line, nlen, "x-client-cert-"),
+                        "an identity header reached the backend: %.*s", (int)len, line);
+            cl += name_is(line, nlen, "content-length");
+            te += name_is(line, nlen, "transfer-encoding");
+            xff += name_is(line, nlen, "x-forwarded-for");
+        }
+        first = false;
+        line = eol + 2;
+    }
+    fuzz_assert(!(cl && te), "Content-Length and Transfer-Encoding both went upstream");
+    fuzz_assert(cl <= 1 && te <= 1, "framing header twice");
+    fuzz_assert(xff == 1, "%d X-Forwarded-For headers", xff);
+    free(s);
+}
+
+static void respond_200(struct upstream *u)
+{
+    struct proxy_head head;
+    memset(&head, 0, sizeof head);
+    proxy_head_reset(&head, 4096);
+    struct upstream_response r = {
+        .status = 200, .head = &head, .has_length = true, .content_length = 2};
+    u->h->head(u->arg, &r);
+    if (!done)
+        u->h->body(u->arg, "ok", 2);
+    if (!done)
+        u->h->done(u->arg, true);
+    proxy_head_purge(&head);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (base == NULL)
+        setup_once();
+    const char *p = (const char *)data;
+    size_t left = size;
+    for (int k = 0; k < MAX_STREAMS; k++) {
+        memset(fakes, 0, sizeof fakes);
+        n_acquired = 0;
+        done = false;
+        struct stream *st = stream_new(&sc);
+        if (st == NULL)
+            abort();
+        /* The whole input may come in pieces: feed until nothing more is taken. */
+        for (int guard = 0; guard < 64 && left > 0 && !done; guard++) {
+            size_t used = stream_feed(st, p, left);
+            p += used;
+            left -= used;
+            drain_client();
+            if (used == 0)
+                break;
+        }
+        for (int i = 0; i < n_acquired; i++)
+            check_backend_head(&fakes[i]);
+        if (!done && n_acquired > 0 && !fakes[n_acquired - 1].released)
+            respond_200(&fakes[n_acquired - 1]);
+        drain_client();
+        /* The answer may let the stream take the rest of a pipelined body. */
+        if (!done && left > 0) {
+            size_t used = stream_feed(st, p, left);
+            p += used;
+            left -= used;
+            drain_client();
+        }
+        bool again = done && end == STREAM_KEEP_ALIVE && left > 0;
+        stream_free(st);
+        for (int i = 0; i < N_FAKES; i++)
+            if (fakes[i].out != NULL)
+                evbuffer_free(fakes[i].out);
+        drain_client();
+        if (!again)
+            break;
+        sc.n_requests++;
+    }
+    sc.n_requests = 1;
+    return 0;
+}

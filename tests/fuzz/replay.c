@@ -1,0 +1,79 @@
+/* Replays files through a harness without libFuzzer: every argument is a
+ * file or a directory of files (a corpus, or tests/fuzz/regressions/<name>/).
+ * A crash or a broken invariant aborts; otherwise exit 0 with a count. */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "tests/fuzz/fuzz.h"
+
+static int replay_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        perror(path);
+        return -1;
+    }
+    size_t cap = 4096, len = 0;
+    uint8_t *buf = malloc(cap);
+    size_t n;
+    while (buf != NULL && (n = fread(buf + len, 1, cap - len, f)) > 0) {
+        len += n;
+        if (len == cap) {
+            uint8_t *nb = realloc(buf, cap * 2);
+            if (nb == NULL) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (buf == NULL)
+        return -1;
+    LLVMFuzzerTestOneInput(buf, len);
+    free(buf);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int files = 0;
+    for (int i = 1; i < argc; i++) {
+        struct stat st;
+        if (stat(argv[i], &st) < 0) {
+            perror(argv[i]);
+            return 1;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            if (replay_file(argv[i]) < 0)
+                return 1;
+            files++;
+            continue;
+        }
+        DIR *d = opendir(argv[i]);
+        if (d == NULL) {
+            perror(argv[i]);
+            return 1;
+        }
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (e->d_name[0] == '.')
+                continue;
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", argv[i], e->d_name);
+            if (replay_file(path) < 0) {
+                closedir(d);
+                return 1;
+            }
+            files++;
+        }
+        closedir(d);
+    }
+    printf("%d file(s) replayed\n", files);
+    return 0;
+}
