@@ -296,6 +296,13 @@ static void conn_event_cb(void *arg, enum io_event ev)
     case IO_EV_ERROR:
         break;
     }
+    if (c->state == CONN_CLOSING && ev == IO_EV_EOF) {
+        /* After our close_notify OpenSSL reports what the client still sends
+         * (the rest of a refused upload) as the end: closing now would turn
+         * that unread data into a reset that destroys the answer before the
+         * client has read it. The linger timer (conn_close_after_flush) ends it. */
+        return;
+    }
     if (c->state == CONN_HANDSHAKE && ev == IO_EV_ERROR)
         log_debug("#%llu %s: TLS handshake failed: %s", (unsigned long long)c->sc.conn_id,
                   c->peer, io_error_text(c->io, why, sizeof why));
