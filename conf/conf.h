@@ -22,7 +22,7 @@ enum deleg_binding { BINDING_AUTO = 0, BINDING_OFF };
 #define CONF_MAX_LISTEN 16
 #define CONF_MAX_URIS 8
 #define CONF_MAX_LOCATIONS 64
-#define CONF_KEY_SLOTS 96 /* at least the number of rows in the key table */
+#define CONF_KEY_SLOTS 160 /* at least the number of rows in the key table */
 
 /* [tls] defaults, in OpenSSL's syntax: Mozilla's "intermediate" profile
  * without DHE. TLS 1.2: forward secrecy (ECDHE) and AEAD only, no CBC; the

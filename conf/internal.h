@@ -18,6 +18,7 @@ enum conf_section {
     SEC_BACKEND,
     SEC_BUFFERING,
     SEC_DELEGATION,
+    SEC_METRICS,
     SEC_LOCATION, /* [location PATH]; its keys live in struct conf_location */
     SEC_MAX
 };

@@ -999,6 +999,7 @@ const char *conf_section_name(enum conf_section s)
         [SEC_BACKEND] = "backend",
         [SEC_BUFFERING] = "buffering",
         [SEC_DELEGATION] = "delegation",
+        [SEC_METRICS] = "metrics",
         [SEC_LOCATION] = "location",
     };
     return (unsigned)s < SEC_MAX ? names[s] : "";
