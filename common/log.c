@@ -1,22 +1,24 @@
 #include "common/log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
-static enum log_level max_level = CM_LOG_INFO;
+/* Read by every thread; a reload may change it. */
+static _Atomic int max_level = CM_LOG_INFO;
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 void cm_log_set_level(enum log_level level)
 {
-    max_level = level;
+    atomic_store_explicit(&max_level, (int)level, memory_order_relaxed);
 }
 
 enum log_level cm_log_get_level(void)
 {
-    return max_level;
+    return (enum log_level)atomic_load_explicit(&max_level, memory_order_relaxed);
 }
 
 __attribute__((format(printf, 2, 0))) static void vlog(enum log_level level, const char *fmt,
@@ -43,7 +45,7 @@ __attribute__((format(printf, 2, 0))) static void vlog(enum log_level level, con
 
 void cm_log(enum log_level level, const char *fmt, ...)
 {
-    if (level > max_level)
+    if ((int)level > atomic_load_explicit(&max_level, memory_order_relaxed))
         return;
     va_list ap;
     va_start(ap, fmt);

@@ -394,6 +394,19 @@ void proxy_conn_drain(struct conn_env *env)
     }
 }
 
+void proxy_conn_retire(struct conn_env *env)
+{
+    struct proxy_conn *c, *next;
+    env->draining = true;
+    for (c = TAILQ_FIRST(&env->conns); c != NULL; c = next) {
+        next = TAILQ_NEXT(c, link);
+        c->sc.draining = true;
+        if (c->state == CONN_IDLE && c->sc.n_requests > 0 &&
+            evbuffer_get_length(io_input(c->io)) == 0)
+            conn_close(c);
+    }
+}
+
 void proxy_conn_close_all(struct conn_env *env)
 {
     struct proxy_conn *c;

@@ -47,6 +47,11 @@ void proxy_conn_accept(struct conn_env *env, int fd, const struct sockaddr *sa, 
  * or still in their handshake close now; those with a request in flight finish it. */
 void proxy_conn_drain(struct conn_env *env);
 
+/* <env> was replaced by a reload: no more keep-alive (answers say
+ * "Connection: close"); connections idle after a request close now; those
+ * in their handshake, or with a request in flight, go on until it ends. */
+void proxy_conn_retire(struct conn_env *env);
+
 /* Closes every connection of <env> at once. */
 void proxy_conn_close_all(struct conn_env *env);
 

@@ -10,7 +10,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -117,61 +119,168 @@ static void raise_nofile_limit(void)
              (unsigned long long)rl.rlim_cur, soft, (unsigned long long)rl.rlim_max);
 }
 
-static int serve(const struct conf *c, struct tls_ctx *tls)
-{
-    struct proxy_shared sh = {.conf = c, .tls = tls};
-    struct worker *ws = NULL;
-    char err[2048];
-    int rc = 1;
+/* ---- generations ---- */
 
-    if (prepare(c, &sh, err, sizeof err) < 0) {
-        log_error("%s", err);
-        goto out;
+static bool same_str(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* What a reload cannot change: the listening sockets and the threads are
+ * made once, privileges are dropped once, and the Kerberos library reads its
+ * configuration once. 0, or -1 with "FILE:LINE: [section] key: ..." in <err>. */
+static int reload_keeps(const struct conf *now, const struct conf *c, char *err, size_t errlen)
+{
+    const char *sec = NULL, *key = NULL;
+    bool same_listen = now->n_listen == c->n_listen;
+    for (size_t i = 0; same_listen && i < c->n_listen; i++)
+        same_listen = now->listen[i].addrlen == c->listen[i].addrlen &&
+                      memcmp(&now->listen[i].addr, &c->listen[i].addr, c->listen[i].addrlen) == 0;
+    if (!same_listen)
+        sec = "server", key = "listen";
+    else if (now->workers != c->workers)
+        sec = "server", key = "workers";
+    else if (!same_str(now->user, c->user))
+        sec = "server", key = "user";
+    else if (!same_str(now->deleg_krb5_conf, c->deleg_krb5_conf))
+        sec = "delegation", key = "krb5_conf";
+    if (sec == NULL)
+        return 0;
+    char where[512];
+    snprintf(err, errlen, "%s: changed, and a reload cannot change it: restart to apply",
+             conf_where(c, sec, key, where, sizeof where));
+    return -1;
+}
+
+static void gen_free(struct proxy_shared *sh)
+{
+    if (sh == NULL)
+        return;
+    /* krb/'s threads post to the workers: stopped before anything else goes. */
+    krb_stop(sh->krb);
+    proxy_shared_purge(sh);
+    tls_ctx_free(sh->tls);
+    conf_free(sh->conf_owned);
+    free(sh);
+}
+
+/* A new generation from configuration file <path>: the snapshot, the TLS
+ * contexts, the access log, the backend's addresses, the identity cache and
+ * the delegation pool, each checked as start-up checks it. <now> is the
+ * running configuration on a reload (NULL at start). NULL with a reason in
+ * <err> ("FILE:LINE: ..." when a line is to blame). */
+static struct proxy_shared *gen_make(const char *path, const struct conf *now, char *err,
+                                     size_t errlen)
+{
+    struct conf *c = NULL;
+    if (conf_load(path, &c, err, errlen) < 0)
+        return NULL;
+    if (now != NULL && reload_keeps(now, c, err, errlen) < 0) {
+        conf_free(c);
+        return NULL;
     }
+    struct proxy_shared *sh = calloc(1, sizeof *sh);
+    if (sh == NULL) {
+        snprintf(err, errlen, "out of memory");
+        conf_free(c);
+        return NULL;
+    }
+    sh->conf = sh->conf_owned = c;
+    sh->tls = tls_ctx_new(c, err, errlen);
+    if (sh->tls == NULL || prepare(c, sh, err, errlen) < 0)
+        goto fail;
     if (c->has_mapping_section) {
         if (c->map_source == MAP_SOURCE_LDAP) {
             /* A directory that refuses us is a configuration error; one that
              * cannot be reached now is not: requests get 503 until it answers. */
-            int rc_dir = dir_check(c, err, sizeof err);
-            if (rc_dir == -1) {
-                log_error("%s", err);
-                goto out;
-            }
+            int rc_dir = dir_check(c, err, errlen);
+            if (rc_dir == -1)
+                goto fail;
             if (rc_dir == -2)
-                log_error("%s; starting anyway: mapped requests get 503 until a directory "
-                          "answers", err);
+                log_error("%s; going on: mapped requests get 503 until a directory answers", err);
         }
-        sh.cache = map_cache_new(c->cache_entries, c->cache_ttl_ms, c->negative_cache_ttl_ms);
-        if (sh.cache == NULL) {
-            log_error("out of memory for the identity cache");
-            goto out;
+        sh->cache = map_cache_new(c->cache_entries, c->cache_ttl_ms, c->negative_cache_ttl_ms);
+        if (sh->cache == NULL) {
+            snprintf(err, errlen, "out of memory for the identity cache");
+            goto fail;
         }
     }
     if (c->deleg_mode == DELEG_KERBEROS) {
-        sh.krb = krb_new(c, err, sizeof err);
-        if (sh.krb == NULL) {
-            log_error("%s", err);
-            goto out;
-        }
+        sh->krb = krb_new(c, err, errlen);
+        if (sh->krb == NULL)
+            goto fail;
         /* No delegation right is a configuration error; no KDC now is not:
          * requests get 503 kdc_unavailable until one answers. */
-        int rc_krb = krb_probe(sh.krb, err, sizeof err);
-        if (rc_krb == -1) {
-            log_error("%s", err);
-            goto out;
-        }
+        int rc_krb = krb_probe(sh->krb, err, errlen);
+        if (rc_krb == -1)
+            goto fail;
         if (rc_krb == -2)
-            log_error("%s; starting anyway: delegated requests get 503 until a KDC answers", err);
+            log_error("%s; going on: delegated requests get 503 until a KDC answers", err);
     }
+    return sh;
+fail:
+    gen_free(sh);
+    return NULL;
+}
+
+/* SIGHUP: the file is read and checked again; when it is sound, new
+ * connections use it and the others keep theirs until they end. When it is
+ * not, nothing changes. Returns the current generation. */
+static struct proxy_shared *reload(struct worker *ws, struct proxy_shared *cur)
+{
+    char err[2048];
+    const struct conf *now = cur->conf;
+    log_info("SIGHUP: reloading %s", now->path);
+    struct proxy_shared *sh = gen_make(now->path, now, err, sizeof err);
+    if (sh == NULL) {
+        log_error("reload: %s; still serving generation %u", err, cur->generation);
+        return cur;
+    }
+    sh->generation = cur->generation + 1;
+    if (proxy_workers_offer(ws, now->workers, sh, err, sizeof err) < 0) {
+        log_error("reload: %s; still serving generation %u", err, cur->generation);
+        gen_free(sh);
+        return cur;
+    }
+    cm_log_set_level((enum log_level)sh->conf->log_level);
+    proxy_workers_commit(ws, now->workers, true);
+    sh->older = cur;
+    log_info("reload: %s loaded as generation %u; connections of earlier generations finish "
+             "on theirs", sh->conf->path, sh->generation);
+    return sh;
+}
+
+/* Frees the replaced generations no worker uses any more. */
+static void reap(struct proxy_shared *cur)
+{
+    for (struct proxy_shared **pp = &cur->older; *pp != NULL;) {
+        struct proxy_shared *g = *pp;
+        if (atomic_load_explicit(&g->refs, memory_order_acquire) == 0) {
+            *pp = g->older;
+            log_info("generation %u: its last connection has ended", g->generation);
+            gen_free(g);
+        } else {
+            pp = &g->older;
+        }
+    }
+}
+
+static int serve(struct proxy_shared *sh)
+{
+    const struct conf *c = sh->conf;
+    unsigned n_workers = c->workers;
+    struct worker *ws = NULL;
+    char err[2048];
+
     raise_nofile_limit();
-    ws = proxy_workers_bind(c->workers, &sh, err, sizeof err);
+    ws = proxy_workers_bind(n_workers, sh, err, sizeof err);
     if (ws == NULL) {
         log_error("%s", err);
-        goto out;
+        return 1;
     }
     if (c->user != NULL && drop_privileges(c->user) < 0) {
-        proxy_workers_free(ws, c->workers);
-        goto out;
+        proxy_workers_free(ws, n_workers);
+        return 1;
     }
 
     /* Signals are taken by this thread alone, with sigwait; workers inherit the mask. */
@@ -182,38 +291,51 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
     sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
-    if (proxy_workers_start(ws, c->workers) < 0)
-        goto out; /* the started ones are stopped with the process, and <ws> with them */
+    if (proxy_workers_start(ws, n_workers) < 0)
+        return 1; /* the started ones are stopped with the process, and <ws> with them */
     for (size_t i = 0; i < c->n_listen; i++)
-        log_info("listening on %s (%u workers)", c->listen[i].text, c->workers);
+        log_info("listening on %s (%u workers)", c->listen[i].text, n_workers);
     int sig = 0;
     for (;;) {
-        if (sigwait(&set, &sig) != 0)
+        /* Woken each second to free what reloads replaced, once unused. */
+        struct timespec tick = {.tv_sec = 1};
+        sig = sigtimedwait(&set, NULL, &tick);
+        reap(sh);
+        if (sig < 0)
             continue;
         if (sig == SIGHUP) {
-            log_info("SIGHUP: configuration reload is not supported; restart to apply changes");
+            sh = reload(ws, sh);
             continue;
         }
         if (sig == SIGUSR1) {
-            /* logrotate renamed the access log: a new file under its name. */
-            if (accesslog_reopen(sh.alog, err, sizeof err) < 0)
-                log_error("SIGUSR1: %s; still writing to the old file", err);
-            else
+            /* logrotate renamed the access log: a new file under its name,
+             * for every generation still writing. */
+            int bad = 0;
+            for (struct proxy_shared *g = sh; g != NULL; g = g->older)
+                if (accesslog_reopen(g->alog, err, sizeof err) < 0) {
+                    log_error("SIGUSR1: %s; still writing to the old file", err);
+                    bad++;
+                }
+            if (bad == 0)
                 log_info("SIGUSR1: access log reopened");
             continue;
         }
         break;
     }
     log_info("%s: no longer accepting; finishing requests in flight", strsignal(sig));
-    proxy_workers_stop(ws, c->workers, SHUTDOWN_GRACE_MS);
+    proxy_workers_stop(ws, n_workers, SHUTDOWN_GRACE_MS);
     /* krb/'s threads post to the workers: stopped before the workers go. */
-    krb_stop(sh.krb);
-    proxy_workers_free(ws, c->workers);
+    for (struct proxy_shared *g = sh; g != NULL; g = g->older)
+        krb_stop(g->krb);
+    proxy_workers_free(ws, n_workers);
+    while (sh->older != NULL) {
+        struct proxy_shared *g = sh->older;
+        sh->older = g->older;
+        gen_free(g);
+    }
+    gen_free(sh);
     log_info("stopped");
-    rc = 0;
-out:
-    proxy_shared_purge(&sh);
-    return rc;
+    return 0;
 }
 
 /* `certmapd -t` beyond the TLS context: what prepare() opens, and the LDIF
@@ -278,22 +400,16 @@ int main(int argc, char **argv)
     }
 
     char err[2048];
-    struct conf *c = NULL;
-    if (conf_load(path, &c, err, sizeof err) < 0) {
-        fprintf(stderr, "%s\n", err);
-        return 1;
-    }
-    cm_log_set_level((enum log_level)c->log_level);
-    /* Build the TLS context now, in -t too: keys, certificates and CRLs are
-     * part of what a configuration check must prove. */
-    struct tls_ctx *tls = tls_ctx_new(c, err, sizeof err);
-    if (tls == NULL) {
-        fprintf(stderr, "%s\n", err);
-        conf_free(c);
-        return 1;
-    }
     if (test_only) {
-        int rc = check_only(c, err, sizeof err);
+        struct conf *c = NULL;
+        if (conf_load(path, &c, err, sizeof err) < 0) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        /* The TLS context too: keys, certificates and CRLs are part of what
+         * a configuration check must prove. */
+        struct tls_ctx *tls = tls_ctx_new(c, err, sizeof err);
+        int rc = tls == NULL ? 1 : check_only(c, err, sizeof err);
         if (rc == 0)
             printf("%s: configuration OK\n", path);
         else
@@ -307,8 +423,13 @@ int main(int argc, char **argv)
         log_error("libevent has no pthreads support");
         return 1;
     }
-    int rc = serve(c, tls);
-    tls_ctx_free(tls);
-    conf_free(c);
+    struct proxy_shared *sh = gen_make(path, NULL, err, sizeof err);
+    if (sh == NULL) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    sh->generation = 1;
+    cm_log_set_level((enum log_level)sh->conf->log_level);
+    int rc = serve(sh);
     return rc;
 }

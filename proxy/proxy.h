@@ -7,6 +7,7 @@
 #define CM_PROXY_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/time.h>
@@ -20,8 +21,11 @@ struct tls_client_ctx;
 struct map_cache;
 struct worker;
 
-/* What every worker shares, read-only once the workers run. */
+/* One configuration generation: what every worker shares, read-only once
+ * made. The first is made at start, one more by each reload; a generation
+ * lives until the last connection that started on it has ended. */
 struct proxy_shared {
+    unsigned generation; /* 1, then one more per reload */
     const struct conf *conf;
     struct tls_ctx *tls;
     struct tls_client_ctx *backend_tls; /* NULL for an http:// backend */
@@ -29,12 +33,28 @@ struct proxy_shared {
     struct accesslog *alog;
     struct map_cache *cache; /* NULL without [mapping] */
     struct krb *krb;         /* NULL without [delegation] mode = kerberos */
+    /* The workers' parts that still use it (proxy/worker.c); the main thread
+     * frees a replaced generation once this is 0. */
+    _Atomic unsigned refs;
+    struct proxy_shared *older; /* main.c's list of the generations alive */
+    struct conf *conf_owned;    /* <conf>, for main.c to free */
 };
 
 /* Allocates <n> workers and binds every listener for them with SO_REUSEPORT
  * (one socket per worker and address). NULL with a reason in <err>. */
-struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, char *err,
-                                  size_t errlen);
+struct worker *proxy_workers_bind(unsigned n, struct proxy_shared *sh, char *err, size_t errlen);
+
+/* A reload, in two steps. First, each worker makes its part of generation
+ * <sh> (its pool, its directory connection) on its own thread; 0 when every
+ * one did, else -1 with the first reason in <err>, and none keeps it. */
+int proxy_workers_offer(struct worker *ws, unsigned n, struct proxy_shared *sh, char *err,
+                        size_t errlen);
+
+/* Then, on success: new connections use the offered generation; connections
+ * of the older ones close when idle (a request in flight, a held Ping,
+ * finishes first), and each older part is freed when its last one ends.
+ * <commit> false drops the offered parts instead. */
+void proxy_workers_commit(struct worker *ws, unsigned n, bool commit);
 
 /* Starts the worker threads; each runs its own event_base until stopped. */
 int proxy_workers_start(struct worker *ws, unsigned n);

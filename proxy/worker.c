@@ -4,6 +4,7 @@
  * read-only configuration, TLS contexts and the access log descriptor. */
 #include <dirent.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/resource.h>
@@ -25,15 +26,38 @@
 
 struct worker_post;
 
+/* A worker's part of one configuration generation: its upstream pool, its
+ * mapping source and mapper, and the environment its connections share. New
+ * connections join the current one; after a reload the previous one is
+ * retired and freed (from <reap_ev>) once its last connection has ended. */
+struct wgen {
+    struct worker *w;
+    struct proxy_shared *sh; /* holds one of sh->refs */
+    struct upstream_pool pool;
+    struct map_source *source;
+    struct mapper *mapper;
+    struct conn_env env;
+    struct wgen *next; /* in w->retired */
+};
+
 struct worker {
     unsigned id;
-    const struct conf *conf;
     struct event_base *base;
     int listen_fds[CONF_MAX_LISTEN];
     struct evconnlistener *listeners[CONF_MAX_LISTEN];
     size_t n_listeners;
-    struct upstream_pool pool;
-    struct conn_env env; /* what its connections share */
+    bool draining;        /* shutting down: no new connection */
+    struct wgen *cur;     /* what new connections use */
+    struct wgen *retired; /* older generations with connections still open */
+    struct event *reap_ev;
+    /* A reload in two steps (proxy_workers_offer, then _commit): <offered>
+     * is made on this thread from <offer>, then made current or dropped. */
+    struct event *offer_ev, *commit_ev;
+    struct proxy_shared *offer;
+    struct wgen *offered;
+    bool commit;
+    char offer_err[512];
+    struct worker_sync *sync;
     struct event *stop_ev;
     struct event *grace_ev;
     /* Out of descriptors (or socket memory): the listeners are off for
@@ -44,15 +68,18 @@ struct worker {
     uint32_t pause_ms;
     int spare_fd;
     pthread_t thread;
-    /* Certificate mapping, when [mapping] is configured: this worker's source
-     * (LDAP connection or LDIF view) and mapper over the shared cache. */
-    struct map_source *source;
-    struct mapper *mapper;
     /* Work handed over from other threads (a lookup finished elsewhere). */
     struct event *post_ev;
     pthread_mutex_t post_lock;
     bool post_lock_made;
     struct worker_post *post_head, *post_tail;
+};
+
+/* The main thread waits on it for every worker's answer to an offer. */
+struct worker_sync {
+    pthread_mutex_t lock;
+    pthread_cond_t answered;
+    unsigned pending;
 };
 
 struct timeval proxy_tv_ms(uint64_t ms)
@@ -88,11 +115,11 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 {
     struct worker *w = arg;
     w->pause_ms = 0;
-    if (w->env.draining) {
+    if (w->draining) {
         close(fd);
         return;
     }
-    proxy_conn_accept(&w->env, fd, sa, (socklen_t)salen);
+    proxy_conn_accept(&w->cur->env, fd, sa, (socklen_t)salen);
 }
 
 #define ACCEPT_PAUSE_MIN_MS 100
@@ -153,38 +180,61 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
     evtimer_add(w->resume_ev, &tv);
 }
 
+/* Connections of every generation of <w>. */
+static unsigned worker_n_conns(const struct worker *w)
+{
+    unsigned n = w->cur != NULL ? w->cur->env.n_conns : 0;
+    for (const struct wgen *g = w->retired; g != NULL; g = g->next)
+        n += g->env.n_conns;
+    return n;
+}
+
 static void grace_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
     log_warn("worker %u: %u connection(s) still busy at the end of the shutdown grace time", w->id,
-             w->env.n_conns);
+             worker_n_conns(w));
     event_base_loopbreak(w->base);
+}
+
+/* The first step of a shutdown, for one generation: nothing goes back to its
+ * pool, idle connections and handshakes close, requests in flight finish. */
+static void wgen_drain(struct wgen *g)
+{
+    g->env.draining = true;
+    g->pool.closed = true;
+    upstream_pool_purge(&g->pool);
+    proxy_conn_drain(&g->env);
 }
 
 static void stop_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
-    w->env.draining = true;
-    w->pool.closed = true;
+    w->draining = true;
     for (size_t i = 0; i < w->n_listeners; i++) {
         evconnlistener_free(w->listeners[i]);
         w->listeners[i] = NULL;
     }
     w->n_listeners = 0;
     evtimer_del(w->resume_ev);
-    upstream_pool_purge(&w->pool);
-    /* Idle connections and handshakes go now; requests in flight may finish. */
-    proxy_conn_drain(&w->env);
-    if (w->env.n_conns == 0)
+    wgen_drain(w->cur);
+    for (struct wgen *g = w->retired; g != NULL; g = g->next)
+        wgen_drain(g);
+    if (worker_n_conns(w) == 0)
         event_base_loopexit(w->base, NULL);
 }
 
-/* A connection went away: the end of a drain, when it was the last one. */
+/* A connection of generation <arg> went away: the end of a drain, when it was
+ * the worker's last one; or the end of a retired generation, freed from
+ * <reap_ev> (not here: the caller may still be walking its connections). */
 static void worker_conn_gone(void *arg)
 {
-    struct worker *w = arg;
-    if (w->env.draining && w->env.n_conns == 0)
+    struct wgen *g = arg;
+    struct worker *w = g->w;
+    if (w->draining && worker_n_conns(w) == 0)
         event_base_loopexit(w->base, NULL);
+    else if (g != w->cur && g->env.n_conns == 0)
+        event_active(w->reap_ev, 0, 0);
 }
 
 /* Work another thread hands to this worker (mapping/'s post hook). */
@@ -231,27 +281,168 @@ static void worker_post(void *post_arg, void (*fn)(void *), void *fn_arg)
     event_active(w->post_ev, 0, 0); /* thread-safe: evthread locking is on */
 }
 
-/* This worker's directory source and mapper, when [mapping] is configured. */
-static int worker_mapping_init(struct worker *w, const struct proxy_shared *sh, char *err,
-                               size_t errlen)
+static void wgen_free(struct wgen *g)
 {
-    const struct conf *c = w->conf;
-    w->source = dir_source_open(c, w->base, err, errlen);
-    if (w->source == NULL)
-        return -1;
-    w->mapper = mapper_new(c, w->source, sh->cache);
-    if (w->mapper == NULL) {
+    if (g == NULL)
+        return;
+    if (g->env.gone != NULL)
+        proxy_conn_close_all(&g->env);
+    upstream_pool_purge(&g->pool);
+    /* Connections first (their lookups are cancelled), then what other
+     * threads handed over (cancelled jobs: it only frees), then the mapping. */
+    post_cb(-1, 0, g->w);
+    mapper_free(g->mapper);
+    map_source_close(g->source);
+    if (g->sh != NULL)
+        atomic_fetch_sub_explicit(&g->sh->refs, 1, memory_order_acq_rel);
+    free(g);
+}
+
+/* This worker's part of generation <sh>: its pool, its directory source and
+ * mapper (with [mapping]), its connections' environment. Runs on the
+ * worker's thread once it runs (a reload), or before it starts. */
+static struct wgen *wgen_new(struct worker *w, struct proxy_shared *sh, char *err, size_t errlen)
+{
+    const struct conf *c = sh->conf;
+    struct wgen *g = calloc(1, sizeof *g);
+    if (g == NULL) {
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return NULL;
     }
-    mapper_set_post(w->mapper, worker_post, w);
-    return 0;
+    g->w = w;
+    upstream_pool_init(&g->pool, w->base, c, &sh->backend, sh->backend_tls);
+    if (c->has_mapping_section) {
+        g->source = dir_source_open(c, w->base, err, errlen);
+        if (g->source == NULL)
+            goto fail;
+        g->mapper = mapper_new(c, g->source, sh->cache);
+        if (g->mapper == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        mapper_set_post(g->mapper, worker_post, w);
+    }
+    g->env = (struct conn_env){
+        .base = w->base,
+        .conf = c,
+        .tls = sh->tls,
+        .mapper = g->mapper,
+        .alog = sh->alog,
+        .pool = &g->pool,
+        .krb = sh->krb,
+        .post = worker_post,
+        .post_arg = w,
+        .gone = worker_conn_gone,
+        .gone_arg = g,
+    };
+    TAILQ_INIT(&g->env.conns);
+    atomic_fetch_add_explicit(&sh->refs, 1, memory_order_relaxed);
+    g->sh = sh;
+    return g;
+fail:
+    wgen_free(g);
+    return NULL;
+}
+
+/* Frees the retired generations whose last connection has ended. */
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    for (struct wgen **pp = &w->retired; *pp != NULL;) {
+        struct wgen *g = *pp;
+        if (g->env.n_conns == 0) {
+            *pp = g->next;
+            log_debug("worker %u: generation %u released", w->id, g->sh->generation);
+            wgen_free(g);
+        } else {
+            pp = &g->next;
+        }
+    }
+}
+
+/* ---- reload ---- */
+
+static void offer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct worker_sync *sync = w->sync;
+    w->offer_err[0] = '\0';
+    w->offered = w->draining ? NULL : wgen_new(w, w->offer, w->offer_err, sizeof w->offer_err);
+    if (w->offered == NULL && w->offer_err[0] == '\0')
+        snprintf(w->offer_err, sizeof w->offer_err, "shutting down");
+    pthread_mutex_lock(&sync->lock);
+    sync->pending--;
+    pthread_cond_signal(&sync->answered);
+    pthread_mutex_unlock(&sync->lock);
+}
+
+static void commit_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct wgen *g = w->offered;
+    w->offered = NULL;
+    if (g == NULL)
+        return;
+    if (!w->commit || w->draining) {
+        wgen_free(g);
+        return;
+    }
+    struct wgen *old = w->cur;
+    w->cur = g;
+    old->next = w->retired;
+    w->retired = old;
+    /* Idle pooled backend connections go now; those in use are closed when
+     * their request ends. Idle client connections close; requests in flight
+     * (a held Ping) finish on the generation they started on. */
+    old->pool.closed = true;
+    upstream_pool_purge(&old->pool);
+    proxy_conn_retire(&old->env);
+    if (old->env.n_conns == 0)
+        event_active(w->reap_ev, 0, 0);
+}
+
+int proxy_workers_offer(struct worker *ws, unsigned n, struct proxy_shared *sh, char *err,
+                        size_t errlen)
+{
+    struct worker_sync sync = {.pending = n};
+    pthread_mutex_init(&sync.lock, NULL);
+    pthread_cond_init(&sync.answered, NULL);
+    for (unsigned i = 0; i < n; i++) {
+        ws[i].sync = &sync;
+        ws[i].offer = sh;
+        event_active(ws[i].offer_ev, 0, 0); /* thread-safe: evthread locking is on */
+    }
+    /* A worker's loop never blocks for long: each answers soon. */
+    pthread_mutex_lock(&sync.lock);
+    while (sync.pending > 0)
+        pthread_cond_wait(&sync.answered, &sync.lock);
+    pthread_mutex_unlock(&sync.lock);
+    pthread_cond_destroy(&sync.answered);
+    pthread_mutex_destroy(&sync.lock);
+    int rc = 0;
+    for (unsigned i = 0; i < n; i++) {
+        ws[i].sync = NULL;
+        if (ws[i].offered == NULL && rc == 0) {
+            snprintf(err, errlen, "worker %u: %s", i, ws[i].offer_err);
+            rc = -1;
+        }
+    }
+    if (rc < 0)
+        proxy_workers_commit(ws, n, false);
+    return rc;
+}
+
+void proxy_workers_commit(struct worker *ws, unsigned n, bool commit)
+{
+    for (unsigned i = 0; i < n; i++) {
+        ws[i].commit = commit;
+        event_active(ws[i].commit_ev, 0, 0);
+    }
 }
 
 static void worker_purge(struct worker *w);
 
-struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, char *err,
-                                  size_t errlen)
+struct worker *proxy_workers_bind(unsigned n, struct proxy_shared *sh, char *err, size_t errlen)
 {
     const struct conf *c = sh->conf;
     struct worker *ws = calloc(n, sizeof *ws);
@@ -262,7 +453,6 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
     for (unsigned i = 0; i < n; i++) {
         struct worker *w = &ws[i];
         w->id = i;
-        w->conf = c;
         w->spare_fd = -1;
         /* The change list batches the EV_WRITE adds and deletes that a
          * write which found the socket full causes, into one epoll_ctl per
@@ -276,16 +466,19 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
             snprintf(err, errlen, "cannot create an event base");
             goto fail;
         }
-        upstream_pool_init(&w->pool, w->base, c, &sh->backend, sh->backend_tls);
         w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
         w->grace_ev = evtimer_new(w->base, grace_cb, w);
         w->post_ev = event_new(w->base, -1, 0, post_cb, w);
         w->resume_ev = evtimer_new(w->base, resume_cb, w);
+        w->reap_ev = event_new(w->base, -1, 0, reap_cb, w);
+        w->offer_ev = event_new(w->base, -1, 0, offer_cb, w);
+        w->commit_ev = event_new(w->base, -1, 0, commit_cb, w);
         w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         pthread_mutex_init(&w->post_lock, NULL);
         w->post_lock_made = true;
         if (w->stop_ev == NULL || w->grace_ev == NULL || w->post_ev == NULL ||
-            w->resume_ev == NULL) {
+            w->resume_ev == NULL || w->reap_ev == NULL || w->offer_ev == NULL ||
+            w->commit_ev == NULL) {
             snprintf(err, errlen, "out of memory");
             goto fail;
         }
@@ -293,22 +486,9 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
             snprintf(err, errlen, "/dev/null: %s", strerror(errno));
             goto fail;
         }
-        if (c->has_mapping_section && worker_mapping_init(w, sh, err, errlen) < 0)
+        w->cur = wgen_new(w, sh, err, errlen);
+        if (w->cur == NULL)
             goto fail;
-        w->env = (struct conn_env){
-            .base = w->base,
-            .conf = c,
-            .tls = sh->tls,
-            .mapper = w->mapper,
-            .alog = sh->alog,
-            .pool = &w->pool,
-            .krb = sh->krb,
-            .post = worker_post,
-            .post_arg = w,
-            .gone = worker_conn_gone,
-            .gone_arg = w,
-        };
-        TAILQ_INIT(&w->env.conns);
         for (size_t k = 0; k < c->n_listen; k++) {
             int fd = listen_socket(&c->listen[k], err, errlen);
             if (fd < 0)
@@ -363,28 +543,32 @@ static void worker_purge(struct worker *w)
 {
     if (w->base == NULL)
         return;
-    if (w->env.gone != NULL)
-        proxy_conn_close_all(&w->env);
-    upstream_pool_purge(&w->pool);
     for (size_t i = 0; i < w->n_listeners; i++)
         if (w->listeners[i] != NULL)
             evconnlistener_free(w->listeners[i]);
-    /* Connections first (their lookups are cancelled), then what other
-     * threads handed over (cancelled jobs: it only frees), then the mapping. */
+    /* Every connection first, so that no lookup of one is still delivered. */
+    if (w->cur != NULL)
+        proxy_conn_close_all(&w->cur->env);
+    for (struct wgen *g = w->retired; g != NULL; g = g->next)
+        proxy_conn_close_all(&g->env);
+    wgen_free(w->cur);
+    wgen_free(w->offered);
+    while (w->retired != NULL) {
+        struct wgen *g = w->retired;
+        w->retired = g->next;
+        wgen_free(g);
+    }
     if (w->post_ev != NULL) {
         post_cb(-1, 0, w);
         event_free(w->post_ev);
     }
     if (w->post_lock_made)
         pthread_mutex_destroy(&w->post_lock);
-    mapper_free(w->mapper);
-    map_source_close(w->source);
-    if (w->stop_ev != NULL)
-        event_free(w->stop_ev);
-    if (w->grace_ev != NULL)
-        event_free(w->grace_ev);
-    if (w->resume_ev != NULL)
-        event_free(w->resume_ev);
+    struct event *evs[] = {w->stop_ev,  w->grace_ev,  w->resume_ev,
+                           w->reap_ev,  w->offer_ev,  w->commit_ev};
+    for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
+        if (evs[i] != NULL)
+            event_free(evs[i]);
     if (w->spare_fd >= 0)
         close(w->spare_fd);
     event_base_free(w->base);
