@@ -253,6 +253,19 @@ static char *reader(char *str, int num, void *stream)
 
 /* inih's handler: <section> is ignored (inih truncates long ones); the
  * reader's own section state is used instead. Returns 0 on error. */
+/* Appends "name=value\n" to the current section's text (conf_section_same). */
+static int section_text_add(struct loader *ld, const char *name, const char *value)
+{
+    char **t = &ld->c->section_text[ld->sec];
+    size_t old = *t != NULL ? strlen(*t) : 0, add = strlen(name) + strlen(value) + 2;
+    char *n = realloc(*t, old + add + 1);
+    if (n == NULL)
+        return -1;
+    snprintf(n + old, add + 1, "%s=%s\n", name, value);
+    *t = n;
+    return 0;
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value)
 {
     struct loader *ld = user;
@@ -291,6 +304,8 @@ static int handler(void *user, const char *section, const char *name, const char
     }
     if (*seen == 0)
         *seen = ld->line;
+    if (ld->sec != SEC_LOCATION && section_text_add(ld, name, value) < 0)
+        fail_at(ld, ld->line, "out of memory");
     return 1;
 }
 
@@ -498,10 +513,23 @@ fail:
     return rc;
 }
 
+bool conf_section_same(const struct conf *a, const struct conf *b, const char *section)
+{
+    for (int s = SEC_NONE + 1; s < SEC_MAX; s++) {
+        if (strcmp(conf_section_name((enum conf_section)s), section) != 0)
+            continue;
+        const char *x = a->section_text[s], *y = b->section_text[s];
+        return (x == NULL && y == NULL) || (x != NULL && y != NULL && strcmp(x, y) == 0);
+    }
+    return false;
+}
+
 void conf_free(struct conf *c)
 {
     if (c == NULL)
         return;
+    for (size_t i = 0; i < CONF_SECTION_SLOTS; i++)
+        free(c->section_text[i]);
     free(c->path);
     for (size_t i = 0; i < c->n_listen; i++)
         free(c->listen[i].text);

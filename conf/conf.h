@@ -23,6 +23,7 @@ enum deleg_binding { BINDING_AUTO = 0, BINDING_OFF };
 #define CONF_MAX_URIS 8
 #define CONF_MAX_LOCATIONS 64
 #define CONF_KEY_SLOTS 160 /* at least the number of rows in the key table */
+#define CONF_SECTION_SLOTS 16 /* at least the number of section kinds */
 
 /* [tls] defaults, in OpenSSL's syntax: Mozilla's "intermediate" profile
  * without DHE. TLS 1.2: forward secrecy (ECDHE) and AEAD only, no CBC; the
@@ -145,6 +146,10 @@ struct conf {
     bool has_ldap_section;
     bool has_delegation_section;
 
+    /* Each section's keys as the file set them ("key=value\n", in file
+     * order; locations excepted), for conf_section_same(). */
+    char *section_text[CONF_SECTION_SLOTS];
+
     /* Line of each key of the table that was set (0: not set), for conf_where(). */
     int key_line[CONF_KEY_SLOTS];
 };
@@ -160,6 +165,11 @@ int conf_load(const char *path, struct conf **out, char *err, size_t errlen);
  * "FILE: [section] key" when the key was not set. Writes it into <buf>, returns <buf>. */
 const char *conf_where(const struct conf *c, const char *section, const char *key, char *buf,
                        size_t len);
+
+/* Whether section <section> ("mapping", "ldap") sets the same keys to the
+ * same values, as written, in <a> and <b>: a reload keeps what depends only
+ * on it (the identity cache). Files named are not compared. */
+bool conf_section_same(const struct conf *a, const struct conf *b, const char *section);
 
 /* Frees a snapshot from conf_load(); NULL is fine. */
 void conf_free(struct conf *c);

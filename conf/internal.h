@@ -56,6 +56,8 @@ struct conf_key {
     const char *iis;               /* the IIS / Windows setting it corresponds to */
 };
 
+_Static_assert(SEC_MAX <= CONF_SECTION_SLOTS, "raise CONF_SECTION_SLOTS");
+
 /* Enough for the table; keys.c checks it at compile time. */
 #define CONF_KEYS_MAX CONF_KEY_SLOTS
 

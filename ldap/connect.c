@@ -205,7 +205,9 @@ LDAP *dir_connect_bind(const struct conf *c, const char *uri, const char *pw, si
     struct berval cred = {.bv_len = pwlen, .bv_val = (char *)(uintptr_t)pw};
     rc = ldap_sasl_bind_s(ld, c->bind_dn, LDAP_SASL_SIMPLE, &cred, NULL, NULL, NULL);
     if (rc != LDAP_SUCCESS) {
-        if (refused != NULL)
+        /* An answer (invalid credentials) refuses us; a timeout or a lost
+         * connection (libldap's negative codes) is only an absent server. */
+        if (refused != NULL && rc > 0)
             *refused = true;
         snprintf(what, sizeof what, "ldap: bind as %s failed", c->bind_dn ? c->bind_dn : "");
         dir_ld_error(ld, rc, what, err, errlen);
@@ -275,6 +277,8 @@ int dir_check(const struct conf *c, char *err, size_t errlen)
         char what[600];
         snprintf(what, sizeof what, "ldap: base_dn \"%s\" on %s", c->base_dn, c->ldap_uri[which]);
         dir_ld_error(ld, rc, what, err, errlen);
+        if (rc < 0)
+            ret = -2; /* no answer in time: not the configuration's fault */
         goto fail;
     }
     ret = 0;

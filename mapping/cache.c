@@ -3,6 +3,7 @@
  * chained hash table with an LRU list of its ready entries. A key being
  * resolved has a PENDING entry: later requests for it wait behind the first
  * (single flight) instead of asking the directory again. */
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@ struct shard {
 };
 
 struct map_cache {
+    _Atomic unsigned refs; /* map_cache_hold */
     struct shard shards[SHARDS_MAX];
     size_t n_shards;
     uint64_t ttl_ms, negative_ttl_ms;
@@ -74,6 +76,7 @@ struct map_cache *map_cache_new_custom(size_t entries, uint64_t ttl_ms, uint64_t
     mc = calloc(1, sizeof(*mc));
     if (mc == NULL)
         return NULL;
+    atomic_init(&mc->refs, 1);
     mc->ttl_ms = ttl_ms;
     mc->negative_ttl_ms = negative_ttl_ms;
     mc->clock = clock ? clock : monotonic_ms;
@@ -102,9 +105,15 @@ struct map_cache *map_cache_new(size_t entries, uint64_t ttl_ms, uint64_t negati
     return map_cache_new_custom(entries, ttl_ms, negative_ttl_ms, SHARDS_MAX, NULL, NULL);
 }
 
+struct map_cache *map_cache_hold(struct map_cache *mc)
+{
+    atomic_fetch_add_explicit(&mc->refs, 1, memory_order_relaxed);
+    return mc;
+}
+
 void map_cache_free(struct map_cache *mc)
 {
-    if (mc == NULL)
+    if (mc == NULL || atomic_fetch_sub_explicit(&mc->refs, 1, memory_order_acq_rel) != 1)
         return;
     for (size_t i = 0; i < mc->n_shards; i++) {
         struct shard *s = &mc->shards[i];

@@ -107,6 +107,9 @@ void map_source_close(struct map_source *s);
 struct map_cache;
 
 struct map_cache *map_cache_new(size_t entries, uint64_t ttl_ms, uint64_t negative_ttl_ms);
+/* One more holder of <mc> (a reload that kept the mapping); map_cache_free
+ * drops one, and the last frees it. Returns <mc>. */
+struct map_cache *map_cache_hold(struct map_cache *mc);
 void map_cache_free(struct map_cache *mc);
 
 enum map_cache_state { MC_HIT, MC_MISS_OWNER, MC_WAIT };

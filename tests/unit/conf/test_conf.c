@@ -951,6 +951,31 @@ static void test_keys_documented(void **state)
     free(doc);
 }
 
+/* conf_section_same: what a reload compares to keep the identity cache. */
+static void test_section_same(void **state)
+{
+    char err[4096], path[64];
+    struct conf *a = NULL, *b = NULL, *c = NULL, *d = NULL;
+    if (load_text(state, BASE "[server]\nworkers = 2\nheader_timeout = 5s\n", &a, err,
+                  sizeof(err), path, sizeof(path)) != 0 ||
+        load_text(state, BASE "[server]\nworkers = 2\nheader_timeout = 5s\n", &b, err,
+                  sizeof(err), path, sizeof(path)) != 0 ||
+        load_text(state, BASE "[server]\nworkers = 2\nheader_timeout = 6s\n", &c, err,
+                  sizeof(err), path, sizeof(path)) != 0 ||
+        load_text(state, BASE, &d, err, sizeof(err), path, sizeof(path)) != 0)
+        fail_msg("refused: %s", err);
+    assert_true(conf_section_same(a, b, "server"));
+    assert_false(conf_section_same(a, c, "server"));
+    assert_false(conf_section_same(a, d, "server"));
+    assert_true(conf_section_same(a, c, "backend"));
+    assert_true(conf_section_same(a, d, "mapping")); /* absent from both */
+    assert_false(conf_section_same(a, b, "no such section"));
+    conf_free(a);
+    conf_free(b);
+    conf_free(c);
+    conf_free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -971,6 +996,7 @@ int main(void)
         cmocka_unit_test(test_error_unopenable),
         cmocka_unit_test(test_error_small_buffer),
         cmocka_unit_test(test_keys_documented),
+        cmocka_unit_test(test_section_same),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
