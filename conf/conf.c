@@ -540,6 +540,7 @@ void conf_free(struct conf *c)
     free(c->ciphers);
     free(c->ciphersuites);
     free(c->groups);
+    free(c->ticket_keys);
     free(c->trust_anchors);
     free(c->trusted_issuers);
     free(c->crl_file);

@@ -84,6 +84,8 @@ struct conf {
     char *ciphers;               /* OpenSSL cipher string for TLS 1.2; NULL: CONF_TLS_CIPHERS */
     char *ciphersuites;          /* TLS 1.3 suites; NULL: CONF_TLS_CIPHERSUITES */
     char *groups;                /* key exchange groups; NULL: CONF_TLS_GROUPS */
+    char *ticket_keys;           /* session-ticket key file; NULL: random keys (tls/tickets.c) */
+    uint64_t ticket_key_lifetime_ms; /* random keys: a new one this often */
 
     /* [client_certificate] */
     enum cert_mode cert_mode;

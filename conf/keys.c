@@ -844,6 +844,15 @@ const struct conf_key conf_keys[] = {
      .help = "key exchange groups (curves), colon separated, in the server's order of preference",
      .iis = "SCHANNEL ECC curve order (Group Policy ECC Curve Order)"},
 
+    {SEC_TLS, "ticket_keys", kp_file, F(ticket_keys),
+     .help = "file of session-ticket keys shared by a fleet, one per line (80 bytes in base64), "
+             "the first encrypts, all decrypt; re-read when it changes; unset: random keys",
+     .iis = "none (Schannel's per-machine session cache)"},
+    {SEC_TLS, "ticket_key_lifetime", kp_duration, F(ticket_key_lifetime_ms), .min = MIN,
+     .max = 7 * 24 * HOUR, .def = "12h",
+     .help = "without ticket_keys: a new random key this often; the previous still decrypts",
+     .iis = "none"},
+
     /* [client_certificate] */
     {SEC_CLIENT_CERT, "mode", kp_enum, F(cert_mode), .names = cert_modes, .def = "require",
      .help = "ignore, accept or require a client certificate (default for all paths)",

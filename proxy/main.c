@@ -313,6 +313,7 @@ static int serve(struct proxy_shared *sh)
         struct timespec tick = {.tv_sec = 1};
         sig = sigtimedwait(&set, NULL, &tick);
         reap(sh);
+        tls_ctx_tick(sh->tls, time(NULL));
         if (sig < 0)
             continue;
         if (sig == SIGHUP) {

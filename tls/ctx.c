@@ -516,6 +516,8 @@ struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen)
     /* One TLS 1.3 ticket per handshake, not OpenSSL's two: each carries (and
      * encrypts) the client's certificate, and a device resumes with one. */
     SSL_CTX_set_num_tickets(t->ssl, 1);
+    if (tls_tickets_setup(t, c, err, errlen) != 0)
+        goto fail;
     /* Client-initiated renegotiation stays refused (OpenSSL 3.0 refuses it
      * unless SSL_OP_ALLOW_CLIENT_RENEGOTIATION). SSL_OP_NO_RENEGOTIATION is
      * deliberately not set: asking for a certificate late on TLS 1.2 needs
@@ -566,6 +568,7 @@ void tls_ctx_free(struct tls_ctx *t)
     if (t == NULL)
         return;
     SSL_CTX_free(t->ssl);
+    tls_tickets_free(t);
     X509_STORE_free(t->store);
     for (size_t i = 0; i < t->n_crls; i++) {
         X509_CRL_free(t->crls[i].crl);

@@ -10,6 +10,7 @@
 #include <openssl/x509.h>
 
 #include "common/reason.h"
+#include "conf/conf.h"
 
 /* A CRL together with the certificate whose key verified its signature at
  * load time. Two CAs may share a subject name (a re-keyed or rogue CA), so a
@@ -33,7 +34,18 @@ struct tls_ctx {
     bool cert_at_handshake;  /* the first handshake asks for a certificate */
     int late_idx;            /* SSL ex_data index of a pending late request (tls/late.c) */
     struct tls_vcache *vcache; /* chains that verified (tls/vcache.c) */
+    struct tls_tickets *tickets; /* session-ticket keys (tls/tickets.c) */
+    bool tickets_owned;          /* from a file: this context's own; else the process's */
 };
+
+/* ---- tls/tickets.c: session-ticket keys ---- */
+struct tls_tickets;
+/* The keys of [tls] ticket_keys, or the process's random ones, and OpenSSL's
+ * ticket callback on <t>. 0, or -1 with "FILE:LINE: [tls] ticket_keys: ..." in <err>. */
+int tls_tickets_setup(struct tls_ctx *t, const struct conf *c, char *err, size_t errlen);
+void tls_tickets_free(struct tls_ctx *t);
+/* The SSL_CTX ex_data index where the owning tls_ctx is kept. */
+int tls_tickets_ctx_index(void);
 
 /* ---- tls/vcache.c: chains that verified ---- */
 struct tls_vcache;

@@ -5,6 +5,8 @@
 #ifndef CM_TLS_H
 #define CM_TLS_H
 
+#include <time.h>
+
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -19,6 +21,11 @@ struct tls_ctx; /* opaque; immutable after tls_ctx_new(), shared by all workers 
  * reason in <err> on failure (unreadable file, key mismatch, expired CRL...). */
 struct tls_ctx *tls_ctx_new(const struct conf *c, char *err, size_t errlen);
 void tls_ctx_free(struct tls_ctx *t);
+
+/* Once a second, from one thread (the main one): re-reads [tls] ticket_keys
+ * when the file changed (a bad file is logged once and the keys in use
+ * stay), or makes a new random ticket key each ticket_key_lifetime. */
+void tls_ctx_tick(struct tls_ctx *t, time_t now);
 
 /* A new server-side SSL for one accepted connection. The certificate is
  * requested in the handshake when the configuration needs it there
