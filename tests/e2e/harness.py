@@ -221,6 +221,24 @@ class Certmapd:
     def stderr(self):
         return open(self.stderr_path, errors="replace").read()
 
+    def wait_log(self, pattern, since=0, timeout=10.0):
+        """Waits for a line matching <pattern> in stderr after offset <since>;
+        returns the text after <since>."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            text = self.stderr()[since:]
+            if re.search(pattern, text):
+                return text
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} in certmapd's log:\n{self.stderr()[since:][-3000:]}")
+
+    def reload(self, pattern=r"loaded as generation \d+", timeout=30.0):
+        """SIGHUP; waits for the log line matching <pattern> after it; returns
+        what was logged since."""
+        since = len(self.stderr())
+        self.proc.send_signal(signal.SIGHUP)
+        return self.wait_log(pattern, since, timeout)
+
     def access(self):
         """Parsed access log lines: dicts of key=value."""
         out = []

@@ -4,8 +4,6 @@ provisions and starts it on loopback): accounts and altSecurityIdentities are
 written with LDAP as Administrator, certificates are issued for each case,
 requests are made with real curl through certmapd to a real backend."""
 import os
-import re
-import signal
 import subprocess
 import time
 
@@ -329,18 +327,6 @@ def test_cached_identities_flow_while_directory_is_slow(env):
         proxy.stop()
 
 
-def sighup(d, what, timeout=30.0):
-    """Reloads certmapd; waits for the log line matching <what> after it."""
-    before = len(d.stderr())
-    d.proc.send_signal(signal.SIGHUP)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if re.search(what, d.stderr()[before:]):
-            return d.stderr()[before:]
-        time.sleep(0.05)
-    raise AssertionError(f"no {what!r} after SIGHUP:\n{d.stderr()[before:][-3000:]}")
-
-
 def test_reload_keeps_the_identity_cache(env):
     """A reload that changes neither [mapping] nor [ldap] keeps what the
     directory answered: with the directory unable to answer, a mapped device
@@ -354,13 +340,13 @@ def test_reload_keeps_the_identity_cache(env):
         b, d = start(env, uri=proxy.uri, ldap={"timeout": "1s"})
         eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "first request: a lookup")
         proxy.set_delay(3.0)  # longer than [ldap] timeout: the directory cannot answer
-        sighup(d, r"identity cache is kept.*\n(.*\n)*.*loaded as generation 2")
+        d.reload(r"identity cache is kept.*\n(.*\n)*.*loaded as generation 2")
         eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "after the reload: cached")
         with open(d.conf_path) as f:
             text = f.read()
         with open(d.conf_path, "w") as f:
             f.write(text.replace("[mapping]\n", "[mapping]\ncache_entries = 5000\n"))
-        out = sighup(d, r"loaded as generation 3")
+        out = d.reload(r"loaded as generation 3")
         check("identity cache is kept" not in out, "a changed [mapping] starts a new cache")
         eq(curl(d.base + PATH, args=leaf.curl_args())[0], 503, "after a [mapping] change: asked again")
     finally:

@@ -3,9 +3,7 @@
 is used by new connections while the connections in flight (held EAS Pings)
 finish on theirs; a broken one changes nothing. No listening socket closes."""
 import os
-import re
 import shutil
-import signal
 import time
 
 from harness import (Reader, check, curl, eq, pki, request_bytes, run, tls_connect)
@@ -20,19 +18,6 @@ def rewrite(d, old, new):
     check(old in text, f"{old!r} in the configuration")
     with open(d.conf_path, "w") as f:
         f.write(text.replace(old, new))
-
-
-def reload_and_wait(d, what, timeout=20.0):
-    """Sends SIGHUP; waits for the log line matching <what> after it."""
-    before = len(d.stderr())
-    d.proc.send_signal(signal.SIGHUP)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        text = d.stderr()[before:]
-        if re.search(what, text):
-            return text
-        time.sleep(0.05)
-    raise AssertionError(f"no {what!r} after SIGHUP; log:\n{d.stderr()[before:][-3000:]}")
 
 
 def test_held_polls_survive_a_reload(env):
@@ -70,7 +55,7 @@ def test_held_polls_survive_a_reload(env):
     rewrite(d, f"crl_file = {pki('crl.pem')}", f"crl_file = {pki('crl-expired.pem')}")
     rewrite(d, f"access_log = {d.access_log}", f"access_log = {new_log}")
     t0 = time.time()
-    reload_and_wait(d, r"reload: .* loaded as generation 2")
+    d.reload(r"reload: .* loaded as generation 2")
     took = time.time() - t0
     check(time.time() < release - 2, "the reload was over before the held polls were answered")
 
@@ -123,7 +108,7 @@ def test_broken_file_changes_nothing(env):
     with open(d.conf_path, "a") as f:
         f.write("[server]\nheader_timeout = soon\n")
     n_lines = good.count("\n") + 2
-    text = reload_and_wait(d, r"still serving generation 1")
+    text = d.reload(r"still serving generation 1")
     check(f"{d.conf_path}:{n_lines}:" in text, f"FILE:LINE in {text!r}")
     s.sendall(request_bytes("GET", "/two"))
     r = rd.response()
@@ -134,7 +119,7 @@ def test_broken_file_changes_nothing(env):
     # What a reload cannot change is refused by name, and nothing changes.
     with open(d.conf_path, "w") as f:
         f.write(good.replace("workers = 2", "workers = 3"))
-    text = reload_and_wait(d, r"still serving generation 1")
+    text = d.reload(r"still serving generation 1")
     check("[server] workers: changed, and a reload cannot change it" in text, text)
     # A missing key file: refused as start-up refuses it.
     key = os.path.join(env.dir, "moved.key")
@@ -142,14 +127,14 @@ def test_broken_file_changes_nothing(env):
     with open(d.conf_path, "w") as f:
         f.write(good.replace(f"private_key = {pki('server.key')}", f"private_key = {key}"))
     os.unlink(key)
-    text = reload_and_wait(d, r"still serving generation 1")
+    text = d.reload(r"still serving generation 1")
     check("private_key" in text, text)
 
     # Mended: the next reload takes it; the open idle connection is closed
     # cleanly (it was idle after a request), a new one works.
     with open(d.conf_path, "w") as f:
         f.write(good)
-    reload_and_wait(d, r"loaded as generation 2")
+    d.reload(r"loaded as generation 2")
     check(rd.closed(), "the idle keep-alive connection of generation 1 closed")
     eq(curl(f"{d.base}/four", cert="good")[0], 200, "after the good reload")
     check(d.proc.poll() is None, "certmapd still runs")
@@ -161,7 +146,7 @@ def test_reload_during_handshakes(env):
     b = env.backend()
     d = env.certmapd(b)
     fresh = [tls_connect(d.port) for _ in range(20)]
-    reload_and_wait(d, r"loaded as generation 2")
+    d.reload(r"loaded as generation 2")
     for i, s in enumerate(fresh):
         rd = Reader(s)
         s.sendall(request_bytes("GET", f"/fresh{i}"))
@@ -171,7 +156,7 @@ def test_reload_during_handshakes(env):
         s.close()
     # Reload again and again under load: nothing is refused.
     for k in range(3, 6):
-        reload_and_wait(d, rf"loaded as generation {k}")
+        d.reload(rf"loaded as generation {k}")
         eq(curl(f"{d.base}/g{k}", cert="good")[0], 200, f"after reload {k}")
 
 

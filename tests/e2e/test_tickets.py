@@ -6,7 +6,6 @@ keys in use serving. Real clients: openssl s_client with -sess_out/-sess_in."""
 import base64
 import os
 import re
-import signal
 import subprocess
 import time
 
@@ -48,15 +47,6 @@ def s_client(port, proto, sess_in=None, sess_out=None):
     return m.group(1) == "Reused", int(st.group(1)) if st else 0
 
 
-def wait_log(d, what, since, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if re.search(what, d.stderr()[since:]):
-            return d.stderr()[since:]
-        time.sleep(0.05)
-    raise AssertionError(f"no {what!r} in the log:\n{d.stderr()[since:][-2000:]}")
-
-
 def fleet(env, keyfile):
     b = env.backend()
     sec = {"tls": {"ticket_keys": keyfile}}
@@ -90,7 +80,7 @@ def test_rotation(env):
     since = len(a.stderr()), len(b.stderr())
     write_keys(keys, [k2, k1])
     for d, n in zip((a, b), since):
-        wait_log(d, r"session-ticket keys re-read from .*: 2 keys", n)
+        d.wait_log(r"session-ticket keys re-read from .*: 2 keys", n)
     eq(s_client(b.port, "-tls1_3", sess_in=old), (True, 200), "k1's ticket after the rotation")
     new = os.path.join(env.dir, "new.sess")
     eq(s_client(a.port, "-tls1_3", sess_out=new), (False, 200), "a ticket under k2")
@@ -98,7 +88,7 @@ def test_rotation(env):
     since = len(a.stderr()), len(b.stderr())
     write_keys(keys, [k2])
     for d, n in zip((a, b), since):
-        wait_log(d, r"session-ticket keys re-read from .*: 1 key,", n)
+        d.wait_log(r"session-ticket keys re-read from .*: 1 key,", n)
     eq(s_client(b.port, "-tls1_3", sess_in=old), (False, 200), "k1's ticket once k1 is dropped")
     eq(s_client(b.port, "-tls1_3", sess_in=new), (True, 200), "k2's ticket")
 
@@ -114,14 +104,12 @@ def test_bad_file(env):
     since = len(a.stderr())
     with open(keys, "w") as f:
         f.write("# newest first\n" + k1[:60] + "\n")
-    text = wait_log(a, r"session-ticket keys: .*tickets.keys:2: not a ticket key", since)
+    text = a.wait_log(r"session-ticket keys: .*tickets.keys:2: not a ticket key", since)
     time.sleep(2.5)
     eq(a.stderr()[since:].count("not a ticket key"), 1, "the bad file is reported once")
     eq(s_client(a.port, "-tls1_3", sess_in=sess), (True, 200), "resumption with the keys in use")
     # A reload with it is refused, with the file and line; the old keys serve.
-    since = len(a.stderr())
-    a.proc.send_signal(signal.SIGHUP)
-    text = wait_log(a, r"still serving generation 1", since)
+    text = a.reload(r"still serving generation 1")
     check(re.search(r"\[tls\] ticket_keys: .*tickets.keys:2: not a ticket key", text), text)
     eq(s_client(a.port, "-tls1_3", sess_in=sess), (True, 200), "after the refused reload")
     # certmapd -t says the same.
@@ -146,9 +134,7 @@ def test_random_keys_survive_a_reload(env):
     d = env.certmapd(env.backend())
     sess = os.path.join(env.dir, "s")
     eq(s_client(d.port, "-tls1_3", sess_out=sess), (False, 200), "a ticket")
-    since = len(d.stderr())
-    d.proc.send_signal(signal.SIGHUP)
-    wait_log(d, r"loaded as generation 2", since)
+    d.reload(r"loaded as generation 2")
     eq(s_client(d.port, "-tls1_3", sess_in=sess), (True, 200), "resumed after a reload")
 
 
