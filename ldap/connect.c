@@ -3,6 +3,8 @@
  * simple bind as the service account. Synchronous: runs in dir.c's connector
  * thread and in dir_check(), never on a worker's loop. */
 #include <errno.h>
+#include <pthread.h>
+#include <time.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +125,92 @@ done:
     ERR_clear_error();
 }
 
+/* LDAP_OPT_NETWORK_TIMEOUT bounds connect() only. A server that accepts the
+ * connection and then says nothing holds libldap's TLS handshake for ever
+ * (with GnuTLS it retries the read in a loop), and start-up or the connector
+ * thread with it. So each connection is watched: the TLS connect callback
+ * tells the watchdog the socket, and if the handshake and the bind are not
+ * over within [ldap] timeout, the watchdog shuts the socket down, which ends
+ * whatever libldap is doing with an error. */
+struct watchdog {
+    pthread_mutex_t lock;
+    pthread_cond_t over_cv;
+    bool over;  /* connected and bound, or given up: the watchdog leaves */
+    bool fired; /* it shut the socket down */
+    int fd;     /* from the TLS connect callback; -1 until then */
+    struct timespec deadline; /* CLOCK_MONOTONIC */
+    pthread_t thread;
+};
+
+static void *watchdog_main(void *arg)
+{
+    struct watchdog *w = arg;
+    pthread_mutex_lock(&w->lock);
+    while (!w->over) {
+        if (pthread_cond_timedwait(&w->over_cv, &w->lock, &w->deadline) == ETIMEDOUT) {
+            if (!w->over && w->fd >= 0) {
+                shutdown(w->fd, SHUT_RDWR);
+                w->fired = true;
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+/* libldap's LDAP_TLS_CONNECT_CB, which ldap.h does not declare:
+ * int (LDAP *, void *session, void *ctx, void *arg). */
+static int tls_connect_cb(LDAP *ld, void *session, void *ctx, void *arg)
+{
+    (void)session, (void)ctx;
+    struct watchdog *w = arg;
+    int fd = -1;
+    if (w != NULL && ldap_get_option(ld, LDAP_OPT_DESC, &fd) == LDAP_OPT_SUCCESS) {
+        pthread_mutex_lock(&w->lock);
+        w->fd = fd;
+        pthread_mutex_unlock(&w->lock);
+    }
+    return 0;
+}
+
+static int watchdog_start(struct watchdog *w, uint64_t ms)
+{
+    pthread_condattr_t ca;
+    *w = (struct watchdog){.fd = -1};
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->over_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    clock_gettime(CLOCK_MONOTONIC, &w->deadline);
+    w->deadline.tv_sec += (time_t)(ms / 1000);
+    w->deadline.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (w->deadline.tv_nsec >= 1000000000L) {
+        w->deadline.tv_sec++;
+        w->deadline.tv_nsec -= 1000000000L;
+    }
+    if (pthread_create(&w->thread, NULL, watchdog_main, w) != 0) {
+        pthread_cond_destroy(&w->over_cv);
+        pthread_mutex_destroy(&w->lock);
+        return -1;
+    }
+    return 0;
+}
+
+/* Whether it fired. */
+static bool watchdog_stop(struct watchdog *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->over = true;
+    pthread_cond_signal(&w->over_cv);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->over_cv);
+    pthread_mutex_destroy(&w->lock);
+    return w->fired;
+}
+
 /* Options every connection gets; the TLS context is built from them last. */
 static int set_options(LDAP *ld, const struct conf *c, const char *uri, char *err, size_t errlen)
 {
@@ -131,6 +219,7 @@ static int set_options(LDAP *ld, const struct conf *c, const char *uri, char *er
     uint64_t ms = c->ldap_timeout_ms ? c->ldap_timeout_ms : 5000;
     struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
     const char *what = "";
+
 
     /* Referrals would make libldap bind anonymously to other servers, blocking. */
     if (ldap_set_option(ld, LDAP_OPT_PROTOCOL_VERSION, &v3) != LDAP_OPT_SUCCESS ||
@@ -176,6 +265,8 @@ LDAP *dir_connect_bind(const struct conf *c, const char *uri, const char *pw, si
     LDAP *ld = NULL;
     char what[512];
     int rc;
+    struct watchdog wd;
+    bool watching = false;
 
     if (strncasecmp(uri, "ldaps://", 8) != 0 && strncasecmp(uri, "ldap://", 7) != 0) {
         snprintf(err, errlen, "ldap: %s: not an ldaps:// or ldap:// URI", uri);
@@ -188,11 +279,25 @@ LDAP *dir_connect_bind(const struct conf *c, const char *uri, const char *pw, si
     }
     if (set_options(ld, c, uri, err, errlen) != 0)
         goto fail;
+    if (ldap_set_option(ld, LDAP_OPT_X_TLS_CONNECT_CB, (void *)(uintptr_t)tls_connect_cb) !=
+            LDAP_OPT_SUCCESS ||
+        ldap_set_option(ld, LDAP_OPT_X_TLS_CONNECT_ARG, &wd) != LDAP_OPT_SUCCESS ||
+        watchdog_start(&wd, c->ldap_timeout_ms ? c->ldap_timeout_ms : 5000) != 0) {
+        snprintf(err, errlen, "ldap: %s: cannot watch the connection (out of resources)", uri);
+        goto fail;
+    }
+    watching = true;
     /* Connects, and for ldaps:// completes the TLS handshake and name check. */
     rc = ldap_connect(ld);
     if (rc == LDAP_SUCCESS && strncasecmp(uri, "ldap://", 7) == 0)
         rc = ldap_start_tls_s(ld, NULL, NULL);
     if (rc != LDAP_SUCCESS) {
+        watching = false;
+        if (watchdog_stop(&wd)) {
+            snprintf(err, errlen,
+                     "ldap: cannot connect to %s: no TLS handshake within [ldap] timeout", uri);
+            goto fail;
+        }
         char tls[300];
         tls_diagnose(c, uri, tls, sizeof tls);
         snprintf(what, sizeof what, "ldap: cannot connect to %s", uri);
@@ -204,6 +309,10 @@ LDAP *dir_connect_bind(const struct conf *c, const char *uri, const char *pw, si
     }
     struct berval cred = {.bv_len = pwlen, .bv_val = (char *)(uintptr_t)pw};
     rc = ldap_sasl_bind_s(ld, c->bind_dn, LDAP_SASL_SIMPLE, &cred, NULL, NULL, NULL);
+    bool fired = watchdog_stop(&wd);
+    watching = false;
+    if (rc == LDAP_SUCCESS && fired)
+        rc = LDAP_TIMEOUT; /* bound just as the watchdog shut the socket: not usable */
     if (rc != LDAP_SUCCESS) {
         /* An answer (invalid credentials) refuses us; a timeout or a lost
          * connection (libldap's negative codes) is only an absent server. */
@@ -218,6 +327,8 @@ LDAP *dir_connect_bind(const struct conf *c, const char *uri, const char *pw, si
     }
     return ld;
 fail:
+    if (watching)
+        watchdog_stop(&wd);
     if (ld != NULL)
         ldap_unbind_ext(ld, NULL, NULL);
     return NULL;

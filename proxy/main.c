@@ -277,6 +277,16 @@ static void reap(struct proxy_shared *cur)
     }
 }
 
+/* The signals the main thread takes with sigtimedwait. */
+static void signal_set(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+    sigaddset(set, SIGUSR1);
+}
+
 static int serve(struct proxy_shared *sh)
 {
     const struct conf *c = sh->conf;
@@ -295,14 +305,8 @@ static int serve(struct proxy_shared *sh)
         return 1;
     }
 
-    /* Signals are taken by this thread alone, with sigwait; workers inherit the mask. */
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGUSR1);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal_set(&set);
     if (proxy_workers_start(ws, n_workers) < 0)
         return 1; /* the started ones are stopped with the process, and <ws> with them */
     for (size_t i = 0; i < c->n_listen; i++)
@@ -432,6 +436,13 @@ int main(int argc, char **argv)
         return rc;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* Blocked from the start, before any thread (workers, krb/, ldap/) is
+     * made, so that every thread inherits the mask and a SIGHUP or SIGUSR1
+     * that comes while start-up binds or asks the directory waits for the
+     * main loop instead of killing the process (their default action). */
+    sigset_t set;
+    signal_set(&set);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
     if (evthread_use_pthreads() < 0) {
         log_error("libevent has no pthreads support");
         return 1;

@@ -4,9 +4,13 @@ is used by new connections while the connections in flight (held EAS Pings)
 finish on theirs; a broken one changes nothing. No listening socket closes."""
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import time
 
-from harness import (Reader, check, curl, eq, pki, request_bytes, run, tls_connect)
+from harness import (BIN, Reader, check, curl, eq, pki, request_bytes, run, tls_connect,
+                     wait_port)
 
 HELD = 500
 
@@ -160,6 +164,36 @@ def test_reload_during_handshakes(env):
         eq(curl(f"{d.base}/g{k}", cert="good")[0], 200, f"after reload {k}")
 
 
+def test_signals_during_start_up_wait(env):
+    """A SIGHUP or SIGUSR1 that comes while start-up still asks the directory
+    (here: one that accepts connections and never answers, 2 s) waits for the
+    main loop instead of killing certmapd (their default action)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # never accepted: connects, then no answer
+    env.add_cleanup(silent.close)
+    secret = os.path.join(env.dir, "secret")
+    with open(secret, "w") as f:
+        f.write("any-password")
+    b = env.backend()
+    d = env.certmapd(b, {
+        "mapping": {"source": "ldap"},
+        "ldap": {"uri": f"ldaps://127.0.0.1:{silent.getsockname()[1]}",
+                 "base_dn": "DC=corp,DC=example,DC=test", "bind_dn": "svc@corp.example.test",
+                 "bind_password_file": secret, "ca_file": pki("root-ca.crt"), "timeout": "2s"},
+        "location /public": {"client_certificate": "ignore", "mapping": "off"},
+    }, start=False)
+    d.err = open(d.stderr_path, "w")
+    d.proc = subprocess.Popen([BIN, "-c", d.conf_path], stderr=d.err, stdout=subprocess.DEVNULL)
+    d.wait_log(r"info: ", 0)  # main() runs: its signals are blocked from here
+    d.proc.send_signal(signal.SIGUSR1)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_port(d.port, d.proc, timeout=30)
+    d.wait_log(r"SIGHUP: reloading", 0, timeout=30)
+    check(d.proc.poll() is None, "certmapd survived signals sent during start-up")
+    eq(curl(f"{d.base}/public/x")[0], 200, "serving after it")
+
+
 if __name__ == "__main__":
     run([test_held_polls_survive_a_reload, test_broken_file_changes_nothing,
-         test_reload_during_handshakes])
+         test_reload_during_handshakes, test_signals_during_start_up_wait])
