@@ -20,12 +20,13 @@ struct tls_client_ctx;
 struct map_cache;
 struct worker;
 
-/* What every worker shares, read-only once the workers run. */
+/* What every worker shares, read-only once the workers run (but the backend
+ * servers' health, which is atomic). */
 struct proxy_shared {
     const struct conf *conf;
     struct tls_ctx *tls;
     struct tls_client_ctx *backend_tls; /* NULL for an http:// backend */
-    struct backend_addr backend;
+    struct backend_set *backend;        /* the servers, their addresses and health */
     struct accesslog *alog;
     struct map_cache *cache; /* NULL without [mapping] */
     struct krb *krb;         /* NULL without [delegation] mode = kerberos */

@@ -276,7 +276,7 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
             snprintf(err, errlen, "cannot create an event base");
             goto fail;
         }
-        upstream_pool_init(&w->pool, w->base, c, &sh->backend, sh->backend_tls);
+        upstream_pool_init(&w->pool, w->base, c, sh->backend, sh->backend_tls);
         w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
         w->grace_ev = evtimer_new(w->base, grace_cb, w);
         w->post_ev = event_new(w->base, -1, 0, post_cb, w);

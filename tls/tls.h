@@ -133,7 +133,8 @@ void tls_client_ctx_free(struct tls_client_ctx *t);
 int tls_server_end_point(SSL *ssl, unsigned char *out, size_t outlen, size_t *len);
 
 /* A new client SSL for one backend connection, with SNI and host name checks
- * set to the backend's host. NULL on allocation failure. */
-SSL *tls_client_conn_new(struct tls_client_ctx *t);
+ * set to <host>, the name or address of the backend server it goes to. NULL
+ * on allocation failure. */
+SSL *tls_client_conn_new(struct tls_client_ctx *t, const char *host);
 
 #endif
