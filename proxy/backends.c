@@ -13,11 +13,16 @@
 #include "common/log.h"
 #include "proxy/upstream.h"
 
-static int64_t now_ms(void)
+static int64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t now_ms(void)
+{
+    return now_ns() / 1000000;
 }
 
 static void addr_text(const struct sockaddr *sa, socklen_t len, char *out, size_t outlen)
@@ -90,7 +95,7 @@ static int resolve_server(const struct conf *c, struct backend_set *bs, unsigned
     }
     atomic_init(&s->down, false);
     atomic_init(&s->retry_at_ms, 0);
-    atomic_init(&s->failed_at_ms, 0);
+    atomic_init(&s->failed_at_ns, 0);
     return 0;
 }
 
@@ -157,10 +162,10 @@ unsigned backend_order(struct backend_set *bs, unsigned *rr, uint8_t *order)
     /* Insertion sort of the few down ones: the least recently failed first. */
     for (unsigned i = 1; i < n_down; i++) {
         uint8_t v = down[i];
-        int64_t fv = atomic_load_explicit(&bs->srv[v].failed_at_ms, memory_order_relaxed);
+        int64_t fv = atomic_load_explicit(&bs->srv[v].failed_at_ns, memory_order_relaxed);
         unsigned j = i;
         while (j > 0 &&
-               atomic_load_explicit(&bs->srv[down[j - 1]].failed_at_ms, memory_order_relaxed) >
+               atomic_load_explicit(&bs->srv[down[j - 1]].failed_at_ns, memory_order_relaxed) >
                    fv) {
             down[j] = down[j - 1];
             j--;
@@ -175,7 +180,8 @@ void backend_server_failed(struct backend_set *bs, unsigned srv, const char *why
 {
     struct backend_server *s = &bs->srv[srv];
     int64_t now = now_ms();
-    atomic_store_explicit(&s->failed_at_ms, now, memory_order_relaxed);
+    /* In nanoseconds: two servers refused within one millisecond keep their order. */
+    atomic_store_explicit(&s->failed_at_ns, now_ns(), memory_order_relaxed);
     if (bs->fail_timeout_ms == 0)
         return; /* never skipped */
     atomic_store_explicit(&s->retry_at_ms, now + (int64_t)bs->fail_timeout_ms,

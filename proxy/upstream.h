@@ -38,7 +38,7 @@ struct backend_server {
     unsigned first, n;       /* its addresses: addr[first .. first + n) of the set */
     _Atomic bool down;       /* a connect failed, and none succeeded since */
     _Atomic int64_t retry_at_ms; /* while down: skipped until then (monotonic clock) */
-    _Atomic int64_t failed_at_ms; /* the last failure */
+    _Atomic int64_t failed_at_ns; /* the last failure (monotonic clock) */
 };
 struct backend_set {
     struct backend_server srv[BACKEND_MAX_SERVERS];
