@@ -544,6 +544,7 @@ void conf_free(struct conf *c)
         free(c->backends[i].host_header);
     }
     free(c->backend_ca_file);
+    free(c->backend_health_check);
     free(c->deleg_principal);
     free(c->deleg_keytab);
     free(c->deleg_target_spn);

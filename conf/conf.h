@@ -121,6 +121,9 @@ struct conf {
     size_t n_backends;
     struct conf_backend_url backend; /* a copy of backends[0] (its strings are not its own) */
     uint64_t backend_fail_timeout_ms; /* a server that failed to connect is skipped this long */
+    char *backend_health_check;  /* "GET /path" or "HEAD /path"; NULL: no active checks */
+    uint64_t backend_health_interval_ms;
+    uint64_t backend_health_timeout_ms;
     char *backend_ca_file;
     uint64_t backend_connect_timeout_ms;
     uint64_t backend_read_timeout_ms;

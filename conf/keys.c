@@ -817,6 +817,43 @@ static int kp_backend_url(const struct conf_key *k, const char *val, void *base,
     return 0;
 }
 
+/* [backend] health_check: METHOD PATH, METHOD GET or HEAD, PATH an origin-form
+ * target of visible ASCII (it goes into a request line as it is). */
+static int kp_health_check(const struct conf_key *k, const char *val, void *base, char *msg,
+                           size_t n)
+{
+    char q[VAL_MAX * 4 + 8];
+    const char *path;
+
+    if (*val == '\0')
+        return set_str(k, base, NULL, msg, n);
+    conf_quote(val, q, sizeof(q));
+    if (strncmp(val, "GET", 3) == 0 && (val[3] == ' ' || val[3] == '\t'))
+        path = val + 3;
+    else if (strncmp(val, "HEAD", 4) == 0 && (val[4] == ' ' || val[4] == '\t'))
+        path = val + 4;
+    else {
+        snprintf(msg, n, "%s: expected GET /PATH or HEAD /PATH", q);
+        return -1;
+    }
+    while (*path == ' ' || *path == '\t')
+        path++;
+    if (*path != '/') {
+        snprintf(msg, n, "%s: the path must start with /", q);
+        return -1;
+    }
+    for (const char *p = path; *p != '\0'; p++) {
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f) {
+            snprintf(msg, n, "%s: the path may hold only visible ASCII, without blanks", q);
+            return -1;
+        }
+    }
+    /* Stored normalized, one blank between method and path. */
+    char norm[VAL_MAX + 8];
+    snprintf(norm, sizeof(norm), "%s %s", val[0] == 'G' ? "GET" : "HEAD", path);
+    return set_str(k, base, norm, msg, n);
+}
+
 /* ---- the table ---- */
 
 static const struct conf_enum log_levels[] = {{"error", CM_LOG_ERROR},
@@ -979,6 +1016,17 @@ const struct conf_key conf_keys[] = {
      .help = "a server that refused, timed out or failed TLS while connecting is skipped this "
              "long (0: never skipped)",
      .iis = "ARR server farm health test: failed server retry interval"},
+    {SEC_BACKEND, "health_check", kp_health_check, F(backend_health_check),
+     .help = "GET /PATH or HEAD /PATH: each server is asked every health_interval; an answer "
+             "other than 2xx/3xx marks it down until one is; unset: no active checks",
+     .iis = "ARR server farm health test URL"},
+    {SEC_BACKEND, "health_interval", kp_duration, F(backend_health_interval_ms), .min = 100,
+     .max = HOUR, .def = "10s", .help = "how often health_check asks each server",
+     .iis = "ARR server farm health test interval"},
+    {SEC_BACKEND, "health_timeout", kp_duration, F(backend_health_timeout_ms), .min = 1,
+     .max = 5 * MIN, .def = "5s",
+     .help = "limit for a health check's answer status line, connecting included",
+     .iis = "ARR server farm health test time-out"},
     {SEC_BACKEND, "ca_file", kp_file, F(backend_ca_file),
      .help = "PEM CA to verify an https backend; unset: system store", .iis = "none"},
     {SEC_BACKEND, "connect_timeout", kp_duration, F(backend_connect_timeout_ms), .min = 1,

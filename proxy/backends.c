@@ -184,8 +184,10 @@ void backend_server_failed(struct backend_set *bs, unsigned srv, const char *why
     atomic_store_explicit(&s->failed_at_ns, now_ns(), memory_order_relaxed);
     if (bs->fail_timeout_ms == 0)
         return; /* never skipped */
-    atomic_store_explicit(&s->retry_at_ms, now + (int64_t)bs->fail_timeout_ms,
-                          memory_order_relaxed);
+    /* Never sooner than a failed health check said (until one passes). */
+    int64_t until = now + (int64_t)bs->fail_timeout_ms;
+    if (atomic_load_explicit(&s->retry_at_ms, memory_order_relaxed) < until)
+        atomic_store_explicit(&s->retry_at_ms, until, memory_order_relaxed);
     if (!atomic_exchange(&s->down, true))
         log_warn("backend server %s is down (%s): skipped for %llu ms, then tried again", s->name,
                  why, (unsigned long long)bs->fail_timeout_ms);
@@ -195,6 +197,25 @@ void backend_server_ok(struct backend_set *bs, unsigned srv)
 {
     struct backend_server *s = &bs->srv[srv];
     /* A load, then the exchange only on a transition: the hot path only reads. */
-    if (atomic_load_explicit(&s->down, memory_order_relaxed) && atomic_exchange(&s->down, false))
+    if (atomic_load_explicit(&s->down, memory_order_relaxed) && atomic_exchange(&s->down, false)) {
+        atomic_store_explicit(&s->retry_at_ms, 0, memory_order_relaxed);
         log_warn("backend server %s is up again", s->name);
+    }
+}
+
+void backend_server_checked(struct backend_set *bs, unsigned srv, bool ok, const char *why)
+{
+    struct backend_server *s = &bs->srv[srv];
+    if (ok) {
+        atomic_store_explicit(&s->retry_at_ms, 0, memory_order_relaxed);
+        if (atomic_load_explicit(&s->down, memory_order_relaxed) &&
+            atomic_exchange(&s->down, false))
+            log_warn("backend server %s is up again (%s)", s->name, why);
+        return;
+    }
+    atomic_store_explicit(&s->failed_at_ns, now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&s->retry_at_ms, INT64_MAX, memory_order_relaxed);
+    if (!atomic_exchange(&s->down, true))
+        log_warn("backend server %s is down (%s): skipped until a health check passes", s->name,
+                 why);
 }

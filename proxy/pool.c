@@ -13,6 +13,7 @@ void upstream_pool_init(struct upstream_pool *p, struct event_base *base, const 
                         struct backend_set *backend, struct tls_client_ctx *tls)
 {
     p->rr = 0;
+    p->health = NULL;
     p->base = base;
     p->conf = c;
     p->backend = backend;
@@ -106,8 +107,18 @@ void upstream_pool_purge_server(struct upstream_pool *p, unsigned srv)
     }
 }
 
+int upstream_pool_health_start(struct upstream_pool *p, char *err, size_t errlen)
+{
+    if (p->conf->backend_health_check == NULL || p->health != NULL)
+        return 0;
+    p->health = backend_health_new(p->base, p->conf, p->backend, p->tls, err, errlen);
+    return p->health != NULL ? 0 : -1;
+}
+
 void upstream_pool_purge(struct upstream_pool *p)
 {
+    backend_health_free(p->health);
+    p->health = NULL;
     struct upstream *u;
     while ((u = TAILQ_FIRST(&p->idle)) != NULL)
         upstream_pool_drop(u);

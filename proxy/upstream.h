@@ -68,6 +68,19 @@ bool backend_server_usable(struct backend_set *bs, unsigned srv);
 void backend_server_failed(struct backend_set *bs, unsigned srv, const char *why);
 /* A connection to server <srv> was established: up again, logged when it was down. */
 void backend_server_ok(struct backend_set *bs, unsigned srv);
+/* An active health check of server <srv> passed (<ok>) or failed (<why>):
+ * up, or down until a check passes; transitions logged. */
+void backend_server_checked(struct backend_set *bs, unsigned srv, bool ok, const char *why);
+
+/* Active health checks ([backend] health_check) of the servers of <bs>, on
+ * <base> (proxy/health.c): a first round at once, then every health_interval.
+ * NULL with a reason in <err>. */
+struct backend_health;
+struct backend_health *backend_health_new(struct event_base *base, const struct conf *c,
+                                          struct backend_set *bs, struct tls_client_ctx *tls,
+                                          char *err, size_t errlen);
+/* Stops the checks (those in flight are dropped); NULL is fine. */
+void backend_health_free(struct backend_health *h);
 
 /* The backend addresses one request tried, in order, and how each attempt
  * ended: the access log's upstream= field. */
@@ -99,6 +112,7 @@ struct upstream_pool {
     struct backend_set *backend; /* shared by the workers: its health is atomic */
     struct tls_client_ctx *tls; /* NULL for an http:// backend */
     unsigned rr;                /* this worker's round robin cursor over the servers */
+    struct backend_health *health; /* the active checks, when this worker runs them */
     struct upstream_list idle;  /* most recently used first */
     unsigned n_idle;
     bool closed;                /* draining: nothing goes back to the pool */
@@ -179,9 +193,15 @@ void upstream_release(struct upstream *u, bool reusable);
 
 void upstream_pool_init(struct upstream_pool *p, struct event_base *base, const struct conf *c,
                         struct backend_set *backend, struct tls_client_ctx *tls);
-/* Closes every idle connection (or only those to server <srv>). */
+/* Closes every idle connection (or only those to server <srv>); the first
+ * also stops the pool's health checks (a worker draining or ending). */
 void upstream_pool_purge(struct upstream_pool *p);
 void upstream_pool_purge_server(struct upstream_pool *p, unsigned srv);
+
+/* Runs the active health checks of the pool's servers on its event base, when
+ * [backend] health_check is set (one worker per configuration does). 0, or
+ * -1 with a reason in <err>. */
+int upstream_pool_health_start(struct upstream_pool *p, char *err, size_t errlen);
 
 /* pool.c <-> upstream.c: an idle connection parked, or taken back. */
 /* <srv>: that server's only; -1: any server usable now. */

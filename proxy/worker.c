@@ -277,6 +277,8 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
             goto fail;
         }
         upstream_pool_init(&w->pool, w->base, c, sh->backend, sh->backend_tls);
+        if (i == 0 && upstream_pool_health_start(&w->pool, err, errlen) < 0)
+            goto fail; /* one worker checks the servers for all */
         w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
         w->grace_ev = evtimer_new(w->base, grace_cb, w);
         w->post_ev = event_new(w->base, -1, 0, post_cb, w);

@@ -264,6 +264,109 @@ def test_stale_pooled_get_retried_with_several_servers(env):
     check(line["upstream"].startswith(f"{addr(a)}(stale),"), f"trail {line['upstream']}")
 
 
+class FixedAnswer:
+    """An HTTP server on 127.0.0.1 that answers every request with <status>
+    and closes; records the request lines it got."""
+
+    def __init__(self, status):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.status = status
+        self.lines = []
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with c:
+                c.settimeout(5)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = c.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    self.lines.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+                    c.sendall(f"HTTP/1.1 {self.status} No\r\nContent-Length: 0\r\n"
+                              "Connection: close\r\n\r\n".encode())
+                except OSError:
+                    pass
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def test_health_checks_mark_down_and_up(env):
+    """health_check = GET /health every 300 ms: a server answering 503 is
+    marked down without any client request and gets none; a server that
+    stops is marked down by the checks alone, and up again when it answers
+    once more; the checks carry the server's Host."""
+    a, b = env.backend(), env.backend()
+    sick = FixedAnswer(503)
+    env.add_cleanup(sick.close)
+    d = env.certmapd(sections={"server": {"workers": "2"},
+                               "backend": {"url": [a.url, b.url, f"http://127.0.0.1:{sick.port}"],
+                                           "health_check": "GET /health",
+                                           "health_interval": "300ms",
+                                           "health_timeout": "1s",
+                                           "fail_timeout": "0"}},
+                     backend_url=a.url)
+    down = f"backend server {addr(sick.port)} is down (health check answered 503)"
+    wait_for(lambda: down in d.stderr(), 5, "the 503 server marked down")
+    wait_for(lambda: any(r["target"] == "/health" for r in b.requests()), 5, "b checked")
+    check(all(l == "GET /health HTTP/1.1" for l in sick.lines), f"checks: {sick.lines}")
+    hdrs = dict(next(r for r in a.requests() if r["target"] == "/health")["headers"])
+    eq(hdrs.get("Host"), addr(a), "the check's Host header")
+    for i in range(6):
+        status, _, _ = curl(d.base + f"/h{i}", cert="good")
+        eq(status, 200, f"request {i}")
+    check(all(l == "GET /health HTTP/1.1" for l in sick.lines), "the sick server got no request")
+    traffic = lambda x: [r for r in x.requests() if r["target"] != "/health"]
+    eq(len(traffic(a)) + len(traffic(b)), 6, "a and b served every request")
+    check(all(addr(sick.port) not in l["upstream"] for l in d.wait_access(6)),
+          "no request tried the sick server")
+    eq(d.stderr().count(down), 1, "down logged once, however many checks failed")
+
+    port_b = b.port
+    b.stop()
+    wait_for(lambda: f"backend server {addr(port_b)} is down (health check:" in d.stderr(), 5,
+             "the stopped server marked down by the checks")
+    a.clear()
+    for i in range(4):
+        status, _, _ = curl(d.base + f"/s{i}", cert="good")
+        eq(status, 200, f"request {i} with b stopped")
+    check(all(addr(port_b) not in l["upstream"] for l in d.wait_access(10)[6:]),
+          "no request tried the stopped server")
+    eq(len(traffic(a)), 4, "a served them")
+    b.start(port=port_b)
+    wait_for(lambda: f"backend server {addr(port_b)} is up again (health check answered 200)"
+             in d.stderr(), 5, "b back up by the checks")
+    for i in range(4):
+        status, _, _ = curl(d.base + f"/t{i}", cert="good")
+        eq(status, 200, f"request {i} with b back")
+    check(len(traffic(b)) >= 1, "b serves again")
+
+
 def check_config(env, text):
     path = f"{env.dir}/check.conf"
     with open(path, "w") as f:
@@ -287,8 +390,13 @@ def test_config_check_every_server(env):
     path, r = check_config(env, base + "url = http://127.0.0.1:8080\nfail_timeout = 2h\n")
     eq(r.returncode, 1, "fail_timeout above 1h")
     check(f"{path}:8: [backend] fail_timeout" in r.stderr, r.stderr)
+    path, r = check_config(env, base + "url = http://127.0.0.1:8080\nhealth_check = POST /x\n")
+    eq(r.returncode, 1, "a health check that is not GET or HEAD")
+    check(f"{path}:8: [backend] health_check" in r.stderr, r.stderr)
+    path, r = check_config(env, base + "url = http://127.0.0.1:8080\nhealth_check = GET /a b\n")
+    eq(r.returncode, 1, "a health check path with a blank")
     path, r = check_config(env, base + "url = http://127.0.0.1:8080 http://127.0.0.2:8080\n"
-                                       "fail_timeout = 0\n")
+                                       "fail_timeout = 0\nhealth_check = HEAD  /ok\n")
     eq(r.returncode, 0, f"two servers: {r.stderr}")
 
 

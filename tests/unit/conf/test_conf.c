@@ -433,6 +433,9 @@ static void test_defaults(void **state)
     assert_int_equal(c->backend_connect_timeout_ms, 5000);
     assert_int_equal(c->n_backends, 1);
     assert_int_equal(c->backend_fail_timeout_ms, 10000);
+    assert_null(c->backend_health_check);
+    assert_int_equal(c->backend_health_interval_ms, 10000);
+    assert_int_equal(c->backend_health_timeout_ms, 5000);
     assert_int_equal(c->backend_read_timeout_ms, 65 * 60 * 1000);
     assert_int_equal(c->keepalive_connections, 64);
     assert_int_equal(c->upload_read_ahead_size, 48 * 1024);
@@ -579,6 +582,7 @@ static void test_several_backends(void **state)
         "[backend]\n"
         "url = http://eas1.example.test http://[::1]:8080\n"
         "fail_timeout = 3s\n"
+        "health_check = HEAD\t/probe?x=1\n"
         "url = http://127.0.0.1:81/\n"
         "[client_certificate]\n"
         "trust_anchors = @F@\n";
@@ -625,7 +629,8 @@ static void test_several_backends(void **state)
     assert_string_equal(c->backends[1].host_header, "[::1]:8080");
     assert_int_equal(c->backends[1].line, 5);
     assert_string_equal(c->backends[2].host_header, "127.0.0.1:81");
-    assert_int_equal(c->backends[2].line, 7);
+    assert_int_equal(c->backends[2].line, 8);
+    assert_string_equal(c->backend_health_check, "HEAD /probe?x=1");
     assert_string_equal(c->backend.host, "eas1.example.test"); /* the first */
     assert_string_equal(c->backend_url_text, "http://eas1.example.test");
     assert_int_equal(c->backend_fail_timeout_ms, 3000);
@@ -774,6 +779,10 @@ static const struct bad_case bad_cases[] = {
     {"[backend]\nurl = http://a1 http://a2 http://a3 http://a4 http://a5 http://a6 http://a7\n"
      "url = http://a8 http://a9\n", 3, "more than 8 backend servers"},
     {"[backend]\nurl = http://ok\nurl = http://x:0\n", 3, "port must be"},
+    {BASE "[backend]\nhealth_check = GET\n", L(2), "expected GET /PATH"},
+    {BASE "[backend]\nhealth_check = GET x\n", L(2), "must start with /"},
+    {BASE "[backend]\nhealth_check = GET /\x01\n", L(2), "visible ASCII"},
+    {BASE "[backend]\nhealth_interval = 10ms\n", L(2), "health_interval"},
     {BASE "[buffering]\nupload_read_ahead_size = 2G\n", L(2), "out of range (expected 0..1G)"},
     /* contradictions, found once the whole file is read */
     {"[tls]\nprivate_key = @F@\n[backend]\nurl = http://x\n[client_certificate]\nmode = "
