@@ -164,9 +164,8 @@ unsigned backend_order(struct backend_set *bs, unsigned *rr, uint8_t *order)
         uint8_t v = down[i];
         int64_t fv = atomic_load_explicit(&bs->srv[v].failed_at_ns, memory_order_relaxed);
         unsigned j = i;
-        while (j > 0 &&
-               atomic_load_explicit(&bs->srv[down[j - 1]].failed_at_ns, memory_order_relaxed) >
-                   fv) {
+        while (j > 0 && atomic_load_explicit(&bs->srv[down[j - 1]].failed_at_ns,
+                                             memory_order_relaxed) > fv) {
             down[j] = down[j - 1];
             j--;
         }

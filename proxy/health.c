@@ -23,9 +23,9 @@
 struct health_probe {
     struct backend_health *h;
     unsigned srv;
-    unsigned addr;        /* the address being tried (struct backend_set) */
-    struct io *io;        /* NULL: no check in flight */
-    struct event *timer;  /* health_timeout of the check in flight */
+    unsigned addr;       /* the address being tried (struct backend_set) */
+    struct io *io;       /* NULL: no check in flight */
+    struct event *timer; /* health_timeout of the check in flight */
     bool connected;
 };
 
@@ -35,7 +35,7 @@ struct backend_health {
     struct backend_set *bs;
     struct tls_client_ctx *tls;
     struct event *tick;
-    char *request_line;   /* "GET /path HTTP/1.1" */
+    char *request_line; /* "GET /path HTTP/1.1" */
     struct health_probe probe[BACKEND_MAX_SERVERS];
 };
 

@@ -1,6 +1,7 @@
 /* The idle backend connections of one worker, kept for reuse, each tied to
- * its server and (with delegation) its user: most recently used first (the least likely to have been closed by the backend), each
- * closed after a minute unused, or at once when the backend says anything. */
+ * its server and (with delegation) its user: most recently used first (the
+ * least likely to have been closed by the backend), each closed after a
+ * minute unused, or at once when the backend says anything. */
 #include <stdlib.h>
 #include <string.h>
 

@@ -33,11 +33,11 @@ struct tls_client_ctx;
 #define BACKEND_MAX_SERVERS CONF_MAX_BACKENDS
 #define BACKEND_ADDR_TOTAL (BACKEND_MAX_ADDR * BACKEND_MAX_SERVERS)
 struct backend_server {
-    const char *host;        /* the URL's host, for the TLS name check (the conf's string) */
-    const char *name;        /* "host:port" as in the URL, for logs and Host */
-    unsigned first, n;       /* its addresses: addr[first .. first + n) of the set */
-    _Atomic bool down;       /* a connect failed, and none succeeded since */
-    _Atomic int64_t retry_at_ms; /* while down: skipped until then (monotonic clock) */
+    const char *host;             /* the URL's host, for the TLS name check (the conf's string) */
+    const char *name;             /* "host:port" as in the URL, for logs and Host */
+    unsigned first, n;            /* its addresses: addr[first .. first + n) of the set */
+    _Atomic bool down;            /* a connect failed, or a check, and none succeeded since */
+    _Atomic int64_t retry_at_ms;  /* while down: skipped until then (monotonic clock) */
     _Atomic int64_t failed_at_ns; /* the last failure (monotonic clock) */
 };
 struct backend_set {
@@ -109,9 +109,9 @@ TAILQ_HEAD(upstream_list, upstream);
 struct upstream_pool {
     struct event_base *base;
     const struct conf *conf;
-    struct backend_set *backend; /* shared by the workers: its health is atomic */
-    struct tls_client_ctx *tls; /* NULL for an http:// backend */
-    unsigned rr;                /* this worker's round robin cursor over the servers */
+    struct backend_set *backend;   /* shared by the workers: its health is atomic */
+    struct tls_client_ctx *tls;    /* NULL for an http:// backend */
+    unsigned rr;                   /* this worker's round robin cursor over the servers */
     struct backend_health *health; /* the active checks, when this worker runs them */
     struct upstream_list idle;  /* most recently used first */
     unsigned n_idle;

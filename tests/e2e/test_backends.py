@@ -367,6 +367,36 @@ def test_health_checks_mark_down_and_up(env):
     check(len(traffic(b)) >= 1, "b serves again")
 
 
+def test_health_checks_over_tls(env):
+    """https servers with health checks: the verified one stays up and is
+    checked over TLS; one whose TLS handshake fails is marked down by the
+    checks and no client request is sent its way."""
+    good = env.backend(tls=True)
+    bad = CountingListener()
+    env.add_cleanup(bad.close)
+    d = env.certmapd(sections={"server": {"workers": "1"},
+                               "backend": {"url": [f"https://127.0.0.1:{bad.port}",
+                                                   f"https://localhost:{good.port}"],
+                                           "ca_file": pki("root-ca.crt"),
+                                           "health_check": "HEAD /healthcheck.htm",
+                                           "health_interval": "200ms"}},
+                     backend_url=good.url)
+    wait_for(lambda: f"backend server {addr(bad.port)} is down (health check:" in d.stderr(), 5,
+             "the TLS-failing server marked down by a check")
+    wait_for(lambda: any(r["method"] == "HEAD" for r in good.requests()), 5, "good checked")
+    check(f"localhost:{good.port} is down" not in d.stderr(), "the good server stays up")
+    before, t0 = bad.attempts(), time.time()
+    for i in range(5):
+        status, _, _ = curl(d.base + f"/c{i}", cert="good")
+        eq(status, 200, f"request {i}")
+    rounds = int((time.time() - t0) / 0.2) + 2
+    check(all(addr(bad.port) not in l["upstream"] for l in d.wait_access(5)),
+          "no request tried the server the checks found down")
+    eq([r["target"] for r in good.requests() if r["method"] == "GET"],
+       [f"/c{i}" for i in range(5)], "the good server served them")
+    check(bad.attempts() - before <= rounds, "only the checks reach the bad server")
+
+
 def check_config(env, text):
     path = f"{env.dir}/check.conf"
     with open(path, "w") as f:
