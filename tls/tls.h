@@ -121,8 +121,9 @@ enum tls_late_end tls_late_failure(unsigned long e, bool eof);
 
 struct tls_client_ctx; /* opaque; for an https:// backend, shared by all workers */
 
-/* Client context for the backend: verifies the backend's certificate against
- * [backend] ca_file (the system store when unset) and its name. NULL + <err>. */
+/* Client context for the backend servers: verifies a server's certificate
+ * against [backend] ca_file (the system store when unset) and, per connection
+ * (tls_client_conn_new), that server's name. NULL + <err>. */
 struct tls_client_ctx *tls_client_ctx_new(const struct conf *c, char *err, size_t errlen);
 void tls_client_ctx_free(struct tls_client_ctx *t);
 
