@@ -297,6 +297,7 @@ static int handler(void *user, const char *section, const char *name, const char
         fail_at(ld, ld->line, "%s %s: duplicate key (first set at line %d)", label, name, *seen);
         return 0;
     }
+    ld->c->parse_line = ld->line;
     if (k->parse(k, value, ld->sec == SEC_LOCATION ? (void *)ld->loc : (void *)ld->c, msg,
                  sizeof(msg)) < 0) {
         fail_at(ld, ld->line, "%s %s: %s", label, name, msg);
@@ -339,6 +340,7 @@ static void finish(struct loader *ld)
     char msg[MSG_MAX];
     size_t idx = 0;
 
+    c->parse_line = 0;
     for (size_t i = 0; i < conf_n_keys && !ld->failed; i++) {
         const struct conf_key *k = &conf_keys[i];
         if ((k->flags & CK_REPEATABLE) && ld->key_line[i] == 0 && k->def != NULL &&
@@ -422,6 +424,18 @@ static void finish(struct loader *ld)
             fail_at(ld, where(ld, SEC_DELEGATION, "principal"),
                     "[delegation] principal \"%s\" is not NAME@REALM", c->deleg_principal);
             return;
+        }
+        for (size_t i = 1; c->deleg_target_spn == NULL && i < c->n_backends; i++) {
+            /* HTTP/<backend host> names one host: servers of several need the
+             * shared SPN their service account holds (Exchange's ASA). */
+            if (strcasecmp(c->backends[i].host, c->backend.host) != 0) {
+                fail_at(ld, line,
+                        "[delegation] target_spn is required: the [backend] servers %s (line %d) "
+                        "and %s (line %d) are different hosts",
+                        c->backend.host, c->backend.line, c->backends[i].host,
+                        c->backends[i].line);
+                return;
+            }
         }
         if (c->deleg_target_spn == NULL) {
             size_t n = strlen(c->backend.host) + 6;
@@ -553,10 +567,13 @@ void conf_free(struct conf *c)
     free(c->bind_password_file);
     free(c->ldap_ca_file);
     free(c->backend_url_text);
-    free(c->backend.host);
-    free(c->backend.port);
-    free(c->backend.host_header);
+    for (size_t i = 0; i < c->n_backends; i++) {
+        free(c->backends[i].host);
+        free(c->backends[i].port);
+        free(c->backends[i].host_header);
+    }
     free(c->backend_ca_file);
+    free(c->backend_health_check);
     free(c->deleg_principal);
     free(c->deleg_keytab);
     free(c->deleg_target_spn);

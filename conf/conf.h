@@ -21,6 +21,7 @@ enum deleg_binding { BINDING_AUTO = 0, BINDING_OFF };
 
 #define CONF_MAX_LISTEN 16
 #define CONF_MAX_URIS 8
+#define CONF_MAX_BACKENDS 8
 #define CONF_MAX_LOCATIONS 64
 #define CONF_KEY_SLOTS 160 /* at least the number of rows in the key table */
 #define CONF_SECTION_SLOTS 16 /* at least the number of section kinds */
@@ -58,6 +59,7 @@ struct conf_backend_url {
     char *host;                  /* host name or address, without brackets */
     char *port;                  /* service as text: "80", "443", "8080" */
     char *host_header;           /* Host header value sent upstream when the client sent none */
+    int line;                    /* where the URL was written, 0: not from a file */
 };
 
 struct conf {
@@ -117,8 +119,14 @@ struct conf {
     uint64_t ldap_timeout_ms;
 
     /* [backend] */
-    char *backend_url_text;
-    struct conf_backend_url backend;
+    char *backend_url_text;      /* the first url as written */
+    struct conf_backend_url backends[CONF_MAX_BACKENDS]; /* every url, in file order */
+    size_t n_backends;
+    struct conf_backend_url backend; /* a copy of backends[0] (its strings are not its own) */
+    uint64_t backend_fail_timeout_ms; /* a server that failed to connect is skipped this long */
+    char *backend_health_check;  /* "GET /path" or "HEAD /path"; NULL: no active checks */
+    uint64_t backend_health_interval_ms;
+    uint64_t backend_health_timeout_ms;
     char *backend_ca_file;
     uint64_t backend_connect_timeout_ms;
     uint64_t backend_read_timeout_ms;
@@ -151,6 +159,10 @@ struct conf {
     /* Each section's keys as the file set them ("key=value\n", in file
      * order; locations excepted), for conf_section_same(). */
     char *section_text[CONF_SECTION_SLOTS];
+
+    /* The line of the value being parsed, for parsers that record where each
+     * value of a repeatable key came from (0: not from a file). */
+    int parse_line;
 
     /* Line of each key of the table that was set (0: not set), for conf_where(). */
     int key_line[CONF_KEY_SLOTS];

@@ -663,17 +663,24 @@ static int kp_dn(const struct conf_key *k, const char *val, void *base, char *ms
     return set_str(k, base, val, msg, n);
 }
 
-/* [backend] url: http(s)://HOST[:PORT][/], HOST a name, IPv4 or [IPv6]. */
-static int kp_backend_url(const struct conf_key *k, const char *val, void *base, char *msg,
-                          size_t n)
+static void backend_url_purge(struct conf_backend_url *u)
 {
-    struct conf *c = base;
-    struct conf_backend_url u = {0};
+    free(u->host);
+    free(u->port);
+    free(u->host_header);
+    memset(u, 0, sizeof(*u));
+}
+
+/* One backend URL: http(s)://HOST[:PORT][/], HOST a name, IPv4 or [IPv6],
+ * into <u>. Returns 0, or -1 with a reason in <msg>. */
+static int backend_url_parse(const char *val, struct conf_backend_url *u, char *msg, size_t n)
+{
     char q[VAL_MAX * 4 + 8], tmp[VAL_MAX];
     const char *p, *auth_end, *hs, *he, *port = NULL;
     size_t auth_len;
     struct in6_addr a6;
 
+    memset(u, 0, sizeof(*u));
     conf_quote(val, q, sizeof(q));
     if (strlen(val) >= sizeof(tmp))
         goto bad;
@@ -681,7 +688,7 @@ static int kp_backend_url(const struct conf_key *k, const char *val, void *base,
         p = val + 7;
     } else if (strncasecmp(val, "https://", 8) == 0) {
         p = val + 8;
-        u.https = true;
+        u->https = true;
     } else {
         snprintf(msg, n, "%s must start with http:// or https://", q);
         return -1;
@@ -729,32 +736,122 @@ static int kp_backend_url(const struct conf_key *k, const char *val, void *base,
         }
         snprintf(tmp, sizeof(tmp), "%lu", strtoul(tmp, NULL, 10));
     } else {
-        snprintf(tmp, sizeof(tmp), "%s", u.https ? "443" : "80");
+        snprintf(tmp, sizeof(tmp), "%s", u->https ? "443" : "80");
     }
-    u.port = strdup(tmp);
-    u.host = strndup(hs, (size_t)(he - hs));
-    u.host_header = strndup(p, auth_len);
-    if (u.port == NULL || u.host == NULL || u.host_header == NULL) {
-        free(u.port);
-        free(u.host);
-        free(u.host_header);
+    u->port = strdup(tmp);
+    u->host = strndup(hs, (size_t)(he - hs));
+    u->host_header = strndup(p, auth_len);
+    if (u->port == NULL || u->host == NULL || u->host_header == NULL) {
+        backend_url_purge(u);
         snprintf(msg, n, "out of memory");
         return -1;
     }
-    if (set_str(k, base, val, msg, n) < 0) {
-        free(u.port);
-        free(u.host);
-        free(u.host_header);
-        return -1;
-    }
-    free(c->backend.host);
-    free(c->backend.port);
-    free(c->backend.host_header);
-    c->backend = u;
     return 0;
 bad:
     snprintf(msg, n, "%s is not a valid URL (expected http(s)://HOST[:PORT] or [IPv6])", q);
     return -1;
+}
+
+/* [backend] url: one or more backend servers, space separated; repeatable,
+ * appends. All share one scheme (one TLS client context, one channel binding
+ * rule); the same server twice is refused. */
+static int kp_backend_url(const struct conf_key *k, const char *val, void *base, char *msg,
+                          size_t n)
+{
+    struct conf *c = base;
+    char one[VAL_MAX], q[VAL_MAX * 4 + 8];
+    const char *p = val;
+    bool any = false;
+
+    for (;;) {
+        struct conf_backend_url u;
+        size_t len;
+
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0')
+            break;
+        len = strcspn(p, " \t");
+        if (len >= sizeof(one)) {
+            snprintf(msg, n, "URL is too long");
+            return -1;
+        }
+        memcpy(one, p, len);
+        one[len] = '\0';
+        p += len;
+        any = true;
+        if (backend_url_parse(one, &u, msg, n) < 0)
+            return -1;
+        conf_quote(one, q, sizeof(q));
+        if (c->n_backends >= CONF_MAX_BACKENDS) {
+            snprintf(msg, n, "%s: more than %d backend servers", q, CONF_MAX_BACKENDS);
+            backend_url_purge(&u);
+            return -1;
+        }
+        for (size_t i = 0; i < c->n_backends; i++) {
+            const struct conf_backend_url *o = &c->backends[i];
+            if (o->https != u.https) {
+                snprintf(msg, n, "%s: every backend server must use the same scheme as %s://%s "
+                         "(line %d)", q, o->https ? "https" : "http", o->host_header, o->line);
+                backend_url_purge(&u);
+                return -1;
+            }
+            if (strcasecmp(o->host, u.host) == 0 && strcmp(o->port, u.port) == 0) {
+                snprintf(msg, n, "%s: the same server is already listed (line %d)", q, o->line);
+                backend_url_purge(&u);
+                return -1;
+            }
+        }
+        if (c->n_backends == 0 && set_str(k, base, one, msg, n) < 0) {
+            backend_url_purge(&u);
+            return -1;
+        }
+        u.line = c->parse_line;
+        c->backends[c->n_backends++] = u;
+    }
+    if (!any) {
+        snprintf(msg, n, "no URL given");
+        return -1;
+    }
+    c->backend = c->backends[0];
+    return 0;
+}
+
+/* [backend] health_check: METHOD PATH, METHOD GET or HEAD, PATH an origin-form
+ * target of visible ASCII (it goes into a request line as it is). */
+static int kp_health_check(const struct conf_key *k, const char *val, void *base, char *msg,
+                           size_t n)
+{
+    char q[VAL_MAX * 4 + 8];
+    const char *path;
+
+    if (*val == '\0')
+        return set_str(k, base, NULL, msg, n);
+    conf_quote(val, q, sizeof(q));
+    if (strncmp(val, "GET", 3) == 0 && (val[3] == ' ' || val[3] == '\t'))
+        path = val + 3;
+    else if (strncmp(val, "HEAD", 4) == 0 && (val[4] == ' ' || val[4] == '\t'))
+        path = val + 4;
+    else {
+        snprintf(msg, n, "%s: expected GET /PATH or HEAD /PATH", q);
+        return -1;
+    }
+    while (*path == ' ' || *path == '\t')
+        path++;
+    if (*path != '/') {
+        snprintf(msg, n, "%s: the path must start with /", q);
+        return -1;
+    }
+    for (const char *p = path; *p != '\0'; p++) {
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f) {
+            snprintf(msg, n, "%s: the path may hold only visible ASCII, without blanks", q);
+            return -1;
+        }
+    }
+    /* Stored normalized, one blank between method and path. */
+    char norm[VAL_MAX + 8];
+    snprintf(norm, sizeof(norm), "%s %s", val[0] == 'G' ? "GET" : "HEAD", path);
+    return set_str(k, base, norm, msg, n);
 }
 
 /* ---- the table ---- */
@@ -919,9 +1016,26 @@ const struct conf_key conf_keys[] = {
      .help = "limit for each directory operation (connect, bind, search)", .iis = "none"},
 
     /* [backend] */
-    {SEC_BACKEND, "url", kp_backend_url, F(backend_url_text), .flags = CK_REQUIRED,
-     .help = "the EAS backend: http(s)://HOST[:PORT], HOST a name, IPv4 or [IPv6]",
-     .iis = "none (the Exchange server behind the SEG)"},
+    {SEC_BACKEND, "url", kp_backend_url, F(backend_url_text), .flags = CK_REQUIRED | CK_REPEATABLE,
+     .help = "the EAS backend: http(s)://HOST[:PORT], HOST a name, IPv4 or [IPv6]; several "
+             "(space separated or the key repeated, max 8, one scheme): round robin with failover",
+     .iis = "none (the Exchange servers behind the SEG; ARR server farm)"},
+    {SEC_BACKEND, "fail_timeout", kp_duration, F(backend_fail_timeout_ms), .min = 0,
+     .max = HOUR, .def = "10s",
+     .help = "a server that refused, timed out or failed TLS while connecting is skipped this "
+             "long (0: never skipped)",
+     .iis = "ARR server farm health test: failed server retry interval"},
+    {SEC_BACKEND, "health_check", kp_health_check, F(backend_health_check),
+     .help = "GET /PATH or HEAD /PATH: each server is asked every health_interval; an answer "
+             "other than 2xx/3xx marks it down until one is; unset: no active checks",
+     .iis = "ARR server farm health test URL"},
+    {SEC_BACKEND, "health_interval", kp_duration, F(backend_health_interval_ms), .min = 100,
+     .max = HOUR, .def = "10s", .help = "how often health_check asks each server",
+     .iis = "ARR server farm health test interval"},
+    {SEC_BACKEND, "health_timeout", kp_duration, F(backend_health_timeout_ms), .min = 1,
+     .max = 5 * MIN, .def = "5s",
+     .help = "limit for a health check's answer status line, connecting included",
+     .iis = "ARR server farm health test time-out"},
     {SEC_BACKEND, "ca_file", kp_file, F(backend_ca_file),
      .help = "PEM CA to verify an https backend; unset: system store", .iis = "none"},
     {SEC_BACKEND, "connect_timeout", kp_duration, F(backend_connect_timeout_ms), .min = 1,

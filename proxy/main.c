@@ -88,7 +88,8 @@ static int prepare(const struct conf *c, struct proxy_shared *sh, char *err, siz
         if (sh->backend_tls == NULL)
             return -1;
     }
-    return proxy_backend_resolve(c, &sh->backend, err, errlen);
+    sh->backend = backend_set_new(c, err, errlen);
+    return sh->backend == NULL ? -1 : 0;
 }
 
 static void proxy_shared_purge(struct proxy_shared *sh)
@@ -96,6 +97,7 @@ static void proxy_shared_purge(struct proxy_shared *sh)
     krb_free(sh->krb);
     accesslog_close(sh->alog);
     tls_client_ctx_free(sh->backend_tls);
+    backend_set_free(sh->backend);
     map_cache_free(sh->cache);
 }
 

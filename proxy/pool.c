@@ -1,6 +1,7 @@
-/* The idle backend connections of one worker, kept for reuse: most recently
- * used first (the least likely to have been closed by the backend), each
- * closed after a minute unused, or at once when the backend says anything. */
+/* The idle backend connections of one worker, kept for reuse, each tied to
+ * its server and (with delegation) its user: most recently used first (the
+ * least likely to have been closed by the backend), each closed after a
+ * minute unused, or at once when the backend says anything. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,8 +11,10 @@
 #define POOL_IDLE_MS 60000
 
 void upstream_pool_init(struct upstream_pool *p, struct event_base *base, const struct conf *c,
-                        const struct backend_addr *backend, struct tls_client_ctx *tls)
+                        struct backend_set *backend, struct tls_client_ctx *tls)
 {
+    p->rr = 0;
+    p->health = NULL;
     p->base = base;
     p->conf = c;
     p->backend = backend;
@@ -77,12 +80,16 @@ static bool same_identity(const char *a, const char *b)
     return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
 }
 
-struct upstream *upstream_pool_take(struct upstream_pool *p, const char *identity)
+struct upstream *upstream_pool_take(struct upstream_pool *p, const char *identity, int srv)
 {
     struct upstream *u;
-    TAILQ_FOREACH(u, &p->idle, link)
-        if (same_identity(u->identity, identity))
+    TAILQ_FOREACH(u, &p->idle, link) {
+        unsigned of = p->backend->srv_of[u->addr_idx];
+        if (!same_identity(u->identity, identity))
+            continue;
+        if (srv >= 0 ? of == (unsigned)srv : backend_server_usable(p->backend, of))
             break;
+    }
     if (u == NULL)
         return NULL;
     TAILQ_REMOVE(&p->idle, u, link);
@@ -91,8 +98,28 @@ struct upstream *upstream_pool_take(struct upstream_pool *p, const char *identit
     return u;
 }
 
+void upstream_pool_purge_server(struct upstream_pool *p, unsigned srv)
+{
+    struct upstream *u, *next;
+    for (u = TAILQ_FIRST(&p->idle); u != NULL; u = next) {
+        next = TAILQ_NEXT(u, link);
+        if (p->backend->srv_of[u->addr_idx] == srv)
+            upstream_pool_drop(u);
+    }
+}
+
+int upstream_pool_health_start(struct upstream_pool *p, char *err, size_t errlen)
+{
+    if (p->conf->backend_health_check == NULL || p->health != NULL)
+        return 0;
+    p->health = backend_health_new(p->base, p->conf, p->backend, p->tls, err, errlen);
+    return p->health != NULL ? 0 : -1;
+}
+
 void upstream_pool_purge(struct upstream_pool *p)
 {
+    backend_health_free(p->health);
+    p->health = NULL;
     struct upstream *u;
     while ((u = TAILQ_FIRST(&p->idle)) != NULL)
         upstream_pool_drop(u);

@@ -22,14 +22,15 @@ struct map_cache;
 struct worker;
 
 /* One configuration generation: what every worker shares, read-only once
- * made. The first is made at start, one more by each reload; a generation
- * lives until the last connection that started on it has ended. */
+ * made (but the backend servers' health, which is atomic). The first is made
+ * at start, one more by each reload; a generation lives until the last
+ * connection that started on it has ended. */
 struct proxy_shared {
     unsigned generation; /* 1, then one more per reload */
     const struct conf *conf;
     struct tls_ctx *tls;
     struct tls_client_ctx *backend_tls; /* NULL for an http:// backend */
-    struct backend_addr backend;
+    struct backend_set *backend;        /* the servers, their addresses and health */
     struct accesslog *alog;
     struct map_cache *cache; /* NULL without [mapping] */
     struct krb *krb;         /* NULL without [delegation] mode = kerberos */

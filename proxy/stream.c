@@ -582,9 +582,8 @@ static bool stream_retry(struct stream *st)
     st->flags |= SF_RETRIED;
     if (st->trail.n > 0)
         st->trail.how[st->trail.n - 1] = UP_STALE;
-    struct upstream_pool *pool = st->sc->pool;
+    upstream_purge_siblings(st->up); /* likely as stale, at that server */
     stream_unbind(st, false);
-    upstream_pool_purge(pool); /* its siblings are likely as stale */
     log_debug("#%llu.%u %s: retrying %s on a new backend connection",
               (unsigned long long)st->sc->conn_id, st->req_no, st->sc->peer,
               llhttp_method_name((llhttp_method_t)st->method));
@@ -704,6 +703,10 @@ static void stream_send_head(struct stream *st, struct evbuffer *head)
 static void stream_send(struct stream *st)
 {
     struct stream_client *sc = st->sc;
+    /* The connection first: the head's Host (when the client sent none) is
+     * that of the server it goes to. */
+    if (st->up == NULL && !stream_acquire(st, 0))
+        return;
     struct evbuffer *head = evbuffer_new();
     if (head == NULL) {
         stream_refuse(st, R_BACKEND_UNAVAILABLE);
@@ -718,7 +721,7 @@ static void stream_send(struct stream *st)
         .has_body = (st->flags & SF_HAS_BODY) != 0,
         .content_length = st->content_length,
         .peer = sc->peer,
-        .host_header = sc->conf->backend.host_header,
+        .host_header = upstream_host_header(st->up),
         .facts = certs ? sc->facts : NULL,
         .ident = mapped ? &st->ident : NULL,
         .authorization = st->token != NULL && (st->flags & SF_TOKEN_SENT) ? st->token->header

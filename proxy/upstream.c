@@ -1,9 +1,7 @@
-/* Upstream connections to [backend] url: connecting over the transport (every
- * resolved address in order, plain or TLS), writing a request, and parsing
- * the response with llhttp for whoever holds the connection. */
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <netinet/in.h>
+/* Upstream connections to the [backend] servers: connecting over the
+ * transport (the servers in backend_order(), each one's resolved addresses in
+ * order, plain or TLS), writing a request, and parsing the response with
+ * llhttp for whoever holds the connection. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,47 +17,6 @@
 /* Response bytes read ahead of the client at most. */
 #define UP_IN_HIGH (64 * 1024)
 
-/* ---- addresses ------------------------------------------------------------------ */
-
-static void addr_text(const struct sockaddr *sa, socklen_t len, char *out, size_t outlen)
-{
-    char host[INET6_ADDRSTRLEN], port[8];
-    if (getnameinfo(sa, len, host, sizeof host, port, sizeof port,
-                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-        snprintf(out, outlen, "?");
-        return;
-    }
-    snprintf(out, outlen, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
-}
-
-int proxy_backend_resolve(const struct conf *c, struct backend_addr *out, char *err, size_t errlen)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    char what[1024];
-    int rc = getaddrinfo(c->backend.host, c->backend.port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "%s: cannot resolve \"%s\": %s",
-                 conf_where(c, "backend", "url", what, sizeof what), c->backend.host,
-                 gai_strerror(rc));
-        return -1;
-    }
-    out->n = 0;
-    for (struct addrinfo *ai = res; ai != NULL && out->n < BACKEND_MAX_ADDR; ai = ai->ai_next) {
-        memcpy(&out->addr[out->n], ai->ai_addr, ai->ai_addrlen);
-        out->len[out->n] = ai->ai_addrlen;
-        addr_text(ai->ai_addr, ai->ai_addrlen, out->text[out->n], sizeof out->text[out->n]);
-        out->n++;
-    }
-    freeaddrinfo(res);
-    if (out->n == 0) {
-        snprintf(err, errlen, "%s: \"%s\" has no address",
-                 conf_where(c, "backend", "url", what, sizeof what), c->backend.host);
-        return -1;
-    }
-    return 0;
-}
-
 void upstream_trail_add(struct upstream_trail *t, unsigned addr, enum upstream_outcome how)
 {
     if (t == NULL || t->n >= UPSTREAM_TRAIL_MAX)
@@ -69,7 +26,7 @@ void upstream_trail_add(struct upstream_trail *t, unsigned addr, enum upstream_o
     t->n++;
 }
 
-const char *upstream_trail_text(const struct upstream_trail *t, const struct backend_addr *ba,
+const char *upstream_trail_text(const struct upstream_trail *t, const struct backend_set *ba,
                                 char *buf, size_t len)
 {
     static const char *const how[] = {[UP_USED] = "", [UP_ERROR] = "(error)",
@@ -246,6 +203,7 @@ static void up_event_cb(void *arg, enum io_event ev)
         return;
     if (ev == IO_EV_CONNECTED) {
         u->connected = true;
+        backend_server_ok(u->pool->backend, u->pool->backend->srv_of[u->addr_idx]);
         upstream_trail_add(u->trail, u->addr_idx, UP_USED);
         arm(u, u->pool->conf->backend_read_timeout_ms);
         SSL *ssl = io_ssl(u->io);
@@ -301,10 +259,12 @@ static const struct io_handler up_io_handler = {
 static int up_dial(struct upstream *u, unsigned idx)
 {
     struct upstream_pool *p = u->pool;
-    const struct backend_addr *ba = p->backend;
+    const struct backend_set *ba = p->backend;
     SSL *ssl = NULL;
     struct io *io = io_new(p->base, &up_io_handler, u);
-    if (io == NULL || (p->tls != NULL && (ssl = tls_client_conn_new(p->tls)) == NULL)) {
+    if (io == NULL ||
+        (p->tls != NULL &&
+         (ssl = tls_client_conn_new(p->tls, ba->srv[ba->srv_of[idx]].host)) == NULL)) {
         log_warn("backend %s: out of memory for a connection", ba->text[idx]);
         io_free(io);
         return -1;
@@ -326,40 +286,62 @@ static int up_dial(struct upstream *u, unsigned idx)
 }
 
 /* The connection to the current address failed before anything was sent
- * (<how>, <why>): records it and dials the next address that can be dialled.
- * false when none is left, after saying which addresses were tried. */
+ * (<how>, <why>): records it and dials the next address that can be dialled:
+ * the server's next one, else (the server marked down) the first of the next
+ * server in the request's order. false when none is left, after saying what
+ * was tried. */
 static bool up_dial_next(struct upstream *u, enum upstream_outcome how, const char *why)
 {
-    const struct backend_addr *ba = u->pool->backend;
+    struct backend_set *ba = u->pool->backend;
     unsigned idx = u->addr_idx;
     upstream_trail_add(u->trail, idx, how);
-    while (idx + 1 < ba->n) {
-        log_info("backend %s: %s; trying %s", ba->text[idx], why, ba->text[idx + 1]);
-        idx++;
+    for (;;) {
+        const struct backend_server *s = &ba->srv[ba->srv_of[idx]];
+        if (idx + 1 < s->first + s->n) {
+            log_info("backend %s: %s; trying %s", ba->text[idx], why, ba->text[idx + 1]);
+            idx++;
+        } else {
+            backend_server_failed(ba, ba->srv_of[idx], why);
+            if ((unsigned)u->at + 1 >= u->n_order) {
+                log_info("backend %s: %s; %s", ba->text[idx], why,
+                         ba->n_srv > 1 ? "no other backend server to try"
+                         : s->n > 1    ? "no other address of the backend to try"
+                                       : "the backend has no other address");
+                return false;
+            }
+            u->at++;
+            unsigned next = ba->srv[u->order[u->at]].first;
+            log_info("backend %s: %s; trying the server %s at %s", ba->text[idx], why,
+                     ba->srv[u->order[u->at]].name, ba->text[next]);
+            idx = next;
+        }
         if (up_dial(u, idx) == 0)
             return true;
+        u->addr_idx = idx;
         upstream_trail_add(u->trail, idx, UP_ERROR);
         why = "cannot connect";
     }
-    log_info("backend %s: %s; %s", ba->text[idx], why,
-             ba->n > 1 ? "no other address of the backend to try"
-                       : "the backend has no other address");
-    return false;
 }
 
-static struct upstream *up_connect(struct upstream_pool *p, struct upstream_trail *trail)
+/* A new connection for a request, to the servers in <order> (<n> of them). */
+static struct upstream *up_connect(struct upstream_pool *p, struct upstream_trail *trail,
+                                   const uint8_t *order, unsigned n)
 {
     struct upstream *u = calloc(1, sizeof *u);
     if (u == NULL)
         return NULL;
     u->pool = p;
     u->trail = trail;
+    memcpy(u->order, order, n);
+    u->n_order = (uint8_t)n;
+    u->at = 0;
     evtimer_assign(&u->timer, p->base, up_timer_cb, u);
-    for (unsigned idx = 0; idx < p->backend->n; idx++) {
-        if (up_dial(u, idx) == 0)
-            return u;
-        upstream_trail_add(trail, idx, UP_ERROR);
-    }
+    unsigned idx = p->backend->srv[order[0]].first;
+    if (up_dial(u, idx) == 0)
+        return u;
+    u->addr_idx = idx;
+    if (up_dial_next(u, UP_ERROR, "cannot connect"))
+        return u;
     upstream_free(u);
     return NULL;
 }
@@ -368,7 +350,11 @@ struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream
                                   void *arg, unsigned flags, const char *identity,
                                   struct upstream_trail *trail)
 {
-    struct upstream *u = (flags & UPSTREAM_FRESH) ? NULL : upstream_pool_take(p, identity);
+    uint8_t order[BACKEND_MAX_SERVERS];
+    unsigned n = backend_order(p->backend, &p->rr, order);
+    struct upstream *u = NULL;
+    if (!(flags & UPSTREAM_FRESH))
+        u = upstream_pool_take(p, identity, identity != NULL ? -1 : (int)order[0]);
     if (u != NULL) {
         u->reused = true;
         u->trail = trail;
@@ -377,7 +363,7 @@ struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream
         evtimer_assign(&u->timer, p->base, up_timer_cb, u);
         arm(u, p->conf->backend_read_timeout_ms);
     } else {
-        u = up_connect(p, trail);
+        u = up_connect(p, trail, order, n);
         if (u == NULL)
             return NULL;
         if (identity != NULL && (u->identity = strdup(identity)) == NULL) {
@@ -429,6 +415,17 @@ const unsigned char *upstream_binding(const struct upstream *u, size_t *len)
 bool upstream_reused(const struct upstream *u)
 {
     return u->reused;
+}
+
+const char *upstream_host_header(const struct upstream *u)
+{
+    const struct backend_set *ba = u->pool->backend;
+    return ba->srv[ba->srv_of[u->addr_idx]].name;
+}
+
+void upstream_purge_siblings(struct upstream *u)
+{
+    upstream_pool_purge_server(u->pool, u->pool->backend->srv_of[u->addr_idx]);
 }
 
 void upstream_release(struct upstream *u, bool reusable)

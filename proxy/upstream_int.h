@@ -15,7 +15,9 @@ struct upstream {
     const struct upstream_handler *h; /* NULL while idle in the pool */
     void *arg;
     struct upstream_trail *trail; /* the holder's record, NULL while idle */
-    unsigned addr_idx;        /* the backend address this connection goes to */
+    unsigned addr_idx;        /* the backend address this connection goes to (struct backend_set) */
+    uint8_t order[BACKEND_MAX_SERVERS]; /* while connecting: the servers to try, in order */
+    uint8_t n_order, at;      /* how many, and which one is being tried */
     char *identity;           /* whose connection this is (delegation), NULL: anyone's */
     unsigned char binding[96]; /* tls-server-end-point of an https backend, once connected */
     size_t binding_len;

@@ -310,7 +310,10 @@ static struct wgen *wgen_new(struct worker *w, struct proxy_shared *sh, char *er
         return NULL;
     }
     g->w = w;
-    upstream_pool_init(&g->pool, w->base, c, &sh->backend, sh->backend_tls);
+    upstream_pool_init(&g->pool, w->base, c, sh->backend, sh->backend_tls);
+    /* Active health checks, when configured: worker 0 runs them for all. */
+    if (w->id == 0 && upstream_pool_health_start(&g->pool, err, errlen) < 0)
+        goto fail;
     if (c->has_mapping_section) {
         g->source = dir_source_open(c, w->base, err, errlen);
         if (g->source == NULL)

@@ -11,8 +11,6 @@
 
 struct tls_client_ctx {
     SSL_CTX *ctx;
-    char *host;
-    bool host_is_ip;
 };
 
 struct tls_client_ctx *tls_client_ctx_new(const struct conf *c, char *err, size_t errlen)
@@ -23,8 +21,7 @@ struct tls_client_ctx *tls_client_ctx_new(const struct conf *c, char *err, size_
         return NULL;
     }
     t->ctx = SSL_CTX_new(TLS_client_method());
-    t->host = strdup(c->backend.host);
-    if (t->ctx == NULL || t->host == NULL) {
+    if (t->ctx == NULL) {
         snprintf(err, errlen, "backend TLS: out of memory");
         goto fail;
     }
@@ -42,10 +39,6 @@ struct tls_client_ctx *tls_client_ctx_new(const struct conf *c, char *err, size_
                  ERR_reason_error_string(ERR_peek_last_error()));
         goto fail;
     }
-    ASN1_OCTET_STRING *ip = a2i_IPADDRESS(t->host);
-    t->host_is_ip = ip != NULL;
-    ASN1_OCTET_STRING_free(ip);
-    ERR_clear_error();
     return t;
 fail:
     tls_client_ctx_free(t);
@@ -57,20 +50,23 @@ void tls_client_ctx_free(struct tls_client_ctx *t)
     if (t == NULL)
         return;
     SSL_CTX_free(t->ctx);
-    free(t->host);
     free(t);
 }
 
-SSL *tls_client_conn_new(struct tls_client_ctx *t)
+SSL *tls_client_conn_new(struct tls_client_ctx *t, const char *host)
 {
     SSL *ssl = SSL_new(t->ctx);
     if (ssl == NULL)
         return NULL;
-    if (t->host_is_ip) {
+    ASN1_OCTET_STRING *ip = a2i_IPADDRESS(host);
+    bool host_is_ip = ip != NULL;
+    ASN1_OCTET_STRING_free(ip);
+    ERR_clear_error();
+    if (host_is_ip) {
         /* SNI must not carry an address; check the address against the SAN instead. */
-        if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), t->host) != 1)
+        if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) != 1)
             goto fail;
-    } else if (SSL_set_tlsext_host_name(ssl, t->host) != 1 || SSL_set1_host(ssl, t->host) != 1) {
+    } else if (SSL_set_tlsext_host_name(ssl, host) != 1 || SSL_set1_host(ssl, host) != 1) {
         goto fail;
     }
     return ssl;

@@ -128,8 +128,9 @@ enum tls_late_end tls_late_failure(unsigned long e, bool eof);
 
 struct tls_client_ctx; /* opaque; for an https:// backend, shared by all workers */
 
-/* Client context for the backend: verifies the backend's certificate against
- * [backend] ca_file (the system store when unset) and its name. NULL + <err>. */
+/* Client context for the backend servers: verifies a server's certificate
+ * against [backend] ca_file (the system store when unset) and, per connection
+ * (tls_client_conn_new), that server's name. NULL + <err>. */
 struct tls_client_ctx *tls_client_ctx_new(const struct conf *c, char *err, size_t errlen);
 void tls_client_ctx_free(struct tls_client_ctx *t);
 
@@ -140,7 +141,8 @@ void tls_client_ctx_free(struct tls_client_ctx *t);
 int tls_server_end_point(SSL *ssl, unsigned char *out, size_t outlen, size_t *len);
 
 /* A new client SSL for one backend connection, with SNI and host name checks
- * set to the backend's host. NULL on allocation failure. */
-SSL *tls_client_conn_new(struct tls_client_ctx *t);
+ * set to <host>, the name or address of the backend server it goes to. NULL
+ * on allocation failure. */
+SSL *tls_client_conn_new(struct tls_client_ctx *t, const char *host);
 
 #endif

@@ -95,11 +95,18 @@ void upstream_release(struct upstream *u, bool reusable)
     u->released = true;
 }
 
-void upstream_pool_purge(struct upstream_pool *p)
+void upstream_purge_siblings(struct upstream *u)
 {
+    (void)u;
 }
 
-const char *upstream_trail_text(const struct upstream_trail *t, const struct backend_addr *ba,
+const char *upstream_host_header(const struct upstream *u)
+{
+    (void)u;
+    return "eas.test";
+}
+
+const char *upstream_trail_text(const struct upstream_trail *t, const struct backend_set *ba,
                                 char *buf, size_t len)
 {
     snprintf(buf, len, "fake*%u", t->n);
@@ -113,7 +120,7 @@ static struct io *cio;
 static int peer_fd = -1;
 static struct conf conf;
 static struct upstream_pool pool;
-static struct backend_addr ba;
+static struct backend_set ba;
 static struct accesslog *alog;
 static struct stream_client sc;
 static bool done;

@@ -431,6 +431,11 @@ static void test_defaults(void **state)
     assert_string_equal(c->backend.port, "8080");
     assert_null(c->backend_ca_file);
     assert_int_equal(c->backend_connect_timeout_ms, 5000);
+    assert_int_equal(c->n_backends, 1);
+    assert_int_equal(c->backend_fail_timeout_ms, 10000);
+    assert_null(c->backend_health_check);
+    assert_int_equal(c->backend_health_interval_ms, 10000);
+    assert_int_equal(c->backend_health_timeout_ms, 5000);
     assert_int_equal(c->backend_read_timeout_ms, 65 * 60 * 1000);
     assert_int_equal(c->keepalive_connections, 64);
     assert_int_equal(c->upload_read_ahead_size, 48 * 1024);
@@ -565,6 +570,84 @@ static void test_syntax_variants(void **state)
     conf_free(c);
 }
 
+/* Several [backend] servers: a list on one line and the key repeated, each
+ * with the line it came from; fail_timeout; the delegation SPN default only
+ * when every server is the same host. */
+static void test_several_backends(void **state)
+{
+    static const char text[] =
+        "[tls]\n"
+        "certificate = @F@\n"
+        "private_key = @F@\n"
+        "[backend]\n"
+        "url = http://eas1.example.test http://[::1]:8080\n"
+        "fail_timeout = 3s\n"
+        "health_check = HEAD\t/probe?x=1\n"
+        "url = http://127.0.0.1:81/\n"
+        "[client_certificate]\n"
+        "trust_anchors = @F@\n";
+    static const char deleg[] =
+        "[tls]\n"
+        "certificate = @F@\n"
+        "private_key = @F@\n"
+        "[mapping]\n"
+        "source = ldif\n"
+        "ldif_file = @F@\n"
+        "[delegation]\n"
+        "mode = kerberos\n"
+        "principal = svc@EXAMPLE.TEST\n"
+        "keytab = @F@\n"
+        "[backend]\n"
+        "url = https://eas1.example.test https://eas2.example.test\n"
+        "[client_certificate]\n"
+        "trust_anchors = @F@\n";
+    static const char deleg_same_host[] =
+        "[tls]\n"
+        "certificate = @F@\n"
+        "private_key = @F@\n"
+        "[mapping]\n"
+        "source = ldif\n"
+        "ldif_file = @F@\n"
+        "[delegation]\n"
+        "mode = kerberos\n"
+        "principal = svc@EXAMPLE.TEST\n"
+        "keytab = @F@\n"
+        "[backend]\n"
+        "url = https://eas.example.test:443 https://EAS.example.test:8443\n"
+        "[client_certificate]\n"
+        "trust_anchors = @F@\n";
+    char err[4096], path[64];
+    struct conf *c = NULL;
+
+    if (load_text(state, text, &c, err, sizeof(err), path, sizeof(path)) != 0)
+        fail_msg("refused: %s", err);
+    assert_int_equal(c->n_backends, 3);
+    assert_string_equal(c->backends[0].host, "eas1.example.test");
+    assert_string_equal(c->backends[0].port, "80");
+    assert_int_equal(c->backends[0].line, 5);
+    assert_string_equal(c->backends[1].host, "::1");
+    assert_string_equal(c->backends[1].host_header, "[::1]:8080");
+    assert_int_equal(c->backends[1].line, 5);
+    assert_string_equal(c->backends[2].host_header, "127.0.0.1:81");
+    assert_int_equal(c->backends[2].line, 8);
+    assert_string_equal(c->backend_health_check, "HEAD /probe?x=1");
+    assert_string_equal(c->backend.host, "eas1.example.test"); /* the first */
+    assert_string_equal(c->backend_url_text, "http://eas1.example.test");
+    assert_int_equal(c->backend_fail_timeout_ms, 3000);
+    conf_free(c);
+
+    c = NULL;
+    assert_int_equal(load_text(state, deleg, &c, err, sizeof(err), path, sizeof(path)), -1);
+    assert_non_null(strstr(err, "target_spn is required"));
+    assert_non_null(strstr(err, "eas2.example.test (line 12)"));
+
+    c = NULL;
+    if (load_text(state, deleg_same_host, &c, err, sizeof(err), path, sizeof(path)) != 0)
+        fail_msg("refused: %s", err);
+    assert_string_equal(c->deleg_target_spn, "HTTP/eas.example.test");
+    conf_free(c);
+}
+
 static void test_mapping_ldif(void **state)
 {
     static const char text[] = BASE "[mapping]\n"
@@ -689,7 +772,17 @@ static const struct bad_case bad_cases[] = {
     {"[backend]\nurl = http://x:\n", 2, "port must be"},
     {"[backend]\nurl = http://\n", 2, "not a valid URL"},
     {"[backend]\nurl = http://[zz]:80\n", 2, "not a valid URL"},
-    {"[backend]\nurl = http://x y\n", 2, "not a valid URL"},
+    {"[backend]\nurl = http://x y\n", 2, "must start with http"},
+    {"[backend]\nurl = http://a https://b\n", 2, "the same scheme"},
+    {"[backend]\nurl = https://a\n\nurl = http://b\n", 4, "the same scheme as https://a (line 2)"},
+    {"[backend]\nurl = http://a:80 http://A\n", 2, "the same server is already listed"},
+    {"[backend]\nurl = http://a1 http://a2 http://a3 http://a4 http://a5 http://a6 http://a7\n"
+     "url = http://a8 http://a9\n", 3, "more than 8 backend servers"},
+    {"[backend]\nurl = http://ok\nurl = http://x:0\n", 3, "port must be"},
+    {BASE "[backend]\nhealth_check = GET\n", L(2), "expected GET /PATH"},
+    {BASE "[backend]\nhealth_check = GET x\n", L(2), "must start with /"},
+    {BASE "[backend]\nhealth_check = GET /\x01\n", L(2), "visible ASCII"},
+    {BASE "[backend]\nhealth_interval = 10ms\n", L(2), "health_interval"},
     {BASE "[buffering]\nupload_read_ahead_size = 2G\n", L(2), "out of range (expected 0..1G)"},
     /* contradictions, found once the whole file is read */
     {"[tls]\nprivate_key = @F@\n[backend]\nurl = http://x\n[client_certificate]\nmode = "
@@ -986,6 +1079,7 @@ int main(void)
         cmocka_unit_test(test_location_default_resolved_late),
         cmocka_unit_test(test_location_for),
         cmocka_unit_test(test_syntax_variants),
+        cmocka_unit_test(test_several_backends),
         cmocka_unit_test(test_mapping_ldif),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_error_nul_byte),

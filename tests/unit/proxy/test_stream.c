@@ -103,13 +103,19 @@ void upstream_release(struct upstream *u, bool reusable)
     u->reusable = reusable;
 }
 
-void upstream_pool_purge(struct upstream_pool *p)
+void upstream_purge_siblings(struct upstream *u)
 {
-    (void)p;
+    (void)u;
     n_purged++;
 }
 
-const char *upstream_trail_text(const struct upstream_trail *t, const struct backend_addr *ba,
+const char *upstream_host_header(const struct upstream *u)
+{
+    (void)u;
+    return "eas.test"; /* the fixture's one server */
+}
+
+const char *upstream_trail_text(const struct upstream_trail *t, const struct backend_set *ba,
                                 char *buf, size_t len)
 {
     (void)ba;
@@ -135,7 +141,7 @@ struct fixture {
     int peer_fd; /* the client's end of the socket pair */
     struct conf conf;
     struct upstream_pool pool;
-    struct backend_addr ba;
+    struct backend_set ba;
     struct accesslog *alog;
     char log_path[64];
     struct stream_client sc;
