@@ -23,6 +23,7 @@
 #include "ldap/dir.h"
 #include "mapcmd/mapcmd.h"
 #include "mapping/mapping.h"
+#include "metrics/metrics.h"
 #include "proxy/proxy.h"
 #include "tls/tls.h"
 
@@ -117,8 +118,26 @@ static void raise_nofile_limit(void)
              (unsigned long long)rl.rlim_cur, soft, (unsigned long long)rl.rlim_max);
 }
 
+/* What /healthz checks for <c>: the backend's resolved addresses, and a
+ * directory connection when mapping goes to LDAP. */
+static void metrics_targets_of(const struct conf *c, const struct backend_addr *ba,
+                               struct metrics_targets *t)
+{
+    memset(t, 0, sizeof *t);
+    for (size_t i = 0; i < ba->n && i < METRICS_MAX_BACKEND; i++) {
+        t->backend[i] = ba->addr[i];
+        t->backend_len[i] = ba->len[i];
+        snprintf(t->backend_text[i], sizeof t->backend_text[i], "%s", ba->text[i]);
+        t->n_backend++;
+    }
+    t->need_directory = c->has_mapping_section && c->map_source == MAP_SOURCE_LDAP;
+    t->timeout_ms = c->metrics_healthz_timeout_ms;
+    t->conf = c;
+}
+
 static int serve(const struct conf *c, struct tls_ctx *tls)
 {
+    struct metrics_server *ms = NULL;
     struct proxy_shared sh = {.conf = c, .tls = tls};
     struct worker *ws = NULL;
     char err[2048];
@@ -169,6 +188,14 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
         log_error("%s", err);
         goto out;
     }
+    struct metrics_targets mt;
+    metrics_targets_of(c, &sh.backend, &mt);
+    ms = metrics_server_new(c, &mt, err, sizeof err);
+    if (ms == NULL && err[0] != '\0') {
+        log_error("%s", err);
+        proxy_workers_free(ws, c->workers);
+        goto out;
+    }
     if (c->user != NULL && drop_privileges(c->user) < 0) {
         proxy_workers_free(ws, c->workers);
         goto out;
@@ -184,6 +211,10 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     if (proxy_workers_start(ws, c->workers) < 0)
         goto out; /* the started ones are stopped with the process, and <ws> with them */
+    if (ms != NULL && metrics_server_start(ms, err, sizeof err) < 0) {
+        log_error("%s", err);
+        goto out;
+    }
     for (size_t i = 0; i < c->n_listen; i++)
         log_info("listening on %s (%u workers)", c->listen[i].text, c->workers);
     int sig = 0;
@@ -205,13 +236,18 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
         break;
     }
     log_info("%s: no longer accepting; finishing requests in flight", strsignal(sig));
+    /* A load balancer's check fails from now on: it stops sending clients. */
+    metrics_server_free(ms);
+    ms = NULL;
     proxy_workers_stop(ws, c->workers, SHUTDOWN_GRACE_MS);
     /* krb/'s threads post to the workers: stopped before the workers go. */
     krb_stop(sh.krb);
     proxy_workers_free(ws, c->workers);
+    metrics_shutdown(); /* every counting thread is gone */
     log_info("stopped");
     rc = 0;
 out:
+    metrics_server_free(ms);
     proxy_shared_purge(&sh);
     return rc;
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "metrics/metrics.h"
 #include "proxy/upstream_int.h"
 #include "tls/tls.h"
 
@@ -62,6 +63,9 @@ int proxy_backend_resolve(const struct conf *c, struct backend_addr *out, char *
 
 void upstream_trail_add(struct upstream_trail *t, unsigned addr, enum upstream_outcome how)
 {
+    /* every failed connection attempt passes here: count it, trail or not */
+    if (how == UP_ERROR || how == UP_TIMEOUT)
+        metrics_inc(how == UP_ERROR ? MT_BACKEND_CONNECT_ERROR : MT_BACKEND_CONNECT_TIMEOUT);
     if (t == NULL || t->n >= UPSTREAM_TRAIL_MAX)
         return;
     t->addr[t->n] = (uint8_t)addr;
@@ -169,6 +173,7 @@ static const llhttp_settings_t response_settings = {
 
 void upstream_free(struct upstream *u)
 {
+    metrics_gauge_add(MG_BACKEND_OPEN, -1);
     free(u->identity);
     proxy_head_purge(&u->head);
     event_del(&u->timer);
@@ -245,6 +250,7 @@ static void up_event_cb(void *arg, enum io_event ev)
     if (u->failed)
         return;
     if (ev == IO_EV_CONNECTED) {
+        metrics_inc(MT_BACKEND_CONNECT_OK);
         u->connected = true;
         upstream_trail_add(u->trail, u->addr_idx, UP_USED);
         arm(u, u->pool->conf->backend_read_timeout_ms);
@@ -270,6 +276,8 @@ static void up_event_cb(void *arg, enum io_event ev)
         return;
     }
     bool stale = u->reused && !u->resp_started;
+    if (stale)
+        metrics_inc(MT_BACKEND_STALE);
     if (!stale)
         log_info("backend %s %s before the response was complete",
                  u->pool->backend->text[u->addr_idx],
@@ -352,6 +360,7 @@ static struct upstream *up_connect(struct upstream_pool *p, struct upstream_trai
     struct upstream *u = calloc(1, sizeof *u);
     if (u == NULL)
         return NULL;
+    metrics_gauge_add(MG_BACKEND_OPEN, 1); /* until upstream_free */
     u->pool = p;
     u->trail = trail;
     evtimer_assign(&u->timer, p->base, up_timer_cb, u);
@@ -370,6 +379,7 @@ struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream
 {
     struct upstream *u = (flags & UPSTREAM_FRESH) ? NULL : upstream_pool_take(p, identity);
     if (u != NULL) {
+        metrics_inc(MT_BACKEND_REUSED);
         u->reused = true;
         u->trail = trail;
         upstream_trail_add(trail, u->addr_idx, UP_USED);
