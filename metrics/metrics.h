@@ -24,7 +24,9 @@
 enum metrics_counter { /* MT_: not MC_, which mapping.h uses */
     MT_CONN_ACCEPTED = 0,
     MT_HS_FULL_OK,      /* TLS handshakes: full (a failed first handshake counts as full) */
-    MT_HS_FULL_FAILED,
+    MT_HS_FULL_FAILED,  /* a TLS error: alert, protocol, bytes that are not TLS */
+    MT_HS_FULL_CLOSED,  /* closed or reset before any TLS error (a TCP health check) */
+    MT_HS_FULL_TIMEOUT, /* no handshake within header_timeout */
     MT_HS_RESUMED_OK,
     MT_HS_LATE_OK,      /* late certificate: renegotiation or post-handshake auth answered */
     MT_HS_LATE_FAILED,

@@ -24,7 +24,10 @@
 
 #define HEAD_MAX 8192
 #define MAX_CLIENTS 64
-#define CLIENT_DEADLINE_MS 10000
+/* To send the whole request head; then, for the answer: 5 s more than the
+ * /healthz probe may take (every backend address timing out). */
+#define HEAD_DEADLINE_MS 5000
+#define LINGER_MS 2000
 
 struct mclient;
 TAILQ_HEAD(mclient_list, mclient);
@@ -153,11 +156,33 @@ static void client_free(struct mclient *c)
     free(c);
 }
 
+static void event_cb(struct bufferevent *bev, short what, void *arg);
+
+static void discard_cb(struct bufferevent *bev, void *arg)
+{
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+/* The answer is out: a half-close, then what the client still sends is read
+ * and dropped until it closes (or LINGER_MS), so that unread bytes (a head
+ * that was too large) do not turn into a reset that destroys the answer. */
 static void written_cb(struct bufferevent *bev, void *arg)
 {
     struct mclient *c = arg;
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    if (evbuffer_get_length(bufferevent_get_output(bev)) != 0)
+        return;
+    if (shutdown(bufferevent_getfd(bev), SHUT_WR) < 0) {
         client_free(c);
+        return;
+    }
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    bufferevent_setwatermark(bev, EV_READ, 0, 0);
+    bufferevent_setcb(bev, discard_cb, NULL, event_cb, c);
+    bufferevent_enable(bev, EV_READ);
+    struct timeval tv = {.tv_sec = LINGER_MS / 1000, .tv_usec = (LINGER_MS % 1000) * 1000};
+    evtimer_add(c->deadline, &tv);
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
@@ -329,6 +354,9 @@ static void serve_healthz(struct mclient *c)
     pthread_mutex_lock(&c->s->lock);
     c->t = c->s->t;
     pthread_mutex_unlock(&c->s->lock);
+    uint64_t ms = HEAD_DEADLINE_MS + c->t.timeout_ms * (c->t.n_backend > 0 ? c->t.n_backend : 1);
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(c->deadline, &tv);
     c->why[0] = '\0';
     c->probe_idx = 0;
     probe_next(c);
@@ -397,7 +425,7 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
         client_free(c);
         return;
     }
-    struct timeval tv = {.tv_sec = CLIENT_DEADLINE_MS / 1000, .tv_usec = 0};
+    struct timeval tv = {.tv_sec = HEAD_DEADLINE_MS / 1000, .tv_usec = 0};
     evtimer_add(c->deadline, &tv);
     bufferevent_setwatermark(c->bev, EV_READ, 0, HEAD_MAX + 1);
     bufferevent_setcb(c->bev, read_cb, NULL, event_cb, c);

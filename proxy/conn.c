@@ -317,7 +317,7 @@ static void conn_event_cb(void *arg, enum io_event ev)
         return;
     }
     if (c->state == CONN_HANDSHAKE)
-        metrics_inc(MT_HS_FULL_FAILED);
+        metrics_inc(io_tls_error(c->io) != 0 ? MT_HS_FULL_FAILED : MT_HS_FULL_CLOSED);
     if (c->state == CONN_HANDSHAKE && ev == IO_EV_ERROR)
         log_debug("#%llu %s: TLS handshake failed: %s", (unsigned long long)c->sc.conn_id,
                   c->peer, io_error_text(c->io, why, sizeof why));
@@ -344,7 +344,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     log_debug("#%llu %s: %s timeout", (unsigned long long)c->sc.conn_id, c->peer,
               what_timed_out[c->state]);
     if (c->state == CONN_HANDSHAKE)
-        metrics_inc(MT_HS_FULL_FAILED);
+        metrics_inc(MT_HS_FULL_TIMEOUT);
     conn_close(c);
 }
 
