@@ -329,6 +329,63 @@ def test_strict_http(env):
     eq(curl(d.base + PATH, cert="good")[0], 403, "the TLS listener still answers (no_mapping)")
 
 
+def s_client(port, sess_in=None, sess_out=None):
+    cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
+           "-CAfile", pki("root-ca.crt"), "-tls1_2", "-ign_eof", "-cert", pki("good.crt"),
+           "-key", pki("good.key"), "-cert_chain", pki("issuing-ca.crt")]
+    cmd += ["-sess_in", sess_in] if sess_in else ["-sess_out", sess_out]
+    req = b"GET /public HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    return subprocess.run(cmd, input=req, capture_output=True, timeout=20).stdout.decode("latin-1")
+
+
+def test_resumed_and_late_handshakes(env):
+    b = env.backend()
+    mport = free_port()
+    d = env.certmapd(b, {"client_certificate": {"mode": "ignore"},
+                         "location /Microsoft-Server-ActiveSync": {"client_certificate": "require"},
+                         "metrics": {"listen": f"127.0.0.1:{mport}"}})
+    wait_port(mport, d.proc)
+    # the harness's probe of the TLS port (a TCP connect, no handshake) is counted once done
+    before = wait_for(lambda: (lambda x: x if get(
+        x, "certmapd_tls_handshakes_total", kind="full", result="closed") >= 1 else None)(
+        scrape(mport)), "the harness's TCP probe counted as closed")
+    sess = os.path.join(env.dir, "sess")
+    out = s_client(d.port, sess_out=sess)
+    check("HTTP/1.1 200" in out, out[-500:])
+    out = s_client(d.port, sess_in=sess)
+    check("Reused" in out and "HTTP/1.1 200" in out, out[-500:])
+    # curl offers post-handshake auth: the certificate is asked for late, and given
+    eq(curl(d.base + PATH, cert="good")[0], 200, "late certificate")
+    # a client without one: the late request is answered with no certificate (403)
+    eq(curl(d.base + PATH)[0], 403, "late, no certificate")
+    # a TCP connection that sends nothing and closes
+    socket.create_connection(("127.0.0.1", d.port)).close()
+    after = wait_for(lambda: (lambda x: x if get(
+        x, "certmapd_tls_handshakes_total", kind="full", result="closed") >= get(
+        before, "certmapd_tls_handshakes_total", kind="full", result="closed") + 1 else None)(
+        scrape(mport)), "the TCP probe counted")
+
+    def delta(**labels):
+        return get(after, "certmapd_tls_handshakes_total", **labels) - get(
+            before, "certmapd_tls_handshakes_total", **labels)
+
+    eq(delta(kind="full", result="ok"), 3, "full: s_client, two curls")
+    eq(delta(kind="resumed", result="ok"), 1, "resumed: s_client -sess_in")
+    eq(delta(kind="late", result="ok"), 2, "late: both curls answered the request")
+    eq(delta(kind="late", result="failed"), 0, "late failures")
+    eq(delta(kind="full", result="failed"), 0, "TLS failures")
+    eq(delta(kind="full", result="closed"), 1, "closed before any handshake")
+    # not TLS at all
+    with socket.create_connection(("127.0.0.1", d.port)) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        s.recv(100)
+    wait_for(lambda: get(scrape(mport), "certmapd_tls_handshakes_total", kind="full",
+                         result="failed") == 1, "plain HTTP on the TLS port: a failed handshake")
+    eq(get(scrape(mport), "certmapd_requests_total", status="403", reason="cert_required")
+       - get(before, "certmapd_requests_total", status="403", reason="cert_required"), 1,
+       "cert_required")
+
+
 def test_directory_health_and_searches(env):
     leaf = leaves.issue(env.dir, "dirk")
     attrs = [("objectClass", ["top", "person", "user"]), ("sAMAccountName", ["dirk"]),
@@ -453,5 +510,6 @@ def test_listen_taken_fails_startup(env):
 
 if __name__ == "__main__":
     run([test_counts_by_status_and_reason, test_healthz_follows_the_backend, test_strict_http,
+         test_resumed_and_late_handshakes,
          test_directory_health_and_searches, test_directory_down, test_config_check,
          test_listen_taken_fails_startup])
