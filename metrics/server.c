@@ -57,6 +57,7 @@ struct mclient {
     int probe_fd;
     struct event *probe_ev;
     char why[1024];
+    bool has_head; /* its request arrived: it is being answered */
     TAILQ_ENTRY(mclient) link;
 };
 
@@ -389,6 +390,7 @@ static void read_cb(struct bufferevent *bev, void *arg)
         return;
     }
     bufferevent_disable(bev, EV_READ);
+    c->has_head = true;
     if (route == METRICS_ROUTE_METRICS)
         serve_metrics(c);
     else
@@ -405,8 +407,17 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 {
     struct metrics_server *s = arg;
     if (s->n_clients >= MAX_CLIENTS) {
-        close(fd); /* a scraper or balancer retries; workers are not affected */
-        return;
+        /* Room is made by dropping the oldest client that has not sent its
+         * request yet: idle connections cannot lock a balancer out. */
+        struct mclient *old;
+        TAILQ_FOREACH(old, &s->clients, link)
+            if (!old->has_head)
+                break;
+        if (old == NULL) {
+            close(fd); /* all are being answered: a scraper or balancer retries */
+            return;
+        }
+        client_free(old);
     }
     struct mclient *c = calloc(1, sizeof *c);
     if (c == NULL) {
