@@ -1002,8 +1002,7 @@ const struct conf_key conf_keys[] = {
              "no listener",
      .iis = "none (Performance Monitor counters)"},
     {SEC_METRICS, "healthz_timeout", kp_duration, F(metrics_healthz_timeout_ms), .min = 1,
-     .max = MIN, .def = "2s",
-     .help = "/healthz: limit for each TCP connect to a backend address",
+     .max = MIN, .def = "2s", .help = "/healthz: limit for each TCP connect to a backend address",
      .iis = "none (load balancer health probe)"},
 
     /* [location PATH] */

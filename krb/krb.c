@@ -416,9 +416,9 @@ static struct cred *cred_get(struct krb *k, const char *user, bool enterprise, b
     gss_cred_id_t g = GSS_C_NO_CREDENTIAL;
     time_t expires = 0;
     *major = impersonate(k, user, enterprise, &g, &expires, minor);
-    metrics_inc(!GSS_ERROR(*major)                          ? MT_KDC_OK
+    metrics_inc(!GSS_ERROR(*major)                       ? MT_KDC_OK
                 : reason_of(*minor) == R_KDC_UNAVAILABLE ? MT_KDC_UNAVAILABLE
-                                                          : MT_KDC_REFUSED);
+                                                         : MT_KDC_REFUSED);
 
     pthread_mutex_lock(&k->lock);
     c->acquiring = false;

@@ -125,9 +125,8 @@ static struct req_slot *req_slot(struct req_slot *slots, size_t n, uint32_t key)
             return &slots[i];
         if (k == 0) {
             uint32_t expected = 0;
-            if (atomic_compare_exchange_strong_explicit(&slots[i].key, &expected, key,
-                                                        memory_order_acq_rel,
-                                                        memory_order_acquire) ||
+            if (atomic_compare_exchange_strong_explicit(
+                    &slots[i].key, &expected, key, memory_order_acq_rel, memory_order_acquire) ||
                 expected == key)
                 return &slots[i];
         }
@@ -375,15 +374,22 @@ struct plain_family {
 };
 
 static const struct plain_family plain[] = {
-    {"certmapd_connections_accepted_total", "counter", "Client connections accepted.", false,
+    {"certmapd_connections_accepted_total",
+     "counter",
+     "Client connections accepted.",
+     false,
      {{MT_CONN_ACCEPTED, ""}, {-1, NULL}}},
-    {"certmapd_connections", "gauge", "Client connections open, by state.", true,
+    {"certmapd_connections",
+     "gauge",
+     "Client connections open, by state.",
+     true,
      {{MG_CONN_HANDSHAKE, "state=\"handshake\""},
       {MG_CONN_IDLE, "state=\"idle\""},
       {MG_CONN_ACTIVE, "state=\"active\""},
       {MG_CONN_CLOSING, "state=\"closing\""},
       {-1, NULL}}},
-    {"certmapd_tls_handshakes_total", "counter",
+    {"certmapd_tls_handshakes_total",
+     "counter",
      "TLS handshakes with clients, by kind (full, resumed, late certificate) and result "
      "(ok, failed: a TLS error, closed: the client went away first, timeout).",
      false,
@@ -395,7 +401,8 @@ static const struct plain_family plain[] = {
       {MT_HS_LATE_OK, "kind=\"late\",result=\"ok\""},
       {MT_HS_LATE_FAILED, "kind=\"late\",result=\"failed\""},
       {-1, NULL}}},
-    {"certmapd_identity_cache_lookups_total", "counter",
+    {"certmapd_identity_cache_lookups_total",
+     "counter",
      "Identity cache lookups: hit, miss (a directory search follows), wait (behind the search "
      "of another request for the same certificate).",
      false,
@@ -403,39 +410,63 @@ static const struct plain_family plain[] = {
       {MT_CACHE_MISS, "result=\"miss\""},
       {MT_CACHE_WAIT, "result=\"wait\""},
       {-1, NULL}}},
-    {"certmapd_identity_cache_entries", "gauge", "Identities held in the cache.", true,
+    {"certmapd_identity_cache_entries",
+     "gauge",
+     "Identities held in the cache.",
+     true,
      {{MG_CACHE_ENTRIES, ""}, {-1, NULL}}},
-    {"certmapd_directory_searches_total", "counter", "Directory account searches, by result.",
+    {"certmapd_directory_searches_total",
+     "counter",
+     "Directory account searches, by result.",
      false,
      {{MT_DIR_SEARCH_OK, "result=\"ok\""},
       {MT_DIR_SEARCH_FAILED, "result=\"failed\""},
       {MT_DIR_SEARCH_TIMEOUT, "result=\"timeout\""},
       {-1, NULL}}},
-    {"certmapd_backend_connections", "gauge",
-     "Backend connections open (connecting, in use or idle), and of those idle in a pool.", true,
+    {"certmapd_backend_connections",
+     "gauge",
+     "Backend connections open (connecting, in use or idle), and of those idle in a pool.",
+     true,
      {{MG_BACKEND_OPEN, "state=\"open\""}, {MG_BACKEND_POOLED, "state=\"pooled\""}, {-1, NULL}}},
-    {"certmapd_backend_connects_total", "counter",
-     "Backend connection attempts, by result (each address tried counts once).", false,
+    {"certmapd_backend_connects_total",
+     "counter",
+     "Backend connection attempts, by result (each address tried counts once).",
+     false,
      {{MT_BACKEND_CONNECT_OK, "result=\"ok\""},
       {MT_BACKEND_CONNECT_ERROR, "result=\"error\""},
       {MT_BACKEND_CONNECT_TIMEOUT, "result=\"timeout\""},
       {-1, NULL}}},
-    {"certmapd_backend_pool_total", "counter",
+    {"certmapd_backend_pool_total",
+     "counter",
      "Pooled backend connections: reused for a request, or found closed by the backend (stale).",
      false,
-     {{MT_BACKEND_REUSED, "result=\"reused\""}, {MT_BACKEND_STALE, "result=\"stale\""}, {-1, NULL}}},
-    {"certmapd_delegation_cache_lookups_total", "counter",
-     "Delegated credential cache lookups, by result.", false,
-     {{MT_DELEG_CACHE_HIT, "result=\"hit\""}, {MT_DELEG_CACHE_MISS, "result=\"miss\""}, {-1, NULL}}},
-    {"certmapd_delegation_cache_entries", "gauge", "Users whose delegated credentials are held.",
-     true, {{MG_DELEG_CACHE_ENTRIES, ""}, {-1, NULL}}},
-    {"certmapd_kdc_exchanges_total", "counter",
-     "Protocol transition (S4U2Self) exchanges with the KDC, by result.", false,
+     {{MT_BACKEND_REUSED, "result=\"reused\""},
+      {MT_BACKEND_STALE, "result=\"stale\""},
+      {-1, NULL}}},
+    {"certmapd_delegation_cache_lookups_total",
+     "counter",
+     "Delegated credential cache lookups, by result.",
+     false,
+     {{MT_DELEG_CACHE_HIT, "result=\"hit\""},
+      {MT_DELEG_CACHE_MISS, "result=\"miss\""},
+      {-1, NULL}}},
+    {"certmapd_delegation_cache_entries",
+     "gauge",
+     "Users whose delegated credentials are held.",
+     true,
+     {{MG_DELEG_CACHE_ENTRIES, ""}, {-1, NULL}}},
+    {"certmapd_kdc_exchanges_total",
+     "counter",
+     "Protocol transition (S4U2Self) exchanges with the KDC, by result.",
+     false,
      {{MT_KDC_OK, "result=\"ok\""},
       {MT_KDC_REFUSED, "result=\"refused\""},
       {MT_KDC_UNAVAILABLE, "result=\"unavailable\""},
       {-1, NULL}}},
-    {"certmapd_reloads_total", "counter", "Configuration reloads, by result.", false,
+    {"certmapd_reloads_total",
+     "counter",
+     "Configuration reloads, by result.",
+     false,
      {{MT_RELOAD_OK, "result=\"ok\""}, {MT_RELOAD_FAILED, "result=\"failed\""}, {-1, NULL}}},
 };
 
@@ -532,8 +563,8 @@ static void render_crls(struct text *t, time_t now)
     family(t, "certmapd_crl_next_update_timestamp_seconds", "gauge",
            "Unix time of the nextUpdate of the CRL loaded for each issuer (0: none given).");
     for (size_t i = 0; i < n; i++)
-        put(t, "certmapd_crl_next_update_timestamp_seconds{issuer=\"%s\"} %" PRId64 "\n",
-            issuer[i], next[i]);
+        put(t, "certmapd_crl_next_update_timestamp_seconds{issuer=\"%s\"} %" PRId64 "\n", issuer[i],
+            next[i]);
 }
 
 char *metrics_render(const struct metrics_labels *labels, size_t *len)

@@ -22,34 +22,39 @@
 
 /* Counters, each one series (family and labels: the table in metrics.c). */
 enum metrics_counter { /* MT_: not MC_, which mapping.h uses */
-    MT_CONN_ACCEPTED = 0,
-    MT_HS_FULL_OK,      /* TLS handshakes: full (a failed first handshake counts as full) */
-    MT_HS_FULL_FAILED,  /* a TLS error: alert, protocol, bytes that are not TLS */
-    MT_HS_FULL_CLOSED,  /* closed or reset before any TLS error (a TCP health check) */
-    MT_HS_FULL_TIMEOUT, /* no handshake within header_timeout */
-    MT_HS_RESUMED_OK,
-    MT_HS_LATE_OK,      /* late certificate: renegotiation or post-handshake auth answered */
-    MT_HS_LATE_FAILED,
-    MT_CACHE_HIT,       /* identity cache */
-    MT_CACHE_MISS,
-    MT_CACHE_WAIT,      /* waited behind a search already under way for the same certificate */
-    MT_DIR_SEARCH_OK,   /* directory account searches */
-    MT_DIR_SEARCH_FAILED,
-    MT_DIR_SEARCH_TIMEOUT,
-    MT_BACKEND_CONNECT_OK, /* backend connection attempts, by outcome */
-    MT_BACKEND_CONNECT_ERROR,
-    MT_BACKEND_CONNECT_TIMEOUT,
-    MT_BACKEND_STALE,   /* pooled connections found closed by the backend */
-    MT_BACKEND_REUSED,  /* requests sent on a pooled connection */
-    MT_DELEG_CACHE_HIT, /* delegated credentials */
-    MT_DELEG_CACHE_MISS,
-    MT_KDC_OK,          /* S4U2Self exchanges with the KDC */
-    MT_KDC_REFUSED,
-    MT_KDC_UNAVAILABLE,
-    MT_RELOAD_OK,
-    MT_RELOAD_FAILED,
-    MT_REQ_OVERFLOW,    /* requests whose (status, reason) found no slot: status="other" */
-    MT_MAX
+                       MT_CONN_ACCEPTED = 0,
+                       MT_HS_FULL_OK, /* TLS handshakes: full (a failed first handshake counts as
+                                         full) */
+                       MT_HS_FULL_FAILED, /* a TLS error: alert, protocol, bytes that are not TLS */
+                       MT_HS_FULL_CLOSED, /* closed or reset before any TLS error (a TCP health
+                                             check) */
+                       MT_HS_FULL_TIMEOUT, /* no handshake within header_timeout */
+                       MT_HS_RESUMED_OK,
+                       MT_HS_LATE_OK, /* late certificate: renegotiation or post-handshake auth
+                                         answered */
+                       MT_HS_LATE_FAILED,
+                       MT_CACHE_HIT, /* identity cache */
+                       MT_CACHE_MISS,
+                       MT_CACHE_WAIT,    /* waited behind a search already under way for the same
+                                            certificate */
+                       MT_DIR_SEARCH_OK, /* directory account searches */
+                       MT_DIR_SEARCH_FAILED,
+                       MT_DIR_SEARCH_TIMEOUT,
+                       MT_BACKEND_CONNECT_OK, /* backend connection attempts, by outcome */
+                       MT_BACKEND_CONNECT_ERROR,
+                       MT_BACKEND_CONNECT_TIMEOUT,
+                       MT_BACKEND_STALE,   /* pooled connections found closed by the backend */
+                       MT_BACKEND_REUSED,  /* requests sent on a pooled connection */
+                       MT_DELEG_CACHE_HIT, /* delegated credentials */
+                       MT_DELEG_CACHE_MISS,
+                       MT_KDC_OK, /* S4U2Self exchanges with the KDC */
+                       MT_KDC_REFUSED,
+                       MT_KDC_UNAVAILABLE,
+                       MT_RELOAD_OK,
+                       MT_RELOAD_FAILED,
+                       MT_REQ_OVERFLOW, /* requests whose (status, reason) found no slot:
+                                           status="other" */
+                       MT_MAX
 };
 
 /* Gauges. */
@@ -58,11 +63,11 @@ enum metrics_gauge {
     MG_CONN_IDLE,
     MG_CONN_ACTIVE,
     MG_CONN_CLOSING,
-    MG_CACHE_ENTRIES,      /* identity cache, ready entries */
-    MG_BACKEND_OPEN,       /* backend connections (connecting, busy or pooled) */
-    MG_BACKEND_POOLED,     /* of those, idle in a pool */
+    MG_CACHE_ENTRIES,  /* identity cache, ready entries */
+    MG_BACKEND_OPEN,   /* backend connections (connecting, busy or pooled) */
+    MG_BACKEND_POOLED, /* of those, idle in a pool */
     MG_DELEG_CACHE_ENTRIES,
-    MG_DIR_UP0,            /* worker LDAP connections bound to [ldap] uri number i */
+    MG_DIR_UP0, /* worker LDAP connections bound to [ldap] uri number i */
     MG_DIR_UP_LAST = MG_DIR_UP0 + CONF_MAX_URIS - 1,
     MG_MAX
 };
@@ -130,8 +135,8 @@ struct metrics_targets {
     socklen_t backend_len[METRICS_MAX_BACKEND];
     char backend_text[METRICS_MAX_BACKEND][64];
     size_t n_backend;
-    bool need_directory; /* [mapping] with source = ldap */
-    uint64_t timeout_ms; /* for each backend connect */
+    bool need_directory;     /* [mapping] with source = ldap */
+    uint64_t timeout_ms;     /* for each backend connect */
     const struct conf *conf; /* for the [ldap] uri labels; copied, not kept */
 };
 

@@ -102,7 +102,8 @@ int metrics_http_route(const char *head, size_t len, int *route)
         if (*p == '\t')
             return 400;
     size_t vlen = (size_t)(eol - sp2 - 1);
-    if (!(vlen == 8 && (memcmp(sp2 + 1, "HTTP/1.1", 8) == 0 || memcmp(sp2 + 1, "HTTP/1.0", 8) == 0)))
+    if (!(vlen == 8 &&
+          (memcmp(sp2 + 1, "HTTP/1.1", 8) == 0 || memcmp(sp2 + 1, "HTTP/1.0", 8) == 0)))
         return vlen == 8 && memcmp(sp2 + 1, "HTTP/", 5) == 0 ? 505 : 400;
     /* header fields: NAME ":" value; no obs-fold; no body */
     for (line = eol + 2; line < end - 2; line = eol + 2) {
@@ -411,8 +412,8 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
          * request yet: idle connections cannot lock a balancer out. */
         struct mclient *old;
         TAILQ_FOREACH(old, &s->clients, link)
-            if (!old->has_head)
-                break;
+        if (!old->has_head)
+            break;
         if (old == NULL) {
             close(fd); /* all are being answered: a scraper or balancer retries */
             return;
@@ -533,9 +534,8 @@ struct metrics_server *metrics_server_new(const struct conf *c, const struct met
          setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0) ||
         bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0 || listen(fd, 64) < 0) {
         char where[512];
-        snprintf(err, errlen, "%s %s: %s",
-                 conf_where(c, "metrics", "listen", where, sizeof where), l->text,
-                 strerror(errno));
+        snprintf(err, errlen, "%s %s: %s", conf_where(c, "metrics", "listen", where, sizeof where),
+                 l->text, strerror(errno));
         goto fail;
     }
     s->lev = evconnlistener_new(s->base, accept_cb, s, LEV_OPT_CLOSE_ON_FREE, 0, fd);

@@ -388,7 +388,7 @@ void proxy_conn_accept(struct conn_env *env, int fd, const struct sockaddr *sa, 
     TAILQ_INSERT_TAIL(&env->conns, c, link);
     env->n_conns++;
     metrics_inc(MT_CONN_ACCEPTED);
-    metrics_gauge_add(MG_CONN_HANDSHAKE, 1); /* c->state: CONN_HANDSHAKE */
+    metrics_gauge_add(MG_CONN_HANDSHAKE, 1);    /* c->state: CONN_HANDSHAKE */
     timer_arm(c, env->conf->header_timeout_ms); /* handshake and first head */
     return;
 fail:

@@ -68,7 +68,7 @@ static void test_requests_and_escaping(void **state)
     metrics_request(403, R_CERT_REQUIRED);
     metrics_request(499, R_CERT_REQUIRED);
     metrics_request(502, R_BACKEND_UNAVAILABLE);
-    metrics_request(7, R_NONE);          /* not an HTTP status: "other" */
+    metrics_request(7, R_NONE);            /* not an HTTP status: "other" */
     metrics_request(200, (enum reason)99); /* not a reason: "internal" */
     metrics_crl_clear();
     metrics_crl_set("CN=A \"quoted\" \\ CA\nx", 1000, 2000);
@@ -81,10 +81,10 @@ static void test_requests_and_escaping(void **state)
     char *text = metrics_render(&l, &len);
     assert_non_null(text);
     assert_int_equal(strlen(text), len);
-    assert_int_equal(series(text, "certmapd_requests_total{status=\"403\",reason=\"cert_required\"}"),
-                     2);
-    assert_int_equal(series(text, "certmapd_requests_total{status=\"499\",reason=\"cert_required\"}"),
-                     1);
+    assert_int_equal(
+        series(text, "certmapd_requests_total{status=\"403\",reason=\"cert_required\"}"), 2);
+    assert_int_equal(
+        series(text, "certmapd_requests_total{status=\"499\",reason=\"cert_required\"}"), 1);
     assert_int_equal(
         series(text, "certmapd_requests_total{status=\"502\",reason=\"backend_unavailable\"}"), 1);
     assert_int_equal(series(text, "certmapd_requests_total{status=\"other\",reason=\"\"}"), 1);
@@ -114,7 +114,7 @@ static void test_requests_and_escaping(void **state)
 static void test_histogram(void **state)
 {
     (void)state;
-    metrics_dir_search(MT_DIR_SEARCH_OK, 0.001);  /* on a bound: in it (le) */
+    metrics_dir_search(MT_DIR_SEARCH_OK, 0.001); /* on a bound: in it (le) */
     metrics_dir_search(MT_DIR_SEARCH_OK, 0.0011);
     metrics_dir_search(MT_DIR_SEARCH_TIMEOUT, 99);
     metrics_dir_search(MT_DIR_SEARCH_FAILED, -1); /* a clock step: 0 */
@@ -158,7 +158,7 @@ static void test_http_route(void **state)
     assert_int_equal(route("GET /Metrics HTTP/1.1\r\n\r\n", &r), 404);
     assert_int_equal(r, METRICS_ROUTE_NONE);
     assert_int_equal(route("GET /metrics HTTP/1.2\r\n\r\n", &r), 505);
-    assert_int_equal(route("GET /metrics HTTP/1.1\r\n", &r), 400);     /* no blank line */
+    assert_int_equal(route("GET /metrics HTTP/1.1\r\n", &r), 400); /* no blank line */
     assert_int_equal(route("GET /metrics HTTP/1.1\r\n\r", &r), 400);
     assert_int_equal(route("GET\t/metrics HTTP/1.1\r\n\r\n", &r), 400);
     assert_int_equal(route("GET /met\trics HTTP/1.1\r\n\r\n", &r), 400);
