@@ -173,7 +173,7 @@ static void section_begin(struct loader *ld, char *name)
     conf_quote(name, q, sizeof(q));
     fail_at(ld, ld->line,
             "unknown section %s (expected server, tls, client_certificate, mapping, ldap, "
-            "backend, buffering, delegation or location PATH)",
+            "backend, buffering, delegation, metrics or location PATH)",
             q);
 }
 
@@ -452,6 +452,18 @@ static void finish(struct loader *ld)
             return;
         }
     }
+    if (c->has_metrics_listen) {
+        for (size_t i = 0; i < c->n_listen; i++) {
+            if (c->listen[i].addrlen == c->metrics_listen.addrlen &&
+                memcmp(&c->listen[i].addr, &c->metrics_listen.addr, c->metrics_listen.addrlen) ==
+                    0) {
+                fail_at(ld, where(ld, SEC_METRICS, "listen"),
+                        "[metrics] listen \"%s\" is also a [server] listen address",
+                        c->metrics_listen.text);
+                return;
+            }
+        }
+    }
     if (c->bind_dn != NULL && c->bind_password_file == NULL) {
         fail_at(ld, where(ld, SEC_LDAP, "bind_dn"), "[ldap] bind_dn needs bind_password_file");
         return;
@@ -547,6 +559,7 @@ void conf_free(struct conf *c)
     free(c->path);
     for (size_t i = 0; i < c->n_listen; i++)
         free(c->listen[i].text);
+    free(c->metrics_listen.text);
     free(c->user);
     free(c->access_log);
     free(c->certificate);

@@ -147,6 +147,11 @@ struct conf {
     uint64_t deleg_timeout_ms;
     size_t deleg_cache_entries;
 
+    /* [metrics] */
+    struct conf_listen metrics_listen; /* valid when has_metrics_listen */
+    bool has_metrics_listen;
+    uint64_t metrics_healthz_timeout_ms; /* each backend connect of /healthz */
+
     /* [location PATH], in file order; see conf_location_for() */
     struct conf_location locations[CONF_MAX_LOCATIONS];
     size_t n_locations;

@@ -438,14 +438,13 @@ static int check_port(const char *p)
     return 0;
 }
 
-/* [server] listen: "HOST:PORT" or "[V6]:PORT", resolved now (start-up may block). */
-static int kp_listen(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
+/* "HOST:PORT" or "[V6]:PORT" resolved now (start-up may block) into <l>
+ * (its text a heap copy of <val>). 0, or -1 with a reason in <msg>. */
+static int listen_resolve(const char *val, struct conf_listen *l, char *msg, size_t n)
 {
-    struct conf *c = base;
     struct addrinfo hints, *res = NULL;
     char q[VAL_MAX * 4 + 8], host[VAL_MAX];
     const char *port;
-    struct conf_listen *l;
     int rc = -1, gai;
 
     conf_quote(val, q, sizeof(q));
@@ -489,23 +488,11 @@ static int kp_listen(const struct conf_key *k, const char *val, void *base, char
         snprintf(msg, n, "%s: port must be a number 1..65535", q);
         goto fail;
     }
-    if (c->n_listen >= CONF_MAX_LISTEN) {
-        snprintf(msg, n, "more than %d listen addresses", CONF_MAX_LISTEN);
-        goto fail;
-    }
     gai = getaddrinfo(host, port, &hints, &res);
     if (gai != 0 || res == NULL) {
         snprintf(msg, n, "cannot resolve %s: %s", q, gai != 0 ? gai_strerror(gai) : "no address");
         goto fail;
     }
-    for (size_t i = 0; i < c->n_listen; i++) {
-        if (c->listen[i].addrlen == res->ai_addrlen &&
-            memcmp(&c->listen[i].addr, res->ai_addr, res->ai_addrlen) == 0) {
-            snprintf(msg, n, "%s is the same address as \"%s\"", q, c->listen[i].text);
-            goto fail;
-        }
-    }
-    l = &c->listen[c->n_listen];
     memset(l, 0, sizeof(*l));
     l->text = strdup(val);
     if (l->text == NULL) {
@@ -514,7 +501,6 @@ static int kp_listen(const struct conf_key *k, const char *val, void *base, char
     }
     memcpy(&l->addr, res->ai_addr, res->ai_addrlen);
     l->addrlen = (socklen_t)res->ai_addrlen;
-    c->n_listen++;
     rc = 0;
     goto fail;
 bad:
@@ -523,6 +509,47 @@ fail:
     if (res != NULL)
         freeaddrinfo(res);
     return rc;
+}
+
+/* [server] listen: repeatable, each address once. */
+static int kp_listen(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
+{
+    struct conf *c = base;
+    struct conf_listen l;
+    char q[VAL_MAX * 4 + 8];
+
+    if (c->n_listen >= CONF_MAX_LISTEN) {
+        snprintf(msg, n, "more than %d listen addresses", CONF_MAX_LISTEN);
+        return -1;
+    }
+    if (listen_resolve(val, &l, msg, n) < 0)
+        return -1;
+    for (size_t i = 0; i < c->n_listen; i++) {
+        if (c->listen[i].addrlen == l.addrlen &&
+            memcmp(&c->listen[i].addr, &l.addr, l.addrlen) == 0) {
+            conf_quote(val, q, sizeof(q));
+            snprintf(msg, n, "%s is the same address as \"%s\"", q, c->listen[i].text);
+            free(l.text);
+            return -1;
+        }
+    }
+    c->listen[c->n_listen++] = l;
+    return 0;
+}
+
+/* [metrics] listen: one address (conf.c checks it against [server] listen). */
+static int kp_metrics_listen(const struct conf_key *k, const char *val, void *base, char *msg,
+                             size_t n)
+{
+    struct conf *c = base;
+    struct conf_listen l;
+
+    if (listen_resolve(val, &l, msg, n) < 0)
+        return -1;
+    free(c->metrics_listen.text);
+    c->metrics_listen = l;
+    c->has_metrics_listen = true;
+    return 0;
 }
 
 /* [mapping] methods: comma and/or space separated, in order, no duplicates. */
@@ -1091,6 +1118,15 @@ const struct conf_key conf_keys[] = {
      .max = 10000000, .def = "10000",
      .help = "users whose delegated credentials are kept (until their end time less a margin)",
      .iis = "none (the Kerberos ticket cache)"},
+
+    /* [metrics] */
+    {SEC_METRICS, "listen", kp_metrics_listen, F(metrics_listen),
+     .help = "HOST:PORT for Prometheus text at /metrics and /healthz for load balancers; unset: "
+             "no listener",
+     .iis = "none (Performance Monitor counters)"},
+    {SEC_METRICS, "healthz_timeout", kp_duration, F(metrics_healthz_timeout_ms), .min = 1,
+     .max = MIN, .def = "2s", .help = "/healthz: limit for each TCP connect to a backend address",
+     .iis = "none (load balancer health probe)"},
 
     /* [location PATH] */
     {SEC_LOCATION, "client_certificate", kp_enum, L(client_certificate), .names = cert_modes,

@@ -17,6 +17,7 @@
 
 #include "common/log.h"
 #include "krb/krb.h"
+#include "metrics/metrics.h"
 
 /* Pool threads: KDC exchanges are rare (cached per user) and short. */
 #define KRB_THREADS 2
@@ -272,6 +273,7 @@ static void cred_drop(struct krb *k, struct cred *c)
 {
     lru_unlink(k, c);
     k->n_creds--;
+    metrics_gauge_add(MG_DELEG_CACHE_ENTRIES, -1);
     if (c->refs == 0)
         cred_free(c);
     else
@@ -382,6 +384,7 @@ static struct cred *cred_get(struct krb *k, const char *user, bool enterprise, b
         pthread_mutex_unlock(&k->lock);
         *cached = true;
         atomic_fetch_add(&k->hits, 1);
+        metrics_inc(MT_DELEG_CACHE_HIT);
         return c;
     }
     if (c != NULL)
@@ -400,6 +403,8 @@ static struct cred *cred_get(struct krb *k, const char *user, bool enterprise, b
     c->refs = 1;
     lru_append(k, c);
     k->n_creds++;
+    metrics_inc(MT_DELEG_CACHE_MISS);
+    metrics_gauge_add(MG_DELEG_CACHE_ENTRIES, 1);
     while (k->n_creds > k->conf->deleg_cache_entries && k->lru_head != c) {
         struct cred *old = k->lru_head;
         if (old->acquiring)
@@ -411,6 +416,9 @@ static struct cred *cred_get(struct krb *k, const char *user, bool enterprise, b
     gss_cred_id_t g = GSS_C_NO_CREDENTIAL;
     time_t expires = 0;
     *major = impersonate(k, user, enterprise, &g, &expires, minor);
+    metrics_inc(!GSS_ERROR(*major)                       ? MT_KDC_OK
+                : reason_of(*minor) == R_KDC_UNAVAILABLE ? MT_KDC_UNAVAILABLE
+                                                         : MT_KDC_REFUSED);
 
     pthread_mutex_lock(&k->lock);
     c->acquiring = false;

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <time.h>
 
 #include <event2/event.h>
 
@@ -24,6 +25,7 @@
 #include "common/text.h"
 #include "ldap/dir.h"
 #include "ldap/internal.h"
+#include "metrics/metrics.h"
 
 /* More than one entry is all mapping needs to say "ambiguous". */
 #define DIR_MAX_ENTRIES 16
@@ -51,6 +53,8 @@ struct dir_search {
     size_t n;
     char netbios[NETBIOS_MAX + 1];
     char *parked_filter; /* waiting for the first connection; sent on handoff */
+    struct timespec t0;  /* asked for, for the latency histogram */
+    bool timed_out;
 };
 
 TAILQ_HEAD(search_list, dir_search);
@@ -82,6 +86,7 @@ struct dir {
     bool want_connect;
     LDAP *handoff;
     size_t handoff_uri;
+    size_t uri; /* of <ld>, while connected: its metrics gauge */
 };
 
 /* ---- the connector thread ------------------------------------------------------ */
@@ -166,6 +171,7 @@ static struct dir_search *search_new(struct dir *d, enum search_kind kind, map_s
     s->msgid = -1;
     for (size_t i = 0; i < DIR_MAX_ENTRIES; i++)
         s->computed_msgid[i] = -1;
+    clock_gettime(CLOCK_MONOTONIC, &s->t0);
     TAILQ_INSERT_TAIL(&d->searches, s, link);
     return s;
 }
@@ -228,6 +234,12 @@ static void deliver(struct dir_search *s)
     map_search_cb cb = s->cb;
     void *arg = s->arg;
     bool ok = s->ok;
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    metrics_dir_search(s->timed_out ? MT_DIR_SEARCH_TIMEOUT
+                       : ok         ? MT_DIR_SEARCH_OK
+                                    : MT_DIR_SEARCH_FAILED,
+                       (double)(t1.tv_sec - s->t0.tv_sec) + (t1.tv_nsec - s->t0.tv_nsec) / 1e9);
     size_t n = ok ? s->n : 0;
     cb(arg, ok, ok ? s->entries : NULL, n);
     search_free(s);
@@ -244,6 +256,7 @@ static void search_event(evutil_socket_t fd, short what, void *arg)
         log_warn("ldap: %s search timed out after %llu ms",
                  s->kind == K_NETBIOS ? "NetBIOS name" : "account",
                  (unsigned long long)d->timeout_ms);
+        s->timed_out = true;
         finish(s, false);
         event_del(s->ev);
         if (++d->timeouts_in_row >= TIMEOUTS_BEFORE_RECONNECT)
@@ -442,6 +455,7 @@ static void conn_lost(struct dir *d, const char *why)
     d->ev_read = NULL;
     ldap_unbind_ext(d->ld, NULL, NULL);
     d->ld = NULL;
+    metrics_gauge_add(MG_DIR_UP0 + (int)d->uri, -1);
     d->timeouts_in_row = 0;
     request_connect(d);
 }
@@ -470,6 +484,8 @@ static void on_handoff(evutil_socket_t fd_unused, short what, void *arg)
         goto fail;
     }
     d->ld = ld;
+    d->uri = which < CONF_MAX_URIS ? which : CONF_MAX_URIS - 1;
+    metrics_gauge_add(MG_DIR_UP0 + (int)d->uri, 1);
     d->timeouts_in_row = 0;
     d->ever_connected = true;
     log_info("ldap: connected to %s as %s", d->conf->ldap_uri[which], d->conf->bind_dn);
@@ -697,8 +713,10 @@ void dir_free(struct dir *d)
         search_free(TAILQ_FIRST(&d->searches));
     if (d->ev_read != NULL)
         event_free(d->ev_read);
-    if (d->ld != NULL)
+    if (d->ld != NULL) {
         ldap_unbind_ext(d->ld, NULL, NULL);
+        metrics_gauge_add(MG_DIR_UP0 + (int)d->uri, -1);
+    }
     event_free(d->ev_handoff);
     pthread_cond_destroy(&d->cv);
     pthread_mutex_destroy(&d->mu);

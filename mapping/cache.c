@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "mapping/internal.h"
+#include "metrics/metrics.h"
 
 #define SHARDS_MAX 16
 #define KEY_MAX 64 /* hex SHA-256 */
@@ -127,6 +128,7 @@ void map_cache_free(struct map_cache *mc)
             }
         }
         free(s->buckets);
+        metrics_gauge_add(MG_CACHE_ENTRIES, -(int64_t)s->n_ready);
         pthread_mutex_destroy(&s->lock);
     }
     free(mc);
@@ -177,6 +179,7 @@ static void drop_ready(struct shard *s, struct centry *e)
         *p = e->next_hash;
     lru_unlink(s, e);
     s->n_ready--;
+    metrics_gauge_add(MG_CACHE_ENTRIES, -1);
     map_result_purge(&e->result);
     free(e);
 }
@@ -224,6 +227,7 @@ enum map_cache_state map_cache_get(struct map_cache *mc, const char *key, struct
         /* Without memory there is no pending entry: the owner resolves alone. */
     }
     pthread_mutex_unlock(&s->lock);
+    metrics_inc(st == MC_HIT ? MT_CACHE_HIT : st == MC_WAIT ? MT_CACHE_WAIT : MT_CACHE_MISS);
     return st;
 }
 
@@ -261,6 +265,7 @@ void map_cache_put(struct map_cache *mc, const char *key, const struct map_resul
         e->expires_ms = mc->clock(mc->clock_arg) + ttl;
         lru_push(s, e);
         s->n_ready++;
+        metrics_gauge_add(MG_CACHE_ENTRIES, 1);
         while (s->n_ready > s->cap)
             drop_ready(s, s->lru_tail);
     } else if (e != NULL) {

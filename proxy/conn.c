@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "conf/conf.h"
 #include "io/io.h"
+#include "metrics/metrics.h"
 #include "proxy/conn.h"
 #include "proxy/stream.h"
 #include "tls/tls.h"
@@ -70,9 +71,18 @@ static void timer_arm(struct proxy_conn *c, uint64_t ms)
     evtimer_add(&c->timer, &tv);
 }
 
+/* Every change of state goes through here: the per-state gauges follow it. */
+static void conn_state_set(struct proxy_conn *c, enum conn_state s)
+{
+    metrics_gauge_add(MG_CONN_HANDSHAKE + (int)c->state, -1);
+    metrics_gauge_add(MG_CONN_HANDSHAKE + (int)s, 1);
+    c->state = s;
+}
+
 static void conn_close(struct proxy_conn *c)
 {
     struct conn_env *env = c->env;
+    metrics_gauge_add(MG_CONN_HANDSHAKE + (int)c->state, -1);
     stream_free(c->st); /* a request still on its way is logged (499) */
     c->st = NULL;
     io_free(c->io);
@@ -92,7 +102,7 @@ static void conn_close_after_flush(struct proxy_conn *c)
         conn_close(c); /* the transport is dead: nothing more can be sent */
         return;
     }
-    c->state = CONN_CLOSING;
+    conn_state_set(c, CONN_CLOSING);
     io_close_write(c->io);
     timer_arm(c, io_output_length(c->io) > 0 ? FINAL_WRITE_MS : LINGER_MS);
 }
@@ -153,6 +163,7 @@ static void conn_late_failed(struct proxy_conn *c, bool eof)
     unsigned long e = io_tls_error(c->io);
     int status = reason_status(R_CERT_REQUIRED);
     unsigned long long id = (unsigned long long)c->sc.conn_id;
+    metrics_inc(MT_HS_LATE_FAILED);
     switch (tls_late_failure(e, eof)) {
     case TLS_LATE_NO_RENEGOTIATION:
         log_info("#%llu %s: a client certificate is needed, but this TLS 1.2 client refused "
@@ -209,7 +220,7 @@ static void later_cb(evutil_socket_t fd, short what, void *arg)
             conn_close_after_flush(c);
             return;
         }
-        c->state = CONN_IDLE;
+        conn_state_set(c, CONN_IDLE);
         timer_arm(c, c->env->conf->keepalive_timeout_ms);
     }
     c->flags &= ~CF_FEED;
@@ -234,7 +245,7 @@ static void conn_feed(struct proxy_conn *c)
                 conn_close(c);
                 return;
             }
-            c->state = CONN_ACTIVE;
+            conn_state_set(c, CONN_ACTIVE);
             evtimer_del(&c->timer); /* the stream times its own stages */
         }
         struct evbuffer_iovec v = {.iov_base = NULL, .iov_len = 0};
@@ -277,13 +288,15 @@ static void conn_event_cb(void *arg, enum io_event ev)
          * in the handshake, or, for a resumed session, not at all:
          * tls_conn_verdict re-checks validity and revocation either way). */
         const char *cert = conn_judge_certificate(c, "none");
-        c->state = CONN_IDLE;
+        metrics_inc(tls_conn_resumed(io_ssl(c->io)) ? MT_HS_RESUMED_OK : MT_HS_FULL_OK);
+        conn_state_set(c, CONN_IDLE);
         log_debug("#%llu %s: %s handshake done, certificate %s", (unsigned long long)c->sc.conn_id,
                   c->peer, tls_conn_protocol(io_ssl(c->io)), cert);
         return;
     }
     case IO_EV_LATE_DONE: {
         const char *cert = conn_judge_certificate(c, "none sent");
+        metrics_inc(MT_HS_LATE_OK);
         log_debug("#%llu %s: late certificate: %s", (unsigned long long)c->sc.conn_id, c->peer,
                   cert);
         if (c->st != NULL)
@@ -303,6 +316,8 @@ static void conn_event_cb(void *arg, enum io_event ev)
          * client has read it. The linger timer (conn_close_after_flush) ends it. */
         return;
     }
+    if (c->state == CONN_HANDSHAKE)
+        metrics_inc(io_tls_error(c->io) != 0 ? MT_HS_FULL_FAILED : MT_HS_FULL_CLOSED);
     if (c->state == CONN_HANDSHAKE && ev == IO_EV_ERROR)
         log_debug("#%llu %s: TLS handshake failed: %s", (unsigned long long)c->sc.conn_id,
                   c->peer, io_error_text(c->io, why, sizeof why));
@@ -328,6 +343,8 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     };
     log_debug("#%llu %s: %s timeout", (unsigned long long)c->sc.conn_id, c->peer,
               what_timed_out[c->state]);
+    if (c->state == CONN_HANDSHAKE)
+        metrics_inc(MT_HS_FULL_TIMEOUT);
     conn_close(c);
 }
 
@@ -370,6 +387,8 @@ void proxy_conn_accept(struct conn_env *env, int fd, const struct sockaddr *sa, 
     };
     TAILQ_INSERT_TAIL(&env->conns, c, link);
     env->n_conns++;
+    metrics_inc(MT_CONN_ACCEPTED);
+    metrics_gauge_add(MG_CONN_HANDSHAKE, 1);    /* c->state: CONN_HANDSHAKE */
     timer_arm(c, env->conf->header_timeout_ms); /* handshake and first head */
     return;
 fail:

@@ -25,6 +25,7 @@
 #include "ldap/dir.h"
 #include "mapcmd/mapcmd.h"
 #include "mapping/mapping.h"
+#include "metrics/metrics.h"
 #include "proxy/proxy.h"
 #include "tls/tls.h"
 
@@ -119,6 +120,23 @@ static void raise_nofile_limit(void)
     }
     log_info("open files: soft limit %llu (was %llu), hard limit %llu",
              (unsigned long long)rl.rlim_cur, soft, (unsigned long long)rl.rlim_max);
+}
+
+/* What /healthz checks for <c>: every backend server's resolved addresses,
+ * and a directory connection when mapping goes to LDAP. */
+static void metrics_targets_of(const struct conf *c, const struct backend_set *bs,
+                               struct metrics_targets *t)
+{
+    memset(t, 0, sizeof *t);
+    for (size_t i = 0; i < bs->n && i < METRICS_MAX_BACKEND; i++) {
+        t->backend[i] = bs->addr[i];
+        t->backend_len[i] = bs->len[i];
+        snprintf(t->backend_text[i], sizeof t->backend_text[i], "%s", bs->text[i]);
+        t->n_backend++;
+    }
+    t->need_directory = c->has_mapping_section && c->map_source == MAP_SOURCE_LDAP;
+    t->timeout_ms = c->metrics_healthz_timeout_ms;
+    t->conf = c;
 }
 
 /* ---- generations ---- */
@@ -240,7 +258,8 @@ fail:
 /* SIGHUP: the file is read and checked again; when it is sound, new
  * connections use it and the others keep theirs until they end. When it is
  * not, nothing changes. Returns the current generation. */
-static struct proxy_shared *reload(struct worker *ws, struct proxy_shared *cur)
+static struct proxy_shared *reload(struct worker *ws, struct proxy_shared *cur,
+                                   struct metrics_server *ms)
 {
     char err[2048];
     const struct conf *now = cur->conf;
@@ -248,17 +267,24 @@ static struct proxy_shared *reload(struct worker *ws, struct proxy_shared *cur)
     struct proxy_shared *sh = gen_make(now->path, cur, err, sizeof err);
     if (sh == NULL) {
         log_error("reload: %s; still serving generation %u", err, cur->generation);
+        metrics_reload(false);
         return cur;
     }
     sh->generation = cur->generation + 1;
     if (proxy_workers_offer(ws, now->workers, sh, err, sizeof err) < 0) {
         log_error("reload: %s; still serving generation %u", err, cur->generation);
         gen_free(sh);
+        metrics_reload(false);
         return cur;
     }
     cm_log_set_level((enum log_level)sh->conf->log_level);
     proxy_workers_commit(ws, now->workers, true);
     sh->older = cur;
+    struct metrics_targets mt;
+    metrics_targets_of(sh->conf, sh->backend, &mt);
+    if (ms != NULL && metrics_server_update(ms, &mt) < 0)
+        log_warn("reload: /healthz still checks the previous backend and directory (out of memory)");
+    metrics_reload(true);
     log_info("reload: %s loaded as generation %u; connections of earlier generations finish "
              "on theirs", sh->conf->path, sh->generation);
     return sh;
@@ -302,7 +328,18 @@ static int serve(struct proxy_shared *sh)
         log_error("%s", err);
         return 1;
     }
+    /* Bound before privileges go, like the listeners. */
+    struct metrics_targets mt;
+    metrics_targets_of(c, sh->backend, &mt);
+    err[0] = '\0';
+    struct metrics_server *ms = metrics_server_new(c, &mt, err, sizeof err);
+    if (ms == NULL && err[0] != '\0') {
+        log_error("%s", err);
+        proxy_workers_free(ws, n_workers);
+        return 1;
+    }
     if (c->user != NULL && drop_privileges(c->user) < 0) {
+        metrics_server_free(ms);
         proxy_workers_free(ws, n_workers);
         return 1;
     }
@@ -311,6 +348,10 @@ static int serve(struct proxy_shared *sh)
     signal_set(&set);
     if (proxy_workers_start(ws, n_workers) < 0)
         return 1; /* the started ones are stopped with the process, and <ws> with them */
+    if (ms != NULL && metrics_server_start(ms, err, sizeof err) < 0) {
+        log_error("%s", err);
+        return 1;
+    }
     for (size_t i = 0; i < c->n_listen; i++)
         log_info("listening on %s (%u workers)", c->listen[i].text, n_workers);
     int sig = 0;
@@ -323,7 +364,7 @@ static int serve(struct proxy_shared *sh)
         if (sig < 0)
             continue;
         if (sig == SIGHUP) {
-            sh = reload(ws, sh);
+            sh = reload(ws, sh, ms);
             continue;
         }
         if (sig == SIGUSR1) {
@@ -342,11 +383,14 @@ static int serve(struct proxy_shared *sh)
         break;
     }
     log_info("%s: no longer accepting; finishing requests in flight", strsignal(sig));
+    /* A load balancer's check fails from now on: it stops sending clients. */
+    metrics_server_free(ms);
     proxy_workers_stop(ws, n_workers, SHUTDOWN_GRACE_MS);
     /* krb/'s threads post to the workers: stopped before the workers go. */
     for (struct proxy_shared *g = sh; g != NULL; g = g->older)
         krb_stop(g->krb);
     proxy_workers_free(ws, n_workers);
+    metrics_shutdown(); /* every counting thread is gone */
     while (sh->older != NULL) {
         struct proxy_shared *g = sh->older;
         sh->older = g->older;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics/metrics.h"
 #include "proxy/upstream_int.h"
 
 /* An idle pooled connection is closed after this long. */
@@ -29,6 +30,7 @@ void upstream_pool_drop(struct upstream *u)
     struct upstream_pool *p = u->pool;
     TAILQ_REMOVE(&p->idle, u, link);
     p->n_idle--;
+    metrics_gauge_add(MG_BACKEND_POOLED, -1);
     upstream_free(u);
 }
 
@@ -72,6 +74,7 @@ bool upstream_pool_put(struct upstream_pool *p, struct upstream *u)
     evtimer_add(&u->timer, &idle);
     TAILQ_INSERT_HEAD(&p->idle, u, link);
     p->n_idle++;
+    metrics_gauge_add(MG_BACKEND_POOLED, 1);
     return true;
 }
 
@@ -94,6 +97,7 @@ struct upstream *upstream_pool_take(struct upstream_pool *p, const char *identit
         return NULL;
     TAILQ_REMOVE(&p->idle, u, link);
     p->n_idle--;
+    metrics_gauge_add(MG_BACKEND_POOLED, -1);
     event_del(&u->timer);
     return u;
 }

@@ -29,6 +29,7 @@
 #include "io/io.h"
 #include "krb/krb.h"
 #include "mapping/mapping.h"
+#include "metrics/metrics.h"
 #include "proxy/accesslog.h"
 #include "proxy/http.h"
 #include "proxy/stream.h"
@@ -171,6 +172,7 @@ static void stream_log(struct stream *st)
         .reason = st->reason,
     };
     accesslog_write(sc->alog, &r);
+    metrics_request(r.status, r.reason);
 }
 
 /* Drops the upstream connection, reusable or not. */

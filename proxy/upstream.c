@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "metrics/metrics.h"
 #include "proxy/upstream_int.h"
 #include "tls/tls.h"
 
@@ -19,6 +20,9 @@
 
 void upstream_trail_add(struct upstream_trail *t, unsigned addr, enum upstream_outcome how)
 {
+    /* every failed connection attempt passes here: count it, trail or not */
+    if (how == UP_ERROR || how == UP_TIMEOUT)
+        metrics_inc(how == UP_ERROR ? MT_BACKEND_CONNECT_ERROR : MT_BACKEND_CONNECT_TIMEOUT);
     if (t == NULL || t->n >= UPSTREAM_TRAIL_MAX)
         return;
     t->addr[t->n] = (uint8_t)addr;
@@ -126,6 +130,7 @@ static const llhttp_settings_t response_settings = {
 
 void upstream_free(struct upstream *u)
 {
+    metrics_gauge_add(MG_BACKEND_OPEN, -1);
     free(u->identity);
     proxy_head_purge(&u->head);
     event_del(&u->timer);
@@ -202,6 +207,7 @@ static void up_event_cb(void *arg, enum io_event ev)
     if (u->failed)
         return;
     if (ev == IO_EV_CONNECTED) {
+        metrics_inc(MT_BACKEND_CONNECT_OK);
         u->connected = true;
         backend_server_ok(u->pool->backend, u->pool->backend->srv_of[u->addr_idx]);
         upstream_trail_add(u->trail, u->addr_idx, UP_USED);
@@ -228,6 +234,8 @@ static void up_event_cb(void *arg, enum io_event ev)
         return;
     }
     bool stale = u->reused && !u->resp_started;
+    if (stale)
+        metrics_inc(MT_BACKEND_STALE);
     if (!stale)
         log_info("backend %s %s before the response was complete",
                  u->pool->backend->text[u->addr_idx],
@@ -330,6 +338,7 @@ static struct upstream *up_connect(struct upstream_pool *p, struct upstream_trai
     struct upstream *u = calloc(1, sizeof *u);
     if (u == NULL)
         return NULL;
+    metrics_gauge_add(MG_BACKEND_OPEN, 1); /* until upstream_free */
     u->pool = p;
     u->trail = trail;
     memcpy(u->order, order, n);
@@ -356,6 +365,7 @@ struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream
     if (!(flags & UPSTREAM_FRESH))
         u = upstream_pool_take(p, identity, identity != NULL ? -1 : (int)order[0]);
     if (u != NULL) {
+        metrics_inc(MT_BACKEND_REUSED);
         u->reused = true;
         u->trail = trail;
         upstream_trail_add(trail, u->addr_idx, UP_USED);

@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "ldap/dir.h"
 #include "mapping/mapping.h"
+#include "metrics/metrics.h"
 #include "proxy/conn.h"
 #include "proxy/proxy.h"
 
@@ -526,6 +527,8 @@ void proxy_workers_free(struct worker *ws, unsigned n)
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    if (metrics_thread_attach() < 0)
+        log_warn("worker %u: out of memory for its counters: counting globally", w->id);
     event_base_dispatch(w->base);
     return NULL;
 }

@@ -13,6 +13,7 @@
 #include <openssl/x509v3.h>
 
 #include "common/log.h"
+#include "metrics/metrics.h"
 
 static const unsigned char session_id_ctx[] = "certmapd";
 
@@ -172,6 +173,15 @@ void tls_certs_purge(struct tls_certs *c)
     memset(c, 0, sizeof *c);
 }
 
+/* <tm> as Unix time, 0 for NULL or unreadable (metrics' CRL gauges). */
+static int64_t time_unix(const ASN1_TIME *tm)
+{
+    struct tm t;
+    if (tm == NULL || ASN1_TIME_to_tm(tm, &t) != 1)
+        return 0;
+    return (int64_t)timegm(&t);
+}
+
 static void time_for_log(const ASN1_TIME *tm, char *buf, size_t len)
 {
     BIO *b = BIO_new(BIO_s_mem());
@@ -210,6 +220,7 @@ static int load_crls(struct tls_ctx *t, const struct conf *cf, char *err, size_t
     STACK_OF(X509_INFO) *infos = read_pem(what, path, err, errlen);
     if (infos == NULL)
         goto fail;
+    metrics_crl_clear(); /* this configuration's CRLs replace the last ones */
     t->crls = calloc((size_t)sk_X509_INFO_num(infos) + 1, sizeof *t->crls);
     if (t->crls == NULL) {
         set_err(err, errlen, "%s %s: out of memory", what, path);
@@ -255,6 +266,7 @@ static int load_crls(struct tls_ctx *t, const struct conf *cf, char *err, size_t
             time_for_log(X509_CRL_get0_lastUpdate(crl), when, sizeof when);
             log_warn("crl_file %s: the CRL of %s is not valid before %s", path, issuer, when);
         }
+        metrics_crl_set(issuer, time_unix(X509_CRL_get0_lastUpdate(crl)), time_unix(next));
     }
     if (t->n_crls == 0) {
         set_err(err, errlen, "%s %s: no CRL found", what, path);
@@ -607,4 +619,9 @@ const char *tls_error_text(unsigned long e)
 const char *tls_conn_protocol(SSL *ssl)
 {
     return SSL_get_version(ssl);
+}
+
+bool tls_conn_resumed(SSL *ssl)
+{
+    return ssl != NULL && SSL_session_reused(ssl) == 1;
 }

@@ -92,6 +92,9 @@ const char *tls_error_text(unsigned long e);
 /* Protocol name of an established connection ("TLSv1.3"). */
 const char *tls_conn_protocol(SSL *ssl);
 
+/* Whether <ssl>'s handshake resumed a session (no certificate exchanged). */
+bool tls_conn_resumed(SSL *ssl);
+
 /* ---- late client certificates (tls/late.c) ---- */
 
 enum tls_late {

@@ -15,7 +15,7 @@ PART_OF = {
     "conn.h": "conn", "conn.c": "conn",
     "stream.h": "stream", "stream.c": "stream",
     "upstream.h": "upstream", "upstream_int.h": "upstream", "upstream.c": "upstream",
-    "pool.c": "upstream",
+    "pool.c": "upstream", "backends.c": "upstream", "health.c": "upstream",
     "http.h": "http", "http.c": "http",
     "accesslog.h": "accesslog", "accesslog.c": "accesslog",
 }
