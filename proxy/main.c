@@ -185,7 +185,8 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
     if (proxy_workers_start(ws, c->workers) < 0)
         goto out; /* the started ones are stopped with the process, and <ws> with them */
     for (size_t i = 0; i < c->n_listen; i++)
-        log_info("listening on %s (%u workers)", c->listen[i].text, c->workers);
+        log_info("listening on %s%s (%u workers)", c->listen[i].text,
+                 c->listen[i].proxy_protocol ? " with PROXY protocol" : "", c->workers);
     int sig = 0;
     for (;;) {
         if (sigwait(&set, &sig) != 0)

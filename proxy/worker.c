@@ -92,7 +92,11 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
         close(fd);
         return;
     }
-    proxy_conn_accept(&w->env, fd, sa, (socklen_t)salen);
+    const struct conf_listen *l = NULL; /* the one <lev> was made from */
+    for (size_t k = 0; k < w->n_listeners; k++)
+        if (w->listeners[k] == lev)
+            l = &w->conf->listen[k];
+    proxy_conn_accept(&w->env, l, fd, sa, (socklen_t)salen);
 }
 
 #define ACCEPT_PAUSE_MIN_MS 100
