@@ -374,9 +374,7 @@ static void conn_pp_cb(void *arg, enum pp_read_end end, const struct pp_result *
 {
     struct proxy_conn *c = arg;
     unsigned long long id = (unsigned long long)c->sc.conn_id;
-    pp_read_free(c->pp);
-    c->pp = NULL;
-    if (end != PPR_DONE) {
+    if (end != PPR_DONE) { /* <why> may live in c->pp: conn_close frees it after the log */
         if (end == PPR_BAD)
             log_info("#%llu %s: refused: %s (this listener expects a PROXY header)", id, c->peer,
                      why);
@@ -397,6 +395,8 @@ static void conn_pp_cb(void *arg, enum pp_read_end end, const struct pp_result *
     log_debug("#%llu %s: PROXY v%d header of %zu bytes%s%s", id, c->peer, r->version, r->len,
               c->sc.via != NULL ? " from " : " without a client address: kept ",
               c->sc.via != NULL ? c->via : "the L4 peer");
+    pp_read_free(c->pp);
+    c->pp = NULL;
     int fd = c->fd;
     c->fd = -1;
     conn_start_tls(c, fd);

@@ -35,6 +35,8 @@ struct hdr {
 static void put(struct hdr *h, const void *p, size_t n)
 {
     assert_true(h->n + n <= sizeof h->b);
+    if (n == 0)
+        return;
     memcpy(h->b + h->n, p, n);
     h->n += n;
 }
