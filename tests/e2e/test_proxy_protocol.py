@@ -301,7 +301,7 @@ frontend fe
     bind 127.0.0.1:{front}
     default_backend be
 backend be
-    server certmapd 127.0.0.1:{pp} send-proxy-v2
+    server certmapd 127.0.0.1:{pp} send-proxy-v2 check inter 300ms
 """
 
 
@@ -336,6 +336,10 @@ def test_haproxy_send_proxy_v2_mtls(env):
        [("127.0.0.7", "127.0.0.1", "200"), ("127.0.0.7", "127.0.0.1", "403")],
        "access log: client from the header, via the balancer")
     eq(lines[1]["reason"], "cert_required", "reason")
+    # HAProxy's health checks send a LOCAL header: the TCP peer stands, nothing is refused.
+    check(wait_log(d, "127.0.0.1: PROXY v2 header of 16 bytes without a client address"),
+          "a health check's LOCAL header")
+    check(": refused" not in d.stderr(), "no refusal")
 
 
 def test_config_check(env):
