@@ -114,6 +114,8 @@ static enum pp_status v1_parse(const uint8_t *buf, size_t len, struct pp_result 
     for (size_t i = 0; i < lim; i++) {
         uint8_t ch = buf[i];
         if (ch == '\r') {
+            if (i + 2 > PP_V1_MAX)
+                return bad(r, "v1: no CRLF within 107 bytes"); /* the LF would be the 108th */
             if (i + 1 == len)
                 return PP_NEED_MORE;
             if (buf[i + 1] != '\n')

@@ -218,6 +218,11 @@ static void test_v1_bad(void **state)
         put(&h, rows[i].line, rows[i].len);
         check_bad(rows[i].line, &h, rows[i].why);
     }
+    /* 108 bytes, the CR being the 107th (found by fuzz_proxyproto). */
+    struct hdr l108 = v1("PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
+                         "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 655355\r\n");
+    assert_int_equal(l108.n, PP_V1_MAX + 1);
+    check_bad("108 bytes", &l108, "107");
     /* A line that never ends is refused at 107 bytes, not later. */
     struct hdr h = v1("PROXY TCP4 ");
     while (h.n < 200)
