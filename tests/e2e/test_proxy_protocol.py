@@ -275,6 +275,17 @@ def test_peer_closes_mid_header(env):
     check("127.0.0.9: refused" not in d.stderr(), "a balancer's probe is no refusal")
 
 
+def test_shutdown_while_waiting(env):
+    b, d = start(env)
+    s = raw(d.pp)
+    s.sendall(b"PROXY TCP4 192.0.2.")  # a connection stuck in its header
+    time.sleep(0.3)  # the worker has taken it
+    t0 = time.time()
+    eq(d.stop(), 0, "exit status on SIGTERM")  # also: no sanitizer report (leaks included)
+    check(time.time() - t0 < 5, f"stopped after {time.time() - t0:.1f}s")
+    refused_without_tls(s)
+
+
 def test_proxy_protocol_from(env):
     b, d = start(env, {"server": {"proxy_protocol_from": "127.0.0.2/32, 2001:db8::/32"}})
     s = raw(d.pp, source="127.0.0.1")
@@ -385,5 +396,5 @@ def test_config_check(env):
 if __name__ == "__main__":
     run([test_curl_v1_and_plain_listener_beside, test_header_addresses_become_the_client,
          test_refused_headers, test_split_and_delayed_headers, test_stalled_headers_time_out,
-         test_peer_closes_mid_header, test_proxy_protocol_from, test_haproxy_send_proxy_v2_mtls,
+         test_peer_closes_mid_header, test_shutdown_while_waiting, test_proxy_protocol_from, test_haproxy_send_proxy_v2_mtls,
          test_config_check])
