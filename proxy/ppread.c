@@ -17,7 +17,7 @@ struct pp_read {
     struct event ev;
     pp_read_cb cb;
     void *arg;
-    size_t have;          /* header bytes read off the socket so far */
+    size_t have; /* header bytes read off the socket so far */
     char why[96];
     uint8_t buf[PP_MAX];
 };

@@ -33,7 +33,7 @@ struct pp_result {
     socklen_t src_len;
     struct sockaddr_storage dst; /* has_addr: the address the client connected to */
     socklen_t dst_len;
-    const char *why;             /* PP_BAD: a short reason, static text */
+    const char *why; /* PP_BAD: a short reason, static text */
 };
 
 /* Parses the start of a connection's bytes, <buf> of <len>. PP_NEED_MORE while

@@ -38,7 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 "the header alone reads differently");
     size_t step = r.len > 256 ? r.len / 64 : 1;
     for (size_t k = 0; k < r.len; k += step)
-        fuzz_assert(pp_parse(data, k, &p) == PP_NEED_MORE, "prefix of %zu/%zu bytes: %d", k,
-                    r.len, pp_parse(data, k, &p));
+        fuzz_assert(pp_parse(data, k, &p) == PP_NEED_MORE, "prefix of %zu/%zu bytes: %d", k, r.len,
+                    pp_parse(data, k, &p));
     return 0;
 }

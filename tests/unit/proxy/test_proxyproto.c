@@ -79,9 +79,9 @@ static const char *src_text(const struct pp_result *r, char *buf, size_t n)
     const void *a = r->src.ss_family == AF_INET
                         ? (const void *)&((const struct sockaddr_in *)&r->src)->sin_addr
                         : (const void *)&((const struct sockaddr_in6 *)&r->src)->sin6_addr;
-    unsigned port = ntohs(r->src.ss_family == AF_INET
-                              ? ((const struct sockaddr_in *)&r->src)->sin_port
-                              : ((const struct sockaddr_in6 *)&r->src)->sin6_port);
+    unsigned port =
+        ntohs(r->src.ss_family == AF_INET ? ((const struct sockaddr_in *)&r->src)->sin_port
+                                          : ((const struct sockaddr_in6 *)&r->src)->sin6_port);
     char ip[INET6_ADDRSTRLEN];
     inet_ntop(r->src.ss_family, a, ip, sizeof ip);
     snprintf(buf, n, "%s %u", ip, port);
@@ -97,8 +97,8 @@ static void check_good(const char *name, const struct hdr *h, int version, const
     for (size_t k = 0; k < h->n; k++) {
         enum pp_status st = pp_parse(h->b, k, &r);
         if (st != PP_NEED_MORE)
-            fail_msg("%s: prefix of %zu/%zu bytes: got %d (%s), want need-more", name, k, h->n,
-                     st, r.why ? r.why : "");
+            fail_msg("%s: prefix of %zu/%zu bytes: got %d (%s), want need-more", name, k, h->n, st,
+                     r.why ? r.why : "");
     }
     struct hdr full = *h;
     for (int tail = 0; tail < 2; tail++) {
@@ -176,7 +176,9 @@ static void test_v1_bad(void **state)
 {
     (void)state;
     /* Lengths from sizeof: some lines hold a NUL. */
+    /* clang-format off */
 #define ROW(s, w) {s, sizeof(s) - 1, w}
+    /* clang-format on */
     static const struct {
         const char *line;
         size_t len;
@@ -208,9 +210,10 @@ static void test_v1_bad(void **state)
         ROW("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\rX\n", "CR not followed by LF"),
         ROW("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\x80\r\n", "printable"),
         ROW("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\0\r\n", "printable"),
-        ROW("PROXY UNKNOWN xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-         "xxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n",
-         "107"),
+        ROW("PROXY UNKNOWN "
+            "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+            "xxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n",
+            "107"),
     };
 #undef ROW
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
@@ -245,14 +248,14 @@ static void test_v2_good(void **state)
     struct hdr h;
     h = v2(0x21, 0x11, inet_block, sizeof inet_block, -1);
     check_good("proxy inet", &h, 2, "10.1.2.3 51000");
-    uint8_t in6[36] = {0x20, 0x01, 0x0d, 0xb8, [15] = 1, [16] = 0x20, 0x01, 0x0d, 0xb8,
-                       [31] = 2, [32] = 0x12, 0x34, 0x01, 0xBB};
+    uint8_t in6[36] = {0x20, 0x01, 0x0d,     0xb8,        [15] = 1, [16] = 0x20, 0x01,
+                       0x0d, 0xb8, [31] = 2, [32] = 0x12, 0x34,     0x01,        0xBB};
     h = v2(0x21, 0x21, in6, sizeof in6, -1);
     check_good("proxy inet6", &h, 2, "2001:db8::1 4660");
     /* TLVs: skipped, whatever their types (AWS VPC endpoint id, NOOP, SSL). */
     static const uint8_t tlvs[] = {0xEA, 0x00, 0x05, 0x01, 'v', 'p', 'c', 'e',
                                    0x04, 0x00, 0x00, /* NOOP, empty */
-                                   0x20, 0x00, 0x05, 0x01, 0, 0, 0, 0};
+                                   0x20, 0x00, 0x05, 0x01, 0,   0,   0,   0};
     h = v2_inet_tlvs(tlvs, sizeof tlvs);
     check_good("proxy inet + TLVs", &h, 2, "10.1.2.3 51000");
     /* LOCAL (a health check of the balancer): the L4 peer stands, block discarded. */
@@ -357,8 +360,7 @@ static void on_end(void *arg, enum pp_read_end end, const struct pp_result *r, c
  * when <close_after>; returns what the reader said. <rest> gets what the socket still
  * held for the TLS layer. */
 static struct outcome read_split(const struct hdr *h, size_t piece, bool close_after,
-                                 bool hello_after,
-                                 uint8_t *rest, size_t *rest_len)
+                                 bool hello_after, uint8_t *rest, size_t *rest_len)
 {
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
@@ -405,8 +407,8 @@ static void test_reader_takes_only_the_header(void **state)
             assert_int_equal(o.r.len, hs[i].n);
             /* the ClientHello is still in the socket, whole, for TLS */
             if (rest_len != sizeof hello || memcmp(rest, hello, sizeof hello) != 0)
-                fail_msg("v%d in pieces of %zu: %zu bytes left, want the %zu of the hello",
-                         i + 1, piece, rest_len, sizeof hello);
+                fail_msg("v%d in pieces of %zu: %zu bytes left, want the %zu of the hello", i + 1,
+                         piece, rest_len, sizeof hello);
         }
     }
 }
