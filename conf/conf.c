@@ -358,6 +358,17 @@ static void finish(struct loader *ld)
         c->workers = n < 1 ? 1 : n > 1024 ? 1024 : (unsigned)n;
     }
 
+    if (c->n_pp_from > 0) {
+        bool any = false;
+        for (size_t i = 0; i < c->n_listen; i++)
+            any = any || c->listen[i].proxy_protocol;
+        if (!any) {
+            fail_at(ld, where(ld, SEC_SERVER, "proxy_protocol_from"),
+                    "[server] proxy_protocol_from is set, but no listen has proxy_protocol");
+            return;
+        }
+    }
+
     if (key_find(SEC_LOCATION, "client_certificate", &idx) == NULL)
         return;
     for (size_t i = 0; i < c->n_locations; i++) {

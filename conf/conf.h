@@ -20,6 +20,7 @@ enum deleg_send { SEND_FIRST = 0, SEND_ALWAYS };
 enum deleg_binding { BINDING_AUTO = 0, BINDING_OFF };
 
 #define CONF_MAX_LISTEN 16
+#define CONF_MAX_PP_FROM 32
 #define CONF_MAX_URIS 8
 #define CONF_MAX_BACKENDS 8
 #define CONF_MAX_LOCATIONS 64
@@ -44,6 +45,14 @@ struct conf_listen {
     char *text;                  /* as written: "0.0.0.0:443", "[::1]:8443" */
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    bool proxy_protocol;         /* "... proxy_protocol": a PROXY header (v1 or v2) comes first */
+};
+
+/* A network in CIDR form ([server] proxy_protocol_from). */
+struct conf_cidr {
+    int family;                  /* AF_INET or AF_INET6 */
+    uint8_t addr[16];            /* network byte order, host bits zero */
+    unsigned bits;               /* prefix length */
 };
 
 struct conf_location {
@@ -77,6 +86,8 @@ struct conf {
     uint64_t header_timeout_ms;
     uint64_t keepalive_timeout_ms;
     uint64_t body_timeout_ms;      /* inactivity while receiving a request body */
+    struct conf_cidr pp_from[CONF_MAX_PP_FROM]; /* who may send a PROXY header; none: anyone */
+    size_t n_pp_from;
 
     /* [tls] */
     char *certificate;

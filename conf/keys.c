@@ -511,19 +511,59 @@ fail:
     return rc;
 }
 
-/* [server] listen: repeatable, each address once. */
-static int kp_listen(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
+/* The words after a listen address: only "proxy_protocol" so far. 0, or -1
+ * with a reason in <msg>. */
+static int listen_words(const char *w, bool *proxy_protocol, char *msg, size_t n)
+{
+    char word[VAL_MAX], q[VAL_MAX * 4 + 8];
+
+    while (*w != '\0') {
+        size_t len = strcspn(w, " \t");
+        memcpy(word, w, len);
+        word[len] = '\0';
+        if (strcmp(word, "proxy_protocol") == 0) {
+            if (*proxy_protocol) {
+                snprintf(msg, n, "proxy_protocol is written twice");
+                return -1;
+            }
+            *proxy_protocol = true;
+        } else {
+            conf_quote(word, q, sizeof(q));
+            snprintf(msg, n, "unknown word %s after the address (known: proxy_protocol)", q);
+            return -1;
+        }
+        w += len;
+        w += strspn(w, " \t");
+    }
+    return 0;
+}
+
+/* [server] listen: "HOST:PORT" or "[V6]:PORT", then optional words
+ * (listen_words); repeatable, each address once. */
+static int kp_listen(const struct conf_key *k, const char *whole, void *base, char *msg, size_t n)
 {
     struct conf *c = base;
     struct conf_listen l;
-    char q[VAL_MAX * 4 + 8];
+    char q[VAL_MAX * 4 + 8], val[VAL_MAX];
+    bool proxy_protocol = false;
 
+    size_t alen = strcspn(whole, " \t");
+    if (alen >= sizeof(val)) {
+        conf_quote(whole, q, sizeof(q));
+        snprintf(msg, n, "%s is not HOST:PORT or [IPv6]:PORT", q);
+        return -1;
+    }
+    memcpy(val, whole, alen);
+    val[alen] = '\0';
+    if (listen_words(whole + alen + strspn(whole + alen, " \t"), &proxy_protocol, msg, n) < 0)
+        return -1;
     if (c->n_listen >= CONF_MAX_LISTEN) {
         snprintf(msg, n, "more than %d listen addresses", CONF_MAX_LISTEN);
         return -1;
     }
     if (listen_resolve(val, &l, msg, n) < 0)
         return -1;
+    l.proxy_protocol = proxy_protocol;
     for (size_t i = 0; i < c->n_listen; i++) {
         if (c->listen[i].addrlen == l.addrlen &&
             memcmp(&c->listen[i].addr, &l.addr, l.addrlen) == 0) {
@@ -534,6 +574,89 @@ static int kp_listen(const struct conf_key *k, const char *val, void *base, char
         }
     }
     c->listen[c->n_listen++] = l;
+    return 0;
+}
+
+/* One "ADDR" or "ADDR/BITS" of proxy_protocol_from into <out>. 0, or -1 with <msg>. */
+static int parse_cidr(const char *one, struct conf_cidr *out, char *msg, size_t n)
+{
+    char addr[64], q[VAL_MAX * 4 + 8];
+    const char *slash = strchr(one, '/');
+    size_t alen = slash != NULL ? (size_t)(slash - one) : strlen(one);
+    unsigned max;
+
+    conf_quote(one, q, sizeof(q));
+    memset(out, 0, sizeof(*out));
+    if (alen == 0 || alen >= sizeof(addr))
+        goto bad;
+    memcpy(addr, one, alen);
+    addr[alen] = '\0';
+    if (inet_pton(AF_INET, addr, out->addr) == 1) {
+        out->family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, addr, out->addr) == 1) {
+        out->family = AF_INET6;
+        max = 128;
+    } else {
+        goto bad;
+    }
+    out->bits = max;
+    if (slash != NULL) {
+        uint64_t v;
+        const char *end, *why;
+        if (parse_digits(slash + 1, &v, &end, &why) < 0 || *end != '\0' || v > max ||
+            (slash[1] == '0' && slash[2] != '\0'))
+            goto bad;
+        out->bits = (unsigned)v;
+    }
+    for (unsigned b = out->bits; b < max; b++) {
+        if (out->addr[b / 8] & (0x80u >> (b % 8))) {
+            snprintf(msg, n, "%s has bits set past its /%u prefix", q, out->bits);
+            return -1;
+        }
+    }
+    return 0;
+bad:
+    snprintf(msg, n, "%s is not ADDRESS or ADDRESS/BITS (IPv4 or IPv6)", q);
+    return -1;
+}
+
+/* [server] proxy_protocol_from: CIDR networks, comma and/or space separated;
+ * replaces an earlier value. */
+static int kp_cidrs(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
+{
+    struct conf *c = base;
+    struct conf_cidr got[CONF_MAX_PP_FROM];
+    char one[VAL_MAX];
+    size_t count = 0;
+    const char *p = val;
+
+    for (;;) {
+        p += strspn(p, ", \t");
+        if (*p == '\0')
+            break;
+        size_t len = strcspn(p, ", \t");
+        if (len >= sizeof(one)) {
+            snprintf(msg, n, "a network is too long");
+            return -1;
+        }
+        if (count >= CONF_MAX_PP_FROM) {
+            snprintf(msg, n, "more than %d networks", CONF_MAX_PP_FROM);
+            return -1;
+        }
+        memcpy(one, p, len);
+        one[len] = '\0';
+        if (parse_cidr(one, &got[count], msg, n) < 0)
+            return -1;
+        count++;
+        p += len;
+    }
+    if (count == 0) {
+        snprintf(msg, n, "no network given (leave the key out to accept the header from anyone)");
+        return -1;
+    }
+    memcpy(c->pp_from, got, count * sizeof(got[0]));
+    c->n_pp_from = count;
     return 0;
 }
 
@@ -915,8 +1038,13 @@ static const struct conf_enum deleg_bindings[] = {
 const struct conf_key conf_keys[] = {
     /* [server] */
     {SEC_SERVER, "listen", kp_listen, F(listen), .def = "0.0.0.0:443", .flags = CK_REPEATABLE,
-     .help = "HOST:PORT or [IPv6]:PORT to accept TLS on; repeat for more (max 16)",
+     .help = "HOST:PORT or [IPv6]:PORT to accept TLS on, then optionally proxy_protocol "
+             "(a PROXY v1/v2 header precedes TLS); repeat for more (max 16)",
      .iis = "site bindings (https, IP address, port)"},
+    {SEC_SERVER, "proxy_protocol_from", kp_cidrs, F(pp_from),
+     .help = "networks (CIDR, comma separated) allowed to send a PROXY header on a "
+             "proxy_protocol listener; unset: any peer",
+     .iis = "none (IIS has no PROXY protocol)"},
     {SEC_SERVER, "workers", kp_uint, F(workers), .min = 0, .max = 1024, .def = "0",
      .help = "worker threads, one event loop each; 0 = one per CPU core",
      .iis = "http.sys / w3wp threads (automatic)"},

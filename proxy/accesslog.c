@@ -142,6 +142,8 @@ void accesslog_write(struct accesslog *l, const struct access_record *r)
     const char *user = r->user != NULL ? r->user : "-";
     p = put_escaped(p, end, user, strlen(user));
     p = put(p, end, " reason=%s", r->reason != R_NONE ? reason_name(r->reason) : "-");
+    if (r->via != NULL)
+        p = put(p, end, " via=%s", r->via);
     *p++ = '\n';
     if (write(l->fd, line, (size_t)(p - line)) < 0) {
         /* a full disk must not stop the proxy */

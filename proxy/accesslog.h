@@ -14,6 +14,7 @@ struct access_record {
     uint64_t conn_id;
     unsigned req_no;             /* 1 for the connection's first request */
     const char *client;          /* the client's address */
+    const char *via;             /* the L4 peer that named <client> in a PROXY header; NULL: none */
     const char *method;
     const char *path;            /* the request target as received */
     size_t path_len;

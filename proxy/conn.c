@@ -20,6 +20,7 @@
 #include "io/io.h"
 #include "metrics/metrics.h"
 #include "proxy/conn.h"
+#include "proxy/ppread.h"
 #include "proxy/stream.h"
 #include "tls/tls.h"
 
@@ -40,6 +41,7 @@ enum conn_state {
     CONN_IDLE,          /* between requests */
     CONN_ACTIVE,        /* a stream runs */
     CONN_CLOSING,       /* the last answer is being written, then a lingering close */
+    CONN_PROXY_HEADER,  /* a proxy_protocol listener's: the PROXY header, before TLS */
 };
 
 #define CF_FEED 0x1u        /* feed the stream again, from <later> */
@@ -56,7 +58,10 @@ struct proxy_conn {
     enum conn_state state;
     unsigned flags;
     enum stream_end end;
-    char peer[64];
+    char peer[64];      /* the client: the L4 peer, or the PROXY header's source */
+    char via[64];       /* the L4 peer when a PROXY header named the client, else "" */
+    struct pp_read *pp; /* CONN_PROXY_HEADER: reading the header off <fd> */
+    int fd;             /* CONN_PROXY_HEADER: the socket, not yet the transport's; else -1 */
     TAILQ_ENTRY(proxy_conn) link;
 };
 
@@ -71,21 +76,30 @@ static void timer_arm(struct proxy_conn *c, uint64_t ms)
     evtimer_add(&c->timer, &tv);
 }
 
+/* The per-state gauge of <s>: waiting for a PROXY header counts as a handshake. */
+static int gauge_of(enum conn_state s)
+{
+    return s == CONN_PROXY_HEADER ? MG_CONN_HANDSHAKE : MG_CONN_HANDSHAKE + (int)s;
+}
+
 /* Every change of state goes through here: the per-state gauges follow it. */
 static void conn_state_set(struct proxy_conn *c, enum conn_state s)
 {
-    metrics_gauge_add(MG_CONN_HANDSHAKE + (int)c->state, -1);
-    metrics_gauge_add(MG_CONN_HANDSHAKE + (int)s, 1);
+    metrics_gauge_add(gauge_of(c->state), -1);
+    metrics_gauge_add(gauge_of(s), 1);
     c->state = s;
 }
 
 static void conn_close(struct proxy_conn *c)
 {
     struct conn_env *env = c->env;
-    metrics_gauge_add(MG_CONN_HANDSHAKE + (int)c->state, -1);
+    metrics_gauge_add(gauge_of(c->state), -1);
     stream_free(c->st); /* a request still on its way is logged (499) */
     c->st = NULL;
     io_free(c->io);
+    pp_read_free(c->pp);
+    if (c->fd >= 0)
+        close(c->fd);
     evtimer_del(&c->timer);
     event_del(&c->later);
     tls_facts_free(c->facts);
@@ -340,8 +354,13 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         [CONN_IDLE] = "keep-alive",
         [CONN_ACTIVE] = "request",
         [CONN_CLOSING] = "final write",
+        [CONN_PROXY_HEADER] = "PROXY header",
     };
-    log_debug("#%llu %s: %s timeout", (unsigned long long)c->sc.conn_id, c->peer,
+    if (c->state == CONN_PROXY_HEADER)
+        log_info("#%llu %s: refused: no whole PROXY header within header_timeout",
+                 (unsigned long long)c->sc.conn_id, c->peer);
+    else
+        log_debug("#%llu %s: %s timeout", (unsigned long long)c->sc.conn_id, c->peer,
               what_timed_out[c->state]);
     if (c->state == CONN_HANDSHAKE)
         metrics_inc(MT_HS_FULL_TIMEOUT);
@@ -350,29 +369,78 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- life ----------------------------------------------------------------------------- */
 
-void proxy_conn_accept(struct conn_env *env, int fd, const struct sockaddr *sa, socklen_t salen)
+/* Hands <fd> to a new transport with a TLS object: the handshake starts. */
+static void conn_start_tls(struct proxy_conn *c, int fd)
+{
+    SSL *ssl = NULL;
+    c->io = io_new(c->env->base, &conn_io_handler, c);
+    ssl = tls_conn_new(c->env->tls);
+    if (c->io == NULL || ssl == NULL) {
+        tls_conn_free(ssl);
+        close(fd);
+        goto fail;
+    }
+    io_set_marks(c->io, IN_HIGH, OUT_LOW);
+    c->sc.io = c->io;
+    conn_state_set(c, CONN_HANDSHAKE);
+    if (io_accept(c->io, fd, ssl) < 0) /* owns both from now on */
+        goto fail;
+    return;
+fail:
+    log_warn("cannot accept a connection: out of resources");
+    conn_close(c);
+}
+
+/* ppread's verdict on the PROXY header: the client's address from it, then TLS. */
+static void conn_pp_cb(void *arg, enum pp_read_end end, const struct pp_result *r,
+                       const char *why)
+{
+    struct proxy_conn *c = arg;
+    unsigned long long id = (unsigned long long)c->sc.conn_id;
+    if (end != PPR_DONE) { /* <why> may live in c->pp: conn_close frees it after the log */
+        if (end == PPR_BAD)
+            log_info("#%llu %s: refused: %s (this listener expects a PROXY header)", id, c->peer,
+                     why);
+        else
+            log_debug("#%llu %s: %s", id, c->peer, why);
+        conn_close(c);
+        return;
+    }
+    if (r->has_addr) {
+        char client[sizeof c->peer];
+        if (getnameinfo((const struct sockaddr *)&r->src, r->src_len, client, sizeof client, NULL,
+                        0, NI_NUMERICHOST) == 0) {
+            memcpy(c->via, c->peer, sizeof c->via);
+            memcpy(c->peer, client, sizeof c->peer);
+            c->sc.via = c->via;
+        }
+    }
+    log_debug("#%llu %s: PROXY v%d header of %zu bytes%s%s", id, c->peer, r->version, r->len,
+              c->sc.via != NULL ? " from " : " without a client address: kept ",
+              c->sc.via != NULL ? c->via : "the L4 peer");
+    pp_read_free(c->pp);
+    c->pp = NULL;
+    int fd = c->fd;
+    c->fd = -1;
+    conn_start_tls(c, fd);
+}
+
+void proxy_conn_accept(struct conn_env *env, const struct conf_listen *l, int fd,
+                       const struct sockaddr *sa, socklen_t salen)
 {
     struct proxy_conn *c = calloc(1, sizeof *c);
-    SSL *ssl = NULL;
-    if (c == NULL)
-        goto fail;
+    if (c == NULL) {
+        log_warn("cannot accept a connection: out of resources");
+        close(fd);
+        return;
+    }
     c->env = env;
+    c->fd = -1;
     if (getnameinfo(sa, salen, c->peer, sizeof c->peer, NULL, 0, NI_NUMERICHOST) != 0)
         snprintf(c->peer, sizeof c->peer, "?");
-    c->io = io_new(env->base, &conn_io_handler, c);
-    ssl = tls_conn_new(env->tls);
-    if (c->io == NULL || ssl == NULL)
-        goto fail;
-    io_set_marks(c->io, IN_HIGH, OUT_LOW);
-    int rc = io_accept(c->io, fd, ssl); /* owns both from now on */
-    fd = -1;
-    ssl = NULL;
-    if (rc < 0)
-        goto fail;
     evtimer_assign(&c->timer, env->base, conn_timer_cb, c);
     event_assign(&c->later, env->base, -1, 0, later_cb, c);
     c->sc = (struct stream_client){
-        .io = c->io,
         .conf = env->conf,
         .mapper = env->mapper,
         .alog = env->alog,
@@ -388,18 +456,25 @@ void proxy_conn_accept(struct conn_env *env, int fd, const struct sockaddr *sa, 
     TAILQ_INSERT_TAIL(&env->conns, c, link);
     env->n_conns++;
     metrics_inc(MT_CONN_ACCEPTED);
-    metrics_gauge_add(MG_CONN_HANDSHAKE, 1);    /* c->state: CONN_HANDSHAKE */
-    timer_arm(c, env->conf->header_timeout_ms); /* handshake and first head */
-    return;
-fail:
-    log_warn("cannot accept a connection: out of resources");
-    if (c != NULL) {
-        io_free(c->io);
-        free(c);
+    metrics_gauge_add(gauge_of(c->state), 1);   /* CONN_HANDSHAKE */
+    timer_arm(c, env->conf->header_timeout_ms); /* PROXY header, handshake and first head */
+    if (l == NULL || !l->proxy_protocol) {
+        conn_start_tls(c, fd);
+        return;
     }
-    tls_conn_free(ssl);
-    if (fd >= 0)
-        close(fd);
+    conn_state_set(c, CONN_PROXY_HEADER);
+    c->fd = fd;
+    if (!pp_from_allowed(env->conf, sa)) {
+        log_info("#%llu %s: refused: not in [server] proxy_protocol_from",
+                 (unsigned long long)c->sc.conn_id, c->peer);
+        conn_close(c);
+        return;
+    }
+    c->pp = pp_read_new(env->base, fd, conn_pp_cb, c);
+    if (c->pp == NULL) {
+        log_warn("cannot accept a connection: out of resources");
+        conn_close(c);
+    }
 }
 
 void proxy_conn_drain(struct conn_env *env)
@@ -408,7 +483,8 @@ void proxy_conn_drain(struct conn_env *env)
     for (c = TAILQ_FIRST(&env->conns); c != NULL; c = next) {
         next = TAILQ_NEXT(c, link);
         c->sc.draining = true;
-        if (c->state == CONN_IDLE || c->state == CONN_HANDSHAKE)
+        if (c->state == CONN_IDLE || c->state == CONN_HANDSHAKE ||
+            c->state == CONN_PROXY_HEADER)
             conn_close(c);
     }
 }

@@ -13,6 +13,7 @@
 #include <event2/event.h>
 
 struct conf;
+struct conf_listen;
 struct tls_ctx;
 struct mapper;
 struct accesslog;
@@ -39,9 +40,11 @@ struct conn_env {
     void *gone_arg;
 };
 
-/* Accepts <fd> (from <sa>) into <env>: the TLS handshake starts. Closes <fd>
- * on failure. */
-void proxy_conn_accept(struct conn_env *env, int fd, const struct sockaddr *sa, socklen_t salen);
+/* Accepts <fd> (from <sa>) on listener <l> (NULL: a plain one) into <env>:
+ * the TLS handshake starts, after a PROXY header when <l> has proxy_protocol.
+ * Closes <fd> on failure. */
+void proxy_conn_accept(struct conn_env *env, const struct conf_listen *l, int fd,
+                       const struct sockaddr *sa, socklen_t salen);
 
 /* The first step of a shutdown (env->draining set): connections that are idle
  * or still in their handshake close now; those with a request in flight finish it. */

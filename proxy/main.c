@@ -353,7 +353,8 @@ static int serve(struct proxy_shared *sh)
         return 1;
     }
     for (size_t i = 0; i < c->n_listen; i++)
-        log_info("listening on %s (%u workers)", c->listen[i].text, n_workers);
+        log_info("listening on %s%s (%u workers)", c->listen[i].text,
+                 c->listen[i].proxy_protocol ? " with PROXY protocol" : "", n_workers);
     int sig = 0;
     for (;;) {
         /* Woken each second to free what reloads replaced, once unused. */

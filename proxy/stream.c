@@ -156,6 +156,7 @@ static void stream_log(struct stream *st)
         .conn_id = sc->conn_id,
         .req_no = st->req_no,
         .client = sc->peer,
+        .via = sc->via,
         .method = has_head ? llhttp_method_name((llhttp_method_t)st->method) : NULL,
         .path = has_head ? st->head.buf + st->head.url_off : NULL,
         .path_len = has_head ? st->head.url_len : 0,

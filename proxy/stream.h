@@ -54,6 +54,7 @@ struct stream_client {
     stream_post_fn post;         /* hands work back to this worker's loop (from krb/'s threads) */
     void *post_arg;
     const char *peer;            /* the client's address, as text */
+    const char *via;             /* the L4 peer that sent a PROXY header naming <peer>, or NULL */
     uint64_t conn_id;
     unsigned n_requests;         /* requests begun on the connection, this one included */
     const struct cert_facts *facts; /* the verified certificate, or NULL */

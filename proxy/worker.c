@@ -120,7 +120,11 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
         close(fd);
         return;
     }
-    proxy_conn_accept(&w->cur->env, fd, sa, (socklen_t)salen);
+    const struct conf_listen *l = NULL; /* the one <lev> was made from */
+    for (size_t k = 0; k < w->n_listeners; k++)
+        if (w->listeners[k] == lev)
+            l = &w->cur->env.conf->listen[k];
+    proxy_conn_accept(&w->cur->env, l, fd, sa, (socklen_t)salen);
 }
 
 #define ACCEPT_PAUSE_MIN_MS 100

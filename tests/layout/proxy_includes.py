@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """proxy/'s include graph is a DAG, in the order the design sets:
 main -> worker -> conn -> stream -> {upstream, http, accesslog, mapping};
-upstream -> {http, io}. A part may include only parts below it. proxy/ also
+upstream -> {http, io}; conn -> ppread -> proxyproto (the PROXY protocol). A part may include only parts below it. proxy/ also
 never includes OpenSSL or libevent's bufferevent headers itself: it reaches
 OpenSSL through tls/ and sockets through io/. Run: proxy_includes.py SRC_DIR."""
 import os
@@ -18,8 +18,11 @@ PART_OF = {
     "pool.c": "upstream", "backends.c": "upstream", "health.c": "upstream",
     "http.h": "http", "http.c": "http",
     "accesslog.h": "accesslog", "accesslog.c": "accesslog",
+    "ppread.h": "ppread", "ppread.c": "ppread",
+    "proxyproto.h": "proxyproto", "proxyproto.c": "proxyproto",
 }
-RANK = {"main": 0, "worker": 1, "conn": 2, "stream": 3, "upstream": 4, "http": 5, "accesslog": 5}
+RANK = {"main": 0, "worker": 1, "conn": 2, "stream": 3, "upstream": 4, "http": 5, "accesslog": 5,
+        "ppread": 3, "proxyproto": 4}
 FORBIDDEN = re.compile(r'#include\s*<(openssl/[^>]+|event2/bufferevent[^>]*)>')
 
 
