@@ -18,6 +18,7 @@
 #include <event2/thread.h>
 
 #include "common/log.h"
+#include "common/notify.h"
 #include "conf/conf.h"
 #include "krb/krb.h"
 #include "ldap/dir.h"
@@ -33,7 +34,7 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: certmapd [-c FILE]            serve\n"
                  "       certmapd -t [-c FILE]         check the configuration and exit\n"
-                 "       certmapd --help-config        list every configuration key\n"
+                 "       certmapd --help-config[=man]  list every configuration key (man: as roff)\n"
                  "       certmapd --version | --help\n"
                  "\n"
                  "  -c, --config FILE   configuration file (default " DEFAULT_CONF ")\n"
@@ -186,6 +187,10 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
         goto out; /* the started ones are stopped with the process, and <ws> with them */
     for (size_t i = 0; i < c->n_listen; i++)
         log_info("listening on %s (%u workers)", c->listen[i].text, c->workers);
+    /* Listeners bound, first directory bind done (dir_check), workers running. */
+    notify_status("serving on %s (%u workers)", c->n_listen > 0 ? c->listen[0].text : "-",
+                  c->workers);
+    notify_ready();
     int sig = 0;
     for (;;) {
         if (sigwait(&set, &sig) != 0)
@@ -205,6 +210,8 @@ static int serve(const struct conf *c, struct tls_ctx *tls)
         break;
     }
     log_info("%s: no longer accepting; finishing requests in flight", strsignal(sig));
+    notify_stopping();
+    notify_status("draining: finishing requests in flight");
     proxy_workers_stop(ws, c->workers, SHUTDOWN_GRACE_MS);
     /* krb/'s threads post to the workers: stopped before the workers go. */
     krb_stop(sh.krb);
@@ -242,7 +249,7 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
         {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
-        {"help-config", no_argument, NULL, 'K'},  {NULL, 0, NULL, 0},
+        {"help-config", optional_argument, NULL, 'K'},  {NULL, 0, NULL, 0},
     };
     if (argc > 1 && strcmp(argv[1], "map") == 0)
         return mapcmd_main(argc - 1, argv + 1, DEFAULT_CONF);
@@ -264,7 +271,14 @@ int main(int argc, char **argv)
             printf("certmapd %s\n", CERTMAPD_VERSION);
             return 0;
         case 'K':
-            conf_print_keys(stdout);
+            if (optarg != NULL && strcmp(optarg, "man") != 0) {
+                fprintf(stderr, "certmapd: --help-config=%s: only \"man\" is known\n", optarg);
+                return 2;
+            }
+            if (optarg != NULL)
+                conf_print_keys_man(stdout);
+            else
+                conf_print_keys(stdout);
             return 0;
         default:
             usage(stderr);
