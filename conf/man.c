@@ -66,8 +66,9 @@ void conf_print_keys_man(void *fp)
 {
     FILE *out = fp;
 
-    /* Ragged right: a long OpenSSL list cannot be spread over a justified line. */
-    fputs(".na\n", out);
+    /* Ragged right, no hyphenation: a long OpenSSL list cannot be spread over a
+     * justified line, and a key name must read as written. */
+    fputs(".na\n.nh\n", out);
     for (int s = SEC_NONE + 1; s < SEC_MAX; s++) {
         bool any = false;
         for (size_t i = 0; i < conf_n_keys; i++) {
@@ -81,5 +82,5 @@ void conf_print_keys_man(void *fp)
             print_key(out, &conf_keys[i]);
         }
     }
-    fputs(".ad\n", out);
+    fputs(".ad\n.hy\n", out);
 }
