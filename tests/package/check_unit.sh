@@ -5,7 +5,7 @@
 # at most 3.0 ("OK"), and it keeps what the issue asks of it.
 # usage: check_unit.sh BUILD_DIR SBINDIR   (exit 77: no systemd-analyze, skipped)
 set -euo pipefail
-build=$1 sbindir=$2
+build=$(cd "$1" && pwd) sbindir=$2
 command -v systemd-analyze >/dev/null || { echo "SKIP: no systemd-analyze (Debian: systemd)"; exit 77; }
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
