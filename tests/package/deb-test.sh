@@ -84,7 +84,10 @@ if [ $phase = build ]; then
     die "/etc/logrotate.d/certmapd is not a conffile"
   [ -e /etc/systemd/system/multi-user.target.wants/certmapd.service ] &&
     die "the unit was enabled at installation, before any certificate is there"
-  pgrep -x certmapd >/dev/null && die "certmapd was started at installation"
+  # (By executable: this root shares its process table with the machine's.)
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/exe" 2>/dev/null)" = /usr/sbin/certmapd ] && die "certmapd was started at installation"
+  done
   # shellcheck disable=SC2086 # $p is "SECTION PAGE"
   for p in "8 certmapd" "5 certmapd.conf"; do
     f=$(man -w $p) || die "man $p: not installed"
@@ -149,8 +152,9 @@ EOF
     /usr/sbin/certmapd -t -c /etc/certmapd/certmapd.conf ||
     die "certmapd -t as the certmapd user refuses the configuration: a reload would fail"
 
-  step "serve, in a network namespace of its own"
-  unshare --net -- "$SELF" --in-netns "$T"
+  step "serve, in network and process namespaces of its own"
+  # Own process table too: logrotate's pkill must meet no other certmapd of the machine.
+  unshare --net --pid --fork --mount-proc -- "$SELF" --in-netns "$T"
 
   step "apt purge"
   apt-get purge -y -q certmapd >"$T/purge.log" 2>&1 || { cat "$T/purge.log" >&2; die "purge failed"; }
@@ -163,7 +167,7 @@ EOF
 fi
 
 # ---------------------------------------------------------------- phase 2
-# In a new network namespace: only lo, ours alone.
+# In new network and process namespaces: only lo, and only our processes.
 ip link set lo up
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
