@@ -36,6 +36,17 @@ cd "$(dirname "$SELF")/../.."
 SRC=$(pwd)
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 
+# Mount namespaces: private propagation, or, in a chroot (whose / is no mount
+# point, so propagation cannot be set), unchanged when no mount is shared:
+# then nothing mounted here can reach the machine's own tree.
+PROP=private
+if ! unshare -m --propagation private true 2>/dev/null; then
+  grep -q ' shared:' /proc/self/mountinfo &&
+    die "cannot make a private mount namespace here: / is no mount point and mounts are shared"
+  PROP=unchanged
+fi
+export PROP
+
 # ---------------------------------------------------------------- phase 1
 if [ $phase = build ]; then
   start=$SECONDS
@@ -154,7 +165,7 @@ EOF
 
   step "serve, in network and process namespaces of its own"
   # Own process table too: logrotate's pkill must meet no other certmapd of the machine.
-  unshare --net --pid --fork --mount-proc -- "$SELF" --in-netns "$T"
+  unshare --net --pid --fork --mount-proc --propagation "$PROP" -- "$SELF" --in-netns "$T"
 
   step "apt purge"
   apt-get purge -y -q certmapd >"$T/purge.log" 2>&1 || { cat "$T/purge.log" >&2; die "purge failed"; }
@@ -208,7 +219,7 @@ umask_=$(value UMask)
 # ReadWritePaths), the bounding set, no_new_privs, its umask, NOTIFY_SOCKET.
 as_unit() {
   # shellcheck disable=SC2016 # expanded by the inner sh
-  unshare -m --propagation private -- sh -c '
+  unshare -m --propagation "$PROP" -- sh -c '
     rw=$1 caps=$2 um=$3; shift 3
     for d in $rw; do mount --bind "$d" "$d" || exit 97; done
     for d in /etc /usr /var /opt /srv /boot /root /tmp; do
