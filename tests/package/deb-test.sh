@@ -57,7 +57,7 @@ if [ $phase = build ]; then
   apt-get build-dep -y -q --no-install-recommends "$SRC" >/dev/null
   # clients, PKI, backend, pages, rotation; util-linux has setpriv and unshare
   apt-get install -y -q --no-install-recommends curl openssl python3 man-db logrotate procps \
-    util-linux iproute2 >/dev/null
+    util-linux mount iproute2 >/dev/null
 
   step "dpkg-buildpackage -us -uc -b (in a copy of the tree: the .deb lands beside it)"
   mkdir "$T/src"
@@ -229,9 +229,11 @@ as_unit() {
     exec setpriv --bounding-set="$caps" --no-new-privs -- "$@"' as_unit "$rw" "$caps" "$umask_" "$@"
 }
 echo "as the unit: bounding set $caps, no_new_privs, read-write only $rw, umask $umask_"
-# The imitation must hold, or what follows proves nothing.
-as_unit sh -c 'touch /etc/certmapd/x' 2>/dev/null && die "the imitated unit could write to /etc"
-as_unit sh -c 'touch /var/lib/x' 2>/dev/null && die "the imitated unit could write to /var/lib"
+# The imitation must hold, or what follows proves nothing: refused for being read-only.
+for f in /etc/certmapd/x /var/lib/x /tmp/x; do
+  out=$(as_unit touch $f 2>&1) && die "the imitated unit could write $f"
+  grep -q 'Read-only file system' <<<"$out" || die "the imitated unit: $out"
+done
 as_unit sh -c 'touch /var/log/certmapd/x && rm /var/log/certmapd/x' ||
   die "the imitated unit cannot write to $rw"
 export NOTIFY_SOCKET=$T/notify.sock
