@@ -181,19 +181,24 @@ fi
 # In new network and process namespaces: only lo, and only our processes.
 ip link set lo up
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "${notify:-}"; }
 trap cleanup EXIT
 
 python3 tests/e2e/backend.py --port 8080 --log "$T/backend.log" 2>"$T/backend.err" &
 pids+=($!)
 
 # systemd's notification socket, played by a datagram socket that records
-# each message with its sender's pid (NotifyAccess=main checks it).
-python3 - "$T/notify.sock" "$T/notify.log" <<'EOF' &
-import socket, sys
+# each message with its sender's pid (NotifyAccess=main checks it). Like
+# /run/systemd/notify it is writable by all: certmapd sends READY=1 after
+# it dropped privileges.
+notify=$(mktemp -d /run/deb-test-notify.XXXXXX)
+chmod 0755 "$notify"
+python3 - "$notify/notify" "$T/notify.log" <<'EOF' &
+import os, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o777)
 with open(sys.argv[2], "a", buffering=1) as log:
     while True:
         data, anc, _, _ = s.recvmsg(4096, socket.CMSG_SPACE(12))
@@ -236,7 +241,8 @@ for f in /etc/certmapd/x /var/lib/x /tmp/x; do
 done
 as_unit sh -c 'touch /var/log/certmapd/x && rm /var/log/certmapd/x' ||
   die "the imitated unit cannot write to $rw"
-export NOTIFY_SOCKET=$T/notify.sock
+export NOTIFY_SOCKET=$notify/notify
+for _ in $(seq 50); do [ -S "$NOTIFY_SOCKET" ] && break; sleep 0.1; done
 # shellcheck disable=SC2086 # the unit's command lines, split as systemd splits these
 as_unit $pre || die "ExecStartPre ($pre) failed"
 # shellcheck disable=SC2086
