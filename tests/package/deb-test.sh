@@ -222,9 +222,11 @@ rw=$(value ReadWritePaths)
 umask_=$(value UMask)
 # As the unit runs a command: ProtectSystem=strict (all read-only but
 # ReadWritePaths), the bounding set, no_new_privs, its umask, NOTIFY_SOCKET.
-as_unit() {
+# A subshell that becomes the command (exec): $! is the command's own pid, the
+# main PID systemd would know.
+as_unit() (
   # shellcheck disable=SC2016 # expanded by the inner sh
-  unshare -m --propagation "$PROP" -- sh -c '
+  exec unshare -m --propagation "$PROP" -- sh -c '
     rw=$1 caps=$2 um=$3; shift 3
     for d in $rw; do mount --bind "$d" "$d" || exit 97; done
     for d in /etc /usr /var /opt /srv /boot /root /tmp; do
@@ -232,7 +234,7 @@ as_unit() {
     done
     umask "$um"
     exec setpriv --bounding-set="$caps" --no-new-privs -- "$@"' as_unit "$rw" "$caps" "$umask_" "$@"
-}
+)
 echo "as the unit: bounding set $caps, no_new_privs, read-write only $rw, umask $umask_"
 # The imitation must hold, or what follows proves nothing: refused for being read-only.
 for f in /etc/certmapd/x /var/lib/x /tmp/x; do
