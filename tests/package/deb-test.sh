@@ -222,33 +222,30 @@ rw=$(value ReadWritePaths)
 umask_=$(value UMask)
 # As the unit runs a command: ProtectSystem=strict (all read-only but
 # ReadWritePaths), the bounding set, no_new_privs, its umask, NOTIFY_SOCKET.
-# A subshell that becomes the command (exec): $! is the command's own pid, the
-# main PID systemd would know.
-as_unit() (
-  # shellcheck disable=SC2016 # expanded by the inner sh
-  exec unshare -m --propagation "$PROP" -- sh -c '
-    rw=$1 caps=$2 um=$3; shift 3
-    for d in $rw; do mount --bind "$d" "$d" || exit 97; done
-    for d in /etc /usr /var /opt /srv /boot /root /tmp; do
-      if [ -d "$d" ]; then mount --rbind "$d" "$d" && mount -o remount,bind,ro "$d" || exit 97; fi
-    done
-    umask "$um"
-    exec setpriv --bounding-set="$caps" --no-new-privs -- "$@"' as_unit "$rw" "$caps" "$umask_" "$@"
-)
+# A plain command (no function, no subshell), so that started with & its pid
+# is the command's own: the main PID systemd would know.
+SANDBOX='rw=$1 caps=$2 um=$3; shift 3
+  for d in $rw; do mount --bind "$d" "$d" || exit 97; done
+  for d in /etc /usr /var /opt /srv /boot /root /tmp; do
+    if [ -d "$d" ]; then mount --rbind "$d" "$d" && mount -o remount,bind,ro "$d" || exit 97; fi
+  done
+  umask "$um"
+  exec setpriv --bounding-set="$caps" --no-new-privs -- "$@"'
+as_unit=(unshare -m --propagation "$PROP" -- sh -c "$SANDBOX" as_unit "$rw" "$caps" "$umask_")
 echo "as the unit: bounding set $caps, no_new_privs, read-write only $rw, umask $umask_"
 # The imitation must hold, or what follows proves nothing: refused for being read-only.
 for f in /etc/certmapd/x /var/lib/x /tmp/x; do
-  out=$(as_unit touch $f 2>&1) && die "the imitated unit could write $f"
+  out=$("${as_unit[@]}" touch $f 2>&1) && die "the imitated unit could write $f"
   grep -q 'Read-only file system' <<<"$out" || die "the imitated unit: $out"
 done
-as_unit sh -c 'touch /var/log/certmapd/x && rm /var/log/certmapd/x' ||
+"${as_unit[@]}" sh -c 'touch /var/log/certmapd/x && rm /var/log/certmapd/x' ||
   die "the imitated unit cannot write to $rw"
 export NOTIFY_SOCKET=$notify/notify
 for _ in $(seq 50); do [ -S "$NOTIFY_SOCKET" ] && break; sleep 0.1; done
 # shellcheck disable=SC2086 # the unit's command lines, split as systemd splits these
-as_unit $pre || die "ExecStartPre ($pre) failed"
+"${as_unit[@]}" $pre || die "ExecStartPre ($pre) failed"
 # shellcheck disable=SC2086
-as_unit $main 2>"$T/certmapd.err" &
+"${as_unit[@]}" $main 2>"$T/certmapd.err" &
 cm=$!
 pids+=("$cm")
 for _ in $(seq 150); do
