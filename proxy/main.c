@@ -34,7 +34,7 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: certmapd [-c FILE]            serve\n"
                  "       certmapd -t [-c FILE]         check the configuration and exit\n"
-                 "       certmapd --help-config[=man]  list every configuration key (man: as roff)\n"
+                 "       certmapd --help-config[=man]  every configuration key (=man: roff)\n"
                  "       certmapd --version | --help\n"
                  "\n"
                  "  -c, --config FILE   configuration file (default " DEFAULT_CONF ")\n"
@@ -247,9 +247,12 @@ static int check_only(const struct conf *c, char *err, size_t errlen)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
-        {"help-config", optional_argument, NULL, 'K'},  {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'},
+        {"test", no_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {"help-config", optional_argument, NULL, 'K'},
+        {NULL, 0, NULL, 0},
     };
     if (argc > 1 && strcmp(argv[1], "map") == 0)
         return mapcmd_main(argc - 1, argv + 1, DEFAULT_CONF);
