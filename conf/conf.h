@@ -211,6 +211,9 @@ const struct conf_location *conf_location_for(const struct conf *c, const char *
 /* Prints the key table (section, key, default, description) for --help-config. */
 void conf_print_keys(void *fp /* FILE * */);
 
+/* The same table as roff: the KEYS section of certmapd.conf(5) (conf/man.c). */
+void conf_print_keys_man(void *fp /* FILE * */);
+
 /* The secret in file <path> (a password), one trailing newline stripped.
  * Returns a heap copy the caller wipes with conf_secret_free, or NULL with a
  * reason in <err> (unreadable, not a regular file, empty, too long, NUL inside). */

@@ -71,6 +71,10 @@ int conf_check_ciphers(const char *val, char *msg, size_t n);
 int conf_check_ciphersuites(const char *val, char *msg, size_t n);
 int conf_check_groups(const char *val, char *msg, size_t n);
 
+/* The bounds of <k> as --help-config shows them (" [1K..1M]", " [0..1024]"), or
+ * "" for a key without bounds; in <out>, always NUL-terminated. */
+void conf_key_range(const struct conf_key *k, char *out, size_t n);
+
 /* Section name as written in brackets ("server", "location"); "" for SEC_NONE. */
 const char *conf_section_name(enum conf_section s);
 

@@ -1306,6 +1306,16 @@ static void range_text(const struct conf_key *k, char *out, size_t n)
     snprintf(out, n, " [%s..%s]", lo, hi);
 }
 
+void conf_key_range(const struct conf_key *k, char *out, size_t n)
+{
+    if (k->parse == kp_uint)
+        snprintf(out, n, " [%llu..%llu]", (unsigned long long)k->min, (unsigned long long)k->max);
+    else if (k->parse == kp_size || k->parse == kp_duration)
+        range_text(k, out, n);
+    else if (n > 0)
+        out[0] = '\0';
+}
+
 void conf_print_keys(void *fp)
 {
     FILE *out = fp;
@@ -1320,13 +1330,7 @@ void conf_print_keys(void *fp)
         fprintf(out, "[%s%s] %s =%s%s%s\n", sec, k->sec == SEC_LOCATION ? " PATH" : "", k->name,
                 def != NULL ? " " : "", def != NULL ? def : "",
                 k->flags & CK_REPEATABLE ? "   (repeatable)" : "");
-        if (k->parse == kp_uint)
-            snprintf(range, sizeof(range), " [%llu..%llu]", (unsigned long long)k->min,
-                     (unsigned long long)k->max);
-        else if (k->parse == kp_size || k->parse == kp_duration)
-            range_text(k, range, sizeof(range));
-        else
-            range[0] = '\0';
+        conf_key_range(k, range, sizeof(range));
         fprintf(out, "    %s%s\n    IIS: %s\n", k->help, range, k->iis);
     }
 }

@@ -20,6 +20,7 @@
 #include <event2/thread.h>
 
 #include "common/log.h"
+#include "common/notify.h"
 #include "conf/conf.h"
 #include "krb/krb.h"
 #include "ldap/dir.h"
@@ -36,7 +37,7 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: certmapd [-c FILE]            serve\n"
                  "       certmapd -t [-c FILE]         check the configuration and exit\n"
-                 "       certmapd --help-config        list every configuration key\n"
+                 "       certmapd --help-config[=man]  every configuration key (=man: roff)\n"
                  "       certmapd --version | --help\n"
                  "\n"
                  "  -c, --config FILE   configuration file (default " DEFAULT_CONF ")\n"
@@ -264,10 +265,12 @@ static struct proxy_shared *reload(struct worker *ws, struct proxy_shared *cur,
     char err[2048];
     const struct conf *now = cur->conf;
     log_info("SIGHUP: reloading %s", now->path);
+    notify_reloading();
     struct proxy_shared *sh = gen_make(now->path, cur, err, sizeof err);
     if (sh == NULL) {
         log_error("reload: %s; still serving generation %u", err, cur->generation);
         metrics_reload(false);
+        notify_ready();
         return cur;
     }
     sh->generation = cur->generation + 1;
@@ -275,6 +278,7 @@ static struct proxy_shared *reload(struct worker *ws, struct proxy_shared *cur,
         log_error("reload: %s; still serving generation %u", err, cur->generation);
         gen_free(sh);
         metrics_reload(false);
+        notify_ready();
         return cur;
     }
     cm_log_set_level((enum log_level)sh->conf->log_level);
@@ -287,6 +291,8 @@ static struct proxy_shared *reload(struct worker *ws, struct proxy_shared *cur,
     metrics_reload(true);
     log_info("reload: %s loaded as generation %u; connections of earlier generations finish "
              "on theirs", sh->conf->path, sh->generation);
+    notify_status("serving generation %u", sh->generation);
+    notify_ready();
     return sh;
 }
 
@@ -355,6 +361,10 @@ static int serve(struct proxy_shared *sh)
     for (size_t i = 0; i < c->n_listen; i++)
         log_info("listening on %s%s (%u workers)", c->listen[i].text,
                  c->listen[i].proxy_protocol ? " with PROXY protocol" : "", n_workers);
+    /* Listeners bound, first directory bind done (gen_make), workers running. */
+    notify_status("serving on %s (%u workers)", c->n_listen > 0 ? c->listen[0].text : "-",
+                  n_workers);
+    notify_ready();
     int sig = 0;
     for (;;) {
         /* Woken each second to free what reloads replaced, once unused. */
@@ -384,6 +394,8 @@ static int serve(struct proxy_shared *sh)
         break;
     }
     log_info("%s: no longer accepting; finishing requests in flight", strsignal(sig));
+    notify_stopping();
+    notify_status("draining: finishing requests in flight");
     /* A load balancer's check fails from now on: it stops sending clients. */
     metrics_server_free(ms);
     proxy_workers_stop(ws, n_workers, SHUTDOWN_GRACE_MS);
@@ -426,9 +438,12 @@ static int check_only(const struct conf *c, char *err, size_t errlen)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
-        {"help-config", no_argument, NULL, 'K'},  {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'},
+        {"test", no_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {"help-config", optional_argument, NULL, 'K'},
+        {NULL, 0, NULL, 0},
     };
     if (argc > 1 && strcmp(argv[1], "map") == 0)
         return mapcmd_main(argc - 1, argv + 1, DEFAULT_CONF);
@@ -450,7 +465,14 @@ int main(int argc, char **argv)
             printf("certmapd %s\n", CERTMAPD_VERSION);
             return 0;
         case 'K':
-            conf_print_keys(stdout);
+            if (optarg != NULL && strcmp(optarg, "man") != 0) {
+                fprintf(stderr, "certmapd: --help-config=%s: only \"man\" is known\n", optarg);
+                return 2;
+            }
+            if (optarg != NULL)
+                conf_print_keys_man(stdout);
+            else
+                conf_print_keys(stdout);
             return 0;
         default:
             usage(stderr);

@@ -9,6 +9,11 @@ PACKAGES=(
   node-llhttp libcmocka-dev libjemalloc-dev
   # build: Kerberos constrained delegation (krb/) through MIT krb5's GSSAPI
   libkrb5-dev
+  # build: sd_notify for the systemd unit's Type=notify (common/notify.c)
+  libsystemd-dev
+  # the Debian package (debian/, tests/package/): dpkg-buildpackage and dh;
+  # tests: the manual pages rendered (groff, man), the unit checked (systemd-analyze)
+  debhelper dpkg-dev fakeroot groff-base man-db systemd
   # tests: real clients, a real directory, real peers. Every package named,
   # none left to Recommends (installed without them): samba-ad-provision holds
   # the AD schema that "samba-tool domain provision" reads; mount and
