@@ -9,6 +9,7 @@ believed. (test_ad_shared_cache.py does the first case against Samba AD.)"""
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -230,6 +231,38 @@ def test_hostile_values(env):
     eq(h["x-remote-user"], "carol@corp.example.test", "carol is carol")
 
 
+def test_reload(env):
+    """SIGHUP with [mapping] changed: the new generation's workers connect on
+    their own, under the new fingerprint; the old connections are closed."""
+    redis = Redis(env.dir, password=PASSWORD).start()
+    env.add_cleanup(redis.stop)
+    alice = leaves.issue(env.dir, "alice", upn="alice@corp.example.test")
+    bob = leaves.issue(env.dir, "bob", upn="bob@corp.example.test")
+    entries = [account("alice", 1104, upn="alice@corp.example.test")[0],
+               account("bob", 1106, upn="bob@corp.example.test")[0]]
+    b, (a,) = setup(env, entries, redis, n=1)
+    wait_connected(a)
+    eq(get(a, alice)[0], 200, "alice before the reload")
+    wait_keys(redis, 1)
+    with open(a.conf_path) as f:
+        text = f.read()
+    with open(a.conf_path, "w") as f:
+        f.write(text.replace(f"shared_cache_timeout = {TIMEOUT_MS}ms", "shared_cache_timeout = 150ms"))
+    before = len(a.stderr())
+    a.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 20
+    while time.time() < deadline and a.stderr()[before:].count("connected to redis") < 2:
+        time.sleep(0.05)
+    check("loaded as generation 2" in a.stderr()[before:], a.stderr()[before:][-2000:])
+    eq(a.stderr()[before:].count("connected to redis"), 2, "the new workers' connections")
+    eq(get(a, bob)[0], 200, "bob after the reload")
+    ks = wait_keys(redis, 2)
+    eq(len({k.rsplit(":", 1)[0] for k in ks}), 2, "a new fingerprint for the new [mapping]")
+    clients = [l for l in redis.raw("CLIENT", "LIST").decode().split("\n") if "cmd=" in l
+               and "cmd=client" not in l]
+    eq(len(clients), 2, f"the old generation's connections are closed: {clients}")
+
+
 def test_config_check(env):
     key = write(env, "k", "x" * 40)
     short = write(env, "short", "x" * 10)
@@ -266,5 +299,6 @@ if __name__ == "__main__":
         test_redis_stopped_hung_and_restarted,
         test_other_configuration_not_used,
         test_hostile_values,
+        test_reload,
         test_config_check,
     ])
