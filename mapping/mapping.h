@@ -151,9 +151,9 @@ struct map_shared {
 };
 
 /* The mapping configuration's fingerprint, 64 hex digits and a NUL in <out>:
- * SHA-256 over [mapping] and [ldap] as written and, with source = ldif, the
- * LDIF file's content, so that whatever may change an answer changes the
- * keys. 0, or -1 with a reason in <err>. */
+ * SHA-256 over [mapping] (less its shared_cache* keys) and [ldap] as written
+ * and, with source = ldif, the LDIF file's content, so that whatever may
+ * change an answer changes the keys. 0, or -1 with a reason in <err>. */
 int map_shared_fingerprint(const struct conf *c, char out[65], char *err, size_t errlen);
 
 /* The value stored for <r> under the key <rkey>: "cm1 EXPIRES REASON F F F F F F MAC",

@@ -63,7 +63,14 @@ int map_shared_fingerprint(const struct conf *c, char out[65], char *err, size_t
 
     /* The format's version first: a change of what a value means changes every key. */
     ok = ok && EVP_DigestUpdate(md, "certmapd shared cache 1\n[mapping]\n", 35) == 1;
-    ok = ok && EVP_DigestUpdate(md, mapping, strlen(mapping)) == 1;
+    /* The shared_cache keys say where answers are kept, not what they are:
+     * instances that differ only there still share. */
+    for (const char *l = mapping; ok && *l != '\0';) {
+        size_t n = strcspn(l, "\n");
+        if (strncmp(l, "shared_cache", 12) != 0)
+            ok = EVP_DigestUpdate(md, l, n) == 1 && EVP_DigestUpdate(md, "\n", 1) == 1;
+        l += n + (l[n] == '\n');
+    }
     ok = ok && EVP_DigestUpdate(md, "[ldap]\n", 7) == 1;
     ok = ok && EVP_DigestUpdate(md, ldap, strlen(ldap)) == 1;
     if (ok && c->map_source == MAP_SOURCE_LDIF && c->ldif_file != NULL) {

@@ -254,6 +254,16 @@ static void test_fingerprint(void **state)
         b.section_text[i] = (char *)"enforcement=compatibility\n";
     assert_int_equal(map_shared_fingerprint(&b, fb, err, sizeof err), 0);
     assert_string_not_equal(fa, fb);
+    /* ... but not where the answers are shared */
+    char fc[65];
+    for (size_t i = 0; i < CONF_SECTION_SLOTS; i++) {
+        static char line[] = "enforcement=compatibility\n";
+        b.section_text[i] = line;
+        if (conf_section_text(&b, "mapping") == line)
+            b.section_text[i] = (char *)"enforcement=compatibility\nshared_cache_timeout=1s\n";
+    }
+    assert_int_equal(map_shared_fingerprint(&b, fc, err, sizeof err), 0);
+    assert_string_equal(fb, fc);
     memset(b.section_text, 0, sizeof b.section_text);
     /* the LDIF file's content is part of it */
     b.map_source = MAP_SOURCE_LDIF;
