@@ -108,6 +108,7 @@ def test_mapping_and_refusal_shared(env):
     check(any(k.endswith(":" + cert_sha256(alice)) for k in ks), f"alice's key in {ks}")
     value = redis.raw("GET", [k for k in ks if k.endswith(cert_sha256(alice))][0])
     check(value.startswith(b"cm1 ") and b"alice@corp.example.test" in value, value)
+    print(f"  a mapped entry: key {len(ks[0])} bytes, value {len(value.rstrip())} bytes")
     ttl = int(redis.raw("PTTL", ks[0]).strip())
     check(0 < ttl <= 5 * 60 * 1000, f"PX is the TTL: {ttl}")
 
@@ -263,6 +264,22 @@ def test_reload(env):
     eq(len(clients), 2, f"the old generation's connections are closed: {clients}")
 
 
+def test_wrong_password(env):
+    """AUTH refused: logged with Redis's reason, mapping goes on through the directory."""
+    redis = Redis(env.dir, password="not-the-one-certmapd-has").start()
+    env.add_cleanup(redis.stop)
+    alice = leaves.issue(env.dir, "alice", upn="alice@corp.example.test")
+    b, (a,) = setup(env, [account("alice", 1104, upn="alice@corp.example.test")[0]], redis, n=1)
+    deadline = time.time() + 10
+    while time.time() < deadline and "AUTH refused" not in a.stderr():
+        time.sleep(0.05)
+    check("AUTH refused: WRONGPASS" in a.stderr(), a.stderr()[-2000:])
+    status, took = get(a, alice)
+    eq(status, 200, "mapped through the directory")
+    check(took < 2.0, f"no wait: {took:.2f}s")
+    eq(redis.keys(), [], "nothing written without AUTH")
+
+
 def test_config_check(env):
     key = write(env, "k", "x" * 40)
     short = write(env, "short", "x" * 10)
@@ -300,5 +317,6 @@ if __name__ == "__main__":
         test_other_configuration_not_used,
         test_hostile_values,
         test_reload,
+        test_wrong_password,
         test_config_check,
     ])
