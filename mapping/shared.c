@@ -158,7 +158,8 @@ char *map_shared_encode(const struct map_result *r, uint64_t expires_ms, const c
     unsigned char mac[32];
     char mac_hex[65];
 
-    if (mac_key == NULL || mac_key_len == 0 || (r->reason != R_NONE && !shareable_refusal(r->reason)))
+    if (mac_key == NULL || mac_key_len == 0 ||
+        (r->reason != R_NONE && !shareable_refusal(r->reason)))
         return NULL;
     buf_str(&b, VALUE_MAGIC);
     snprintf(num, sizeof num, "%llu ", (unsigned long long)expires_ms);
@@ -176,8 +177,8 @@ char *map_shared_encode(const struct map_result *r, uint64_t expires_ms, const c
         buf_str(&b, num);
         buf_add(&b, fields[i], flen);
     }
-    if (!b.failed && (b.len > VALUE_MAX - 66 ||
-                      mac_of(mac_key, mac_key_len, rkey, b.p, b.len, mac) < 0))
+    if (!b.failed &&
+        (b.len > VALUE_MAX - 66 || mac_of(mac_key, mac_key_len, rkey, b.p, b.len, mac) < 0))
         b.failed = true;
     if (!b.failed) {
         hex_of(mac, 32, mac_hex);
@@ -219,8 +220,8 @@ static int fail_why(const char **why, const char *text)
 }
 
 int map_shared_decode(const char *val, size_t len, const char *rkey, const unsigned char *mac_key,
-                      size_t mac_key_len, uint64_t now_ms, struct map_result *out,
-                      uint64_t *ttl_ms, const char **why)
+                      size_t mac_key_len, uint64_t now_ms, struct map_result *out, uint64_t *ttl_ms,
+                      const char **why)
 {
     const char *p = val, *end = val + len, *tok;
     const char *fptr[N_FIELDS] = {0};

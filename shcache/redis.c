@@ -38,14 +38,14 @@ struct shc {
     struct event_base *base;
     redisAsyncContext *ac;
     enum shc_state state;
-    char where[80];            /* "127.0.0.1:6379" for messages */
+    char where[80]; /* "127.0.0.1:6379" for messages */
     char prefix[sizeof(KEY_PREFIX) + 64 + 1];
-    unsigned char *key;        /* HMAC key */
+    unsigned char *key; /* HMAC key */
     size_t key_len;
     char *password;
     size_t password_len;
-    struct event *retry_ev;    /* DOWN: the next connection attempt */
-    struct event *hello_ev;    /* HELLO: gives up on a connection that does not answer */
+    struct event *retry_ev; /* DOWN: the next connection attempt */
+    struct event *hello_ev; /* HELLO: gives up on a connection that does not answer */
     uint64_t retry_ms;
     unsigned inflight;
     unsigned timeouts_in_row;
@@ -114,7 +114,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct shc *s = ac->data;
     if (s == NULL || s->ac != ac)
-        return; /* dropped by us (drop, shc_free) */
+        return;   /* dropped by us (drop, shc_free) */
     s->ac = NULL; /* hiredis frees it after this call */
     outage(s, status == REDIS_OK ? "connection closed" : ac->errstr);
     retry_later(s);
@@ -178,8 +178,8 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 static void shc_connect(struct shc *s)
 {
     struct timeval tv;
-    redisAsyncContext *ac = redisAsyncConnect(s->c->shared_cache_host,
-                                              (int)s->c->shared_cache_port);
+    redisAsyncContext *ac =
+        redisAsyncConnect(s->c->shared_cache_host, (int)s->c->shared_cache_port);
     if (ac == NULL) {
         outage(s, "out of memory");
         retry_later(s);
@@ -206,8 +206,7 @@ static void shc_connect(struct shc *s)
     s->state = SHC_HELLO;
     /* Written once connected, answered in order. */
     if (s->password != NULL)
-        redisAsyncCommand(ac, on_hello, (void *)"AUTH", "AUTH %b", s->password,
-                          s->password_len);
+        redisAsyncCommand(ac, on_hello, (void *)"AUTH", "AUTH %b", s->password, s->password_len);
     if (s->c->shared_cache_db != 0)
         redisAsyncCommand(ac, on_hello, (void *)"SELECT", "SELECT %u", s->c->shared_cache_db);
     redisAsyncCommand(ac, on_hello, (void *)"PING", "PING");
@@ -348,8 +347,7 @@ struct shc *shc_open(const struct conf *c, struct event_base *base, char *err, s
     s->c = c;
     s->base = base;
     s->retry_ms = RETRY_FIRST_MS;
-    s->iface = (struct map_shared){
-        .ctx = s, .get = shc_get, .cancel = shc_cancel, .put = shc_put};
+    s->iface = (struct map_shared){.ctx = s, .get = shc_get, .cancel = shc_cancel, .put = shc_put};
     snprintf(s->where, sizeof s->where, strchr(c->shared_cache_host, ':') ? "[%s]:%u" : "%s:%u",
              c->shared_cache_host, c->shared_cache_port);
     if (map_shared_fingerprint(c, fp, why, sizeof why) < 0) {
@@ -357,15 +355,15 @@ struct shc *shc_open(const struct conf *c, struct event_base *base, char *err, s
         goto fail;
     }
     snprintf(s->prefix, sizeof s->prefix, "%s%s:", KEY_PREFIX, fp);
-    s->key = (unsigned char *)conf_secret_read(c->shared_cache_key_file, &s->key_len, why,
-                                               sizeof why);
+    s->key =
+        (unsigned char *)conf_secret_read(c->shared_cache_key_file, &s->key_len, why, sizeof why);
     if (s->key == NULL) {
         snprintf(err, errlen, "[mapping] shared_cache_key_file: %s", why);
         goto fail;
     }
     if (c->shared_cache_password_file != NULL) {
-        s->password = conf_secret_read(c->shared_cache_password_file, &s->password_len, why,
-                                       sizeof why);
+        s->password =
+            conf_secret_read(c->shared_cache_password_file, &s->password_len, why, sizeof why);
         if (s->password == NULL) {
             snprintf(err, errlen, "[mapping] shared_cache_password_file: %s", why);
             goto fail;

@@ -146,11 +146,10 @@ static void test_tampering(void **state)
     assert_int_not_equal(
         map_shared_decode(v, len, RKEY, other, sizeof(other) - 1, NOW, &out, &ttl, &why), 0);
     /* expired, at the very millisecond and after */
-    assert_int_not_equal(
-        map_shared_decode(v, len, RKEY, KEY, KEYLEN, NOW + 5000, &out, &ttl, &why), 0);
+    assert_int_not_equal(map_shared_decode(v, len, RKEY, KEY, KEYLEN, NOW + 5000, &out, &ttl, &why),
+                         0);
     assert_string_equal(why, "expired");
-    assert_int_equal(map_shared_decode(v, len, RKEY, KEY, KEYLEN, NOW + 4999, &out, &ttl, &why),
-                     0);
+    assert_int_equal(map_shared_decode(v, len, RKEY, KEY, KEYLEN, NOW + 4999, &out, &ttl, &why), 0);
     assert_int_equal(ttl, 1);
     map_result_purge(&out);
     free(longer);
@@ -213,7 +212,13 @@ static void test_signed_but_refused(void **state)
 static void test_garbage(void **state)
 {
     static const char *const junk[] = {
-        "", "cm1", "cm1 ", "cm1 1", "cm1 1 ok", "cm2 1 ok - - - - - - ", "CM1 1 ok",
+        "",
+        "cm1",
+        "cm1 ",
+        "cm1 1",
+        "cm1 1 ok",
+        "cm2 1 ok - - - - - - ",
+        "CM1 1 ok",
         "cm1 01 ok - - - - - - 0000000000000000000000000000000000000000000000000000000000000000",
         "cm1 1 ok 99999:x - - - - - 0",
         "cm1 1 ok 1:x - - - - - 000000000000000000000000000000000000000000000000000000000000000",
@@ -394,8 +399,8 @@ static void test_resolver_tier(void **state)
     (void)state;
     f.base = event_base_new();
     f.ev = event_new(f.base, -1, 0, fake_answer, &f);
-    struct map_source *src = map_ldif_open(data_path("ad-users.ldif"), "CORP", f.base, err,
-                                           sizeof err);
+    struct map_source *src =
+        map_ldif_open(data_path("ad-users.ldif"), "CORP", f.base, err, sizeof err);
     assert_non_null(src);
     test_conf(&c, ENFORCE_FULL, METHOD_SID, METHOD_ALTSECID, METHOD_UPN, METHOD_MAX);
 
@@ -436,9 +441,9 @@ static void test_resolver_tier(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),       cmocka_unit_test(test_tampering),
+        cmocka_unit_test(test_round_trip),         cmocka_unit_test(test_tampering),
         cmocka_unit_test(test_signed_but_refused), cmocka_unit_test(test_garbage),
-        cmocka_unit_test(test_fingerprint),      cmocka_unit_test(test_resolver_tier),
+        cmocka_unit_test(test_fingerprint),        cmocka_unit_test(test_resolver_tier),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
