@@ -279,7 +279,7 @@ int map_shared_decode(const char *val, size_t len, const char *rkey, const unsig
     p++;
     for (size_t i = 0; i < 32; i++) {
         const char *hi = memchr(hexd, p[2 * i], 16), *lo = memchr(hexd, p[2 * i + 1], 16);
-        if (hi == NULL || lo == NULL || p[2 * i] == '\0' || p[2 * i + 1] == '\0')
+        if (hi == NULL || lo == NULL) /* lower-case only: one spelling per value */
             return fail_why(why, "bad signature");
         mac[i] = (unsigned char)(((hi - hexd) << 4) | (lo - hexd));
     }
