@@ -156,6 +156,9 @@ struct map_shared {
  * change an answer changes the keys. 0, or -1 with a reason in <err>. */
 int map_shared_fingerprint(const struct conf *c, char out[65], char *err, size_t errlen);
 
+/* The longest value map_shared_decode accepts: a reader need fetch no more. */
+#define MAP_SHARED_VALUE_MAX 65536
+
 /* The value stored for <r> under the key <rkey>: "cm1 EXPIRES REASON F F F F F F MAC",
  * EXPIRES in ms since the epoch, each F "-" (none) or LEN:BYTES (upn, dn,
  * sid, sam, method, detail), MAC the HMAC-SHA256 under <mac_key> of <rkey>,

@@ -17,7 +17,7 @@
 #include "mapping/internal.h"
 
 #define VALUE_MAGIC "cm1 "
-#define VALUE_MAX 65536
+#define VALUE_MAX MAP_SHARED_VALUE_MAX
 #define FIELD_DIGITS 5 /* a field's length: CM_DIRTEXT_MAX fits */
 #define N_FIELDS 6
 /* A value that claims to live longer than this is not one we wrote (the

@@ -242,13 +242,13 @@ static void on_get_reply(redisAsyncContext *ac, void *r, void *privdata)
     event_del(g->timer);
     if (reply != NULL)
         s->timeouts_in_row = 0;
-    if (reply != NULL && reply->type == REDIS_REPLY_STRING) {
+    if (reply != NULL && reply->type == REDIS_REPLY_STRING && reply->len > 0) {
         hit = map_shared_decode(reply->str, reply->len, g->rkey, s->key, s->key_len, wall_ms(),
                                 &res, &ttl, &why) == 0;
         if (!hit)
             log_debug("shared cache: %.16s: value ignored: %s", g->rkey + strlen(s->prefix), why);
     } else if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
-        log_debug("shared cache: GET refused: %.100s", reply->str != NULL ? reply->str : "");
+        log_debug("shared cache: GETRANGE refused: %.100s", reply->str != NULL ? reply->str : "");
     }
     g->cb(g->arg, hit ? &res : NULL, ttl);
     if (hit)
@@ -288,7 +288,10 @@ static void *shc_get(void *ctx, const char *sha256, map_shared_cb cb, void *arg)
     snprintf(g->rkey, sizeof g->rkey, "%s%s", s->prefix, sha256);
     g->timer = evtimer_new(s->base, on_get_timeout, g);
     if (g->timer == NULL ||
-        redisAsyncCommand(s->ac, on_get_reply, g, "GET %s", g->rkey) != REDIS_OK) {
+        /* GETRANGE, not GET: whatever was planted there, no more than one
+         * byte past the longest value is read (a missing key reads ""). */
+        redisAsyncCommand(s->ac, on_get_reply, g, "GETRANGE %s 0 %d", g->rkey,
+                          MAP_SHARED_VALUE_MAX) != REDIS_OK) {
         get_free(g);
         return NULL;
     }

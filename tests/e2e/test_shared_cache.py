@@ -220,7 +220,7 @@ def test_hostile_values(env):
     check("value ignored: signature does not verify" in bb.stderr(), bb.stderr()[-2000:])
     # Garbage under carol's key: a miss, carol mapped by the directory.
     for i, junk in enumerate([b"\x00\xff garbage \r\n", b"cm1 99999999999999 ok - - - - - - x",
-                              signed.replace(b"alice", b"carol")]):
+                              signed.replace(b"alice", b"carol"), b"cm1 " + b"9" * 4_000_000]):
         redis.cli("SET", f"{prefix}:{cert_sha256(carol)}", stdin=junk)
         bb.stop()
         bb.start()
@@ -228,6 +228,8 @@ def test_hostile_values(env):
         before = searches(bb)
         eq(get(bb, carol)[0], 200, f"carol with garbage #{i} in redis")
         check(searches(bb) > before, f"garbage #{i}: the directory was asked")
+        if i == 3:
+            check("value ignored: too long" in bb.stderr(), "4 MB read as 64 KiB + 1, refused")
     h = {k.lower(): v for k, v in b.requests()[-1]["headers"]}
     eq(h["x-remote-user"], "carol@corp.example.test", "carol is carol")
 
