@@ -438,12 +438,68 @@ static void test_resolver_tier(void **state)
     event_base_free(f.base);
 }
 
+/* A client gone while its lookup waits for the shared tier: its callback is
+ * never called, the answer still lands in the local cache; a mapper freed
+ * with a get in flight cancels it at the tier. */
+static void test_resolver_tier_cancel(void **state)
+{
+    struct fake f = {0};
+    struct conf c;
+    struct done d = {0};
+    char err[512];
+    struct map_result now;
+
+    (void)state;
+    f.base = event_base_new();
+    f.ev = event_new(f.base, -1, 0, fake_answer, &f);
+    struct map_source *src =
+        map_ldif_open(data_path("ad-users.ldif"), "CORP", f.base, err, sizeof err);
+    assert_non_null(src);
+    test_conf(&c, ENFORCE_FULL, METHOD_SID, METHOD_ALTSECID, METHOD_UPN, METHOD_MAX);
+    struct map_shared sh = {.ctx = &f, .get = fake_get, .cancel = fake_cancel, .put = fake_put};
+    struct map_cache *mc = map_cache_new(100, 60000, 60000);
+    struct mapper *m = mapper_new(&c, src, mc);
+    mapper_set_shared(m, &sh);
+    f.connected = true;
+
+    /* cancelled owner, then a hit from the tier: cached, callback suppressed */
+    mapped(&f.stored);
+    f.have = true;
+    struct cert_facts *facts = pki_facts("good");
+    struct map_job *j = map_job_start(m, facts, on_done, &d, on_trace, &now);
+    assert_non_null(j);
+    map_job_cancel(j);
+    event_base_dispatch(f.base);
+    assert_int_equal(d.calls, 0);
+    assert_null(map_job_start(m, facts, on_done, &d, NULL, &now));
+    assert_int_equal(now.reason, R_NONE);
+    assert_string_equal(now.sam, "CORP\\alice");
+    map_result_purge(&now);
+    tls_facts_free(facts);
+
+    /* freed with the get in flight: cancelled, never answered */
+    facts = pki_facts("sid");
+    j = map_job_start(m, facts, on_done, &d, on_trace, &now);
+    tls_facts_free(facts);
+    assert_non_null(j);
+    mapper_free(m);
+    event_base_dispatch(f.base); /* fake_cancel removed the answer: nothing runs */
+    assert_int_equal(d.calls, 0);
+
+    map_cache_free(mc);
+    map_result_purge(&f.stored);
+    map_source_close(src);
+    event_free(f.ev);
+    event_base_free(f.base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),         cmocka_unit_test(test_tampering),
-        cmocka_unit_test(test_signed_but_refused), cmocka_unit_test(test_garbage),
-        cmocka_unit_test(test_fingerprint),        cmocka_unit_test(test_resolver_tier),
+        cmocka_unit_test(test_round_trip),           cmocka_unit_test(test_tampering),
+        cmocka_unit_test(test_signed_but_refused),   cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_fingerprint),          cmocka_unit_test(test_resolver_tier),
+        cmocka_unit_test(test_resolver_tier_cancel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
