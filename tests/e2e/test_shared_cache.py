@@ -20,7 +20,7 @@ from test_mapping_ldif import account
 
 PATH = "/Microsoft-Server-ActiveSync?Cmd=Ping"
 PASSWORD = "redis-pass-for-the-test"
-TIMEOUT_MS = 200
+TIMEOUT_MS = 400
 
 
 def searches(d):
@@ -131,7 +131,7 @@ def test_mapping_and_refusal_shared(env):
 def test_redis_stopped_hung_and_restarted(env):
     redis = Redis(env.dir, password=PASSWORD).start()
     env.add_cleanup(redis.stop)
-    names = [f"user{i}" for i in range(6)]
+    names = [f"user{i}" for i in range(16)]
     certs = {n: leaves.issue(env.dir, n, upn=f"{n}@corp.example.test") for n in names}
     entries = [account(n, 2000 + i, upn=f"{n}@corp.example.test")[0] for i, n in enumerate(names)]
     b, (a, bb) = setup(env, entries, redis)
@@ -167,12 +167,23 @@ def test_redis_stopped_hung_and_restarted(env):
     eq(get(bb, certs["user3"])[0], 200, "B after the restart")
     eq(searches(bb), before, "B used A's entry: sharing resumed")
 
-    # Hung (SIGSTOP: connected, silent): a lookup waits the timeout, not more.
+    # Hung (SIGSTOP: connected, silent): a lookup waits the timeout, not more;
+    # after 3 unanswered lookups a worker drops the connection, and the next
+    # lookups fail fast (2 workers: at most 6 lookups wait).
     redis.pause()
-    for n in ("user4", "user5"):
-        status, took = get(bb, certs[n])
-        eq(status, 200, f"{n} with redis hung")
+    waited = []
+    for i in range(4, 16):
+        status, took = get(bb, certs[f"user{i}"])
+        eq(status, 200, f"user{i} with redis hung")
         check(took < TIMEOUT_MS / 1000 + 1.5, f"waited {took:.2f}s, timeout {TIMEOUT_MS} ms")
+        waited.append(took)
+    slow = [t for t in waited if t >= TIMEOUT_MS / 1000]
+    check(len(slow) <= 6, f"lookups that waited the timeout: {len(slow)} of {len(waited)}: "
+                          f"{['%.3f' % t for t in waited]}")
+    check(len(slow) >= 1, "a hung redis is waited for, up to the timeout")
+    check("no answer in time to several requests" in bb.stderr(), "the hung connection dropped")
+    print(f"  redis hung: {len(slow)} of {len(waited)} lookups waited {TIMEOUT_MS} ms, the "
+          f"others failed fast ({min(waited) * 1000:.0f} ms fastest)")
     redis.resume()
 
 
