@@ -1,6 +1,7 @@
 /* Resolving one certificate: the cache first; on a miss, the shared cache
  * (Redis) when there is one, then the plan's lookups through the source one
- * after another (stopping once the verdict is settled), then the judge. Only the first request for a certificate asks the
+ * after another (stopping once the verdict is settled), then the judge. Only
+ * the first request for a certificate asks the shared cache and the
  * directory; the others wait for its result (single flight, see cache.c). */
 #include <stdlib.h>
 #include <string.h>
@@ -290,8 +291,9 @@ struct map_job *map_job_start(struct mapper *m, const struct cert_facts *f, map_
                 m->owners->prev_owner = j;
             m->owners = j;
             /* NULL: the shared cache cannot answer now (not connected). */
-            if (m->shared != NULL &&
-                (j->shared_handle = m->shared->get(m->shared->ctx, f->sha256, on_shared, j)))
+            if (m->shared != NULL)
+                j->shared_handle = m->shared->get(m->shared->ctx, f->sha256, on_shared, j);
+            if (j->shared_handle != NULL)
                 return j;
             if (start_lookup(j))
                 return j;
