@@ -17,7 +17,7 @@ struct mapper {
     map_post_fn post;
     void *post_arg;
     const struct map_shared *shared; /* NULL: none */
-    struct map_job *owners; /* jobs with a lookup in flight, for mapper_free */
+    struct map_job *owners;          /* jobs with a lookup in flight, for mapper_free */
 };
 
 struct map_job {
