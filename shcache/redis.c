@@ -141,9 +141,15 @@ static void on_hello(redisAsyncContext *ac, void *r, void *privdata)
 
     if (s == NULL || s->ac != ac || s->state != SHC_HELLO)
         return;
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        snprintf(why, sizeof why, "%s refused: %.100s", step,
-                 reply != NULL && reply->str != NULL ? reply->str : "connection lost");
+    if (reply == NULL) {
+        /* The connection is going (hiredis frees it after its callbacks). */
+        s->ac = NULL;
+        outage(s, "connection lost");
+        retry_later(s);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        snprintf(why, sizeof why, "%s refused: %.100s", step, reply->str != NULL ? reply->str : "");
         s->ac = NULL;
         outage(s, why);
         retry_later(s);
