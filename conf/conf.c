@@ -475,6 +475,13 @@ static void finish(struct loader *ld)
             }
         }
     }
+    if (c->shared_cache != NULL && c->shared_cache_key_file == NULL) {
+        /* Without it, whoever can write to Redis can map any certificate to any account. */
+        fail_at(ld, where(ld, SEC_MAPPING, "shared_cache"),
+                "[mapping] shared_cache needs shared_cache_key_file (the key that signs every "
+                "value, so that a write to Redis alone cannot forge a mapping)");
+        return;
+    }
     if (c->bind_dn != NULL && c->bind_password_file == NULL) {
         fail_at(ld, where(ld, SEC_LDAP, "bind_dn"), "[ldap] bind_dn needs bind_password_file");
         return;
@@ -561,6 +568,15 @@ bool conf_section_same(const struct conf *a, const struct conf *b, const char *s
     return false;
 }
 
+const char *conf_section_text(const struct conf *c, const char *section)
+{
+    for (int s = SEC_NONE + 1; s < SEC_MAX; s++) {
+        if (strcmp(conf_section_name((enum conf_section)s), section) == 0)
+            return c->section_text[s] != NULL ? c->section_text[s] : "";
+    }
+    return "";
+}
+
 void conf_free(struct conf *c)
 {
     if (c == NULL)
@@ -584,6 +600,10 @@ void conf_free(struct conf *c)
     free(c->crl_file);
     free(c->ldif_file);
     free(c->netbios_domain);
+    free(c->shared_cache);
+    free(c->shared_cache_host);
+    free(c->shared_cache_password_file);
+    free(c->shared_cache_key_file);
     for (size_t i = 0; i < c->n_ldap_uri; i++)
         free(c->ldap_uri[i]);
     free(c->base_dn);

@@ -119,6 +119,14 @@ struct conf {
     uint64_t negative_cache_ttl_ms;
     size_t cache_entries;
     char *netbios_domain;        /* NULL: the source's own (LDAP), or none (ldif) */
+    /* [mapping] shared_cache: the identity cache also in Redis (shcache/) */
+    char *shared_cache;          /* as written, "redis://127.0.0.1:6379/0"; NULL: none */
+    char *shared_cache_host;     /* an IP address (no name: a worker never blocks on DNS) */
+    unsigned shared_cache_port;
+    unsigned shared_cache_db;
+    char *shared_cache_password_file; /* NULL: no AUTH */
+    char *shared_cache_key_file; /* HMAC key over every value; required with shared_cache */
+    uint64_t shared_cache_timeout_ms;
 
     /* [ldap] */
     char *ldap_uri[CONF_MAX_URIS];
@@ -200,6 +208,10 @@ const char *conf_where(const struct conf *c, const char *section, const char *ke
  * same values, as written, in <a> and <b>: a reload keeps what depends only
  * on it (the identity cache). Files named are not compared. */
 bool conf_section_same(const struct conf *a, const struct conf *b, const char *section);
+
+/* The keys section <section> ("mapping", "ldap") set, as written
+ * ("key=value\n" in file order), or "" when it set none. Never NULL. */
+const char *conf_section_text(const struct conf *c, const char *section);
 
 /* Frees a snapshot from conf_load(); NULL is fine. */
 void conf_free(struct conf *c);

@@ -1004,6 +1004,126 @@ static int kp_health_check(const struct conf_key *k, const char *val, void *base
     return set_str(k, base, norm, msg, n);
 }
 
+/* [mapping] shared_cache: redis://ADDRESS[:PORT][/DB], ADDRESS an IPv4 or
+ * [IPv6] address. hiredis resolves names with a blocking getaddrinfo, which a
+ * worker's loop must not wait on; and Debian 12's hiredis (0.14) has no TLS. */
+static int kp_shared_cache(const struct conf_key *k, const char *val, void *base, char *msg,
+                           size_t n)
+{
+    struct conf *c = base;
+    char q[VAL_MAX * 4 + 8], host[VAL_MAX];
+    const char *p, *hs, *he, *port = NULL, *db = NULL, *end, *why;
+    unsigned char a[sizeof(struct in6_addr)];
+    uint64_t v_port = 6379, v_db = 0;
+    char *copy;
+
+    conf_quote(val, q, sizeof(q));
+    if (*val == '\0') {
+        free(c->shared_cache_host);
+        c->shared_cache_host = NULL;
+        return set_str(k, base, NULL, msg, n);
+    }
+    if (strncasecmp(val, "rediss://", 9) == 0) {
+        snprintf(msg, n,
+                 "%s: rediss:// (TLS) is not available: the hiredis of this system (Debian 12's "
+                 "0.14) has no TLS; use redis:// on loopback or a private network, or a local "
+                 "TLS tunnel to Redis (docs/ops-shared-cache.md)",
+                 q);
+        return -1;
+    }
+    if (strncasecmp(val, "redis://", 8) != 0) {
+        snprintf(msg, n, "%s must start with redis://", q);
+        return -1;
+    }
+    p = val + 8;
+    if (strlen(p) >= sizeof(host) || strchr(p, '@') != NULL || strpbrk(p, "?#") != NULL) {
+        snprintf(msg, n, "%s: only redis://ADDRESS[:PORT][/DB] is allowed (the password goes in "
+                         "shared_cache_password_file)", q);
+        return -1;
+    }
+    if (*p == '[') {
+        hs = p + 1;
+        he = strchr(hs, ']');
+        if (he == NULL)
+            goto bad;
+        end = he + 1;
+    } else {
+        hs = p;
+        he = p + strcspn(p, ":/");
+        end = he;
+    }
+    if (*end == ':') {
+        port = end + 1;
+        end = port + strcspn(port, "/");
+    }
+    if (*end == '/') {
+        db = end + 1;
+        if (*db == '\0')
+            db = NULL;
+    } else if (*end != '\0') {
+        goto bad;
+    }
+    memcpy(host, hs, (size_t)(he - hs));
+    host[he - hs] = '\0';
+    if (inet_pton(*p == '[' ? AF_INET6 : AF_INET, host, a) != 1) {
+        snprintf(msg, n, "%s: the host must be an IPv4 or [IPv6] address, not a name (a worker "
+                         "must not wait for a DNS answer)", q);
+        return -1;
+    }
+    if (port != NULL) {
+        char tmp[16];
+        size_t len = strcspn(port, "/");
+        if (len == 0 || len >= sizeof(tmp))
+            goto bad;
+        memcpy(tmp, port, len);
+        tmp[len] = '\0';
+        if (check_port(tmp) < 0)
+            goto bad;
+        v_port = strtoul(tmp, NULL, 10);
+    }
+    if (db != NULL && (parse_digits(db, &v_db, &end, &why) < 0 || *end != '\0' || v_db > 255)) {
+        snprintf(msg, n, "%s: the database must be a number 0..255", q);
+        return -1;
+    }
+    copy = strdup(host);
+    if (copy == NULL) {
+        snprintf(msg, n, "out of memory");
+        return -1;
+    }
+    if (set_str(k, base, val, msg, n) < 0) {
+        free(copy);
+        return -1;
+    }
+    free(c->shared_cache_host);
+    c->shared_cache_host = copy;
+    c->shared_cache_port = (unsigned)v_port;
+    c->shared_cache_db = (unsigned)v_db;
+    return 0;
+bad:
+    snprintf(msg, n, "%s is not redis://ADDRESS[:PORT][/DB] (ADDRESS IPv4 or [IPv6])", q);
+    return -1;
+}
+
+/* A secret file holding a key: as kp_secret_file, and long enough to be one. */
+static int kp_key_file(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
+{
+    size_t len;
+    char *secret;
+
+    if (kp_file(k, val, base, msg, n) < 0 || *val == '\0')
+        return *val == '\0' ? 0 : -1;
+    secret = conf_secret_read(val, &len, msg, n);
+    if (secret == NULL)
+        return -1;
+    conf_secret_free(secret, len);
+    if (len < 32) {
+        snprintf(msg, n, "the key in \"%s\" is %zu bytes: at least 32 are needed "
+                         "(e.g. openssl rand -hex 32)", val, len);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- the table ---- */
 
 static const struct conf_enum log_levels[] = {{"error", CM_LOG_ERROR},
@@ -1152,6 +1272,19 @@ const struct conf_key conf_keys[] = {
     {SEC_MAPPING, "netbios_domain", kp_string, F(netbios_domain),
      .help = "NetBIOS domain for X-Remote-User-Sam (DOMAIN\\sam) when the source cannot tell",
      .iis = "none (the domain's NetBIOS name)"},
+    {SEC_MAPPING, "shared_cache", kp_shared_cache, F(shared_cache),
+     .help = "redis://ADDRESS[:PORT][/DB]: identities also shared through Redis with the other "
+             "instances; unset: local cache only",
+     .iis = "none (each IIS server has its own token cache)"},
+    {SEC_MAPPING, "shared_cache_password_file", kp_secret_file, F(shared_cache_password_file),
+     .help = "file holding the Redis password (AUTH); unset: no AUTH", .iis = "none"},
+    {SEC_MAPPING, "shared_cache_key_file", kp_key_file, F(shared_cache_key_file),
+     .help = "file holding the key (32+ bytes) that signs each shared value; required with "
+             "shared_cache, the same on every instance",
+     .iis = "none"},
+    {SEC_MAPPING, "shared_cache_timeout", kp_duration, F(shared_cache_timeout_ms), .min = 1,
+     .max = 10 * SEC, .def = "100ms",
+     .help = "wait for a Redis answer; then the directory is asked", .iis = "none"},
 
     /* [ldap] */
     {SEC_LDAP, "uri", kp_uris, F(ldap_uri), .flags = CK_REPEATABLE,

@@ -233,11 +233,19 @@ enum map_cache_state map_cache_get(struct map_cache *mc, const char *key, struct
 
 void map_cache_put(struct map_cache *mc, const char *key, const struct map_result *r)
 {
+    map_cache_put_ttl(mc, key, r, UINT64_MAX);
+}
+
+void map_cache_put_ttl(struct map_cache *mc, const char *key, const struct map_result *r,
+                       uint64_t ttl_max)
+{
     uint64_t h = key_hash(key);
     struct shard *s = shard_of(mc, h);
     struct centry **p, *e;
     struct map_waiter *waiters = NULL;
     uint64_t ttl = r->reason == R_NONE ? mc->ttl_ms : mc->negative_ttl_ms;
+    if (ttl > ttl_max)
+        ttl = ttl_max;
     bool keep = r->reason != R_DIRECTORY_UNAVAILABLE && ttl > 0 && strlen(key) <= KEY_MAX;
 
     pthread_mutex_lock(&s->lock);

@@ -39,6 +39,11 @@ bool map_judge_settles(const struct conf *c, const struct cert_facts *f, const s
 struct map_cache *map_cache_new_custom(size_t entries, uint64_t ttl_ms, uint64_t negative_ttl_ms,
                                        size_t shards, uint64_t (*clock)(void *), void *clock_arg);
 
+/* As map_cache_put, for at most <ttl_ms> (less than the cache's own TTL:
+ * what a shared cache's entry has left). */
+void map_cache_put_ttl(struct map_cache *mc, const char *key, const struct map_result *r,
+                       uint64_t ttl_ms);
+
 /* Ready entries held (pending ones are not counted). */
 size_t map_cache_count(struct map_cache *mc);
 

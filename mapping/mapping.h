@@ -132,6 +132,48 @@ void map_cache_put(struct map_cache *mc, const char *key, const struct map_resul
 /* Removes a waiter that gave up (its client went away); false if it was already woken. */
 bool map_cache_unwait(struct map_cache *mc, const char *key, struct map_waiter *w);
 
+/* ---- the shared cache (another tier behind the local one: Redis, shcache/) ------- */
+
+/* Called exactly once per get, never from inside get(). <r> NULL: a miss (not
+ * there, unreadable, or no answer in time). <r> is valid only during the
+ * call; <ttl_ms> is what is left of its life. */
+typedef void (*map_shared_cb)(void *arg, const struct map_result *r, uint64_t ttl_ms);
+
+struct map_shared {
+    void *ctx;
+    /* Looks up the certificate <sha256> (hex); a handle, or NULL when it
+     * cannot ask now (not connected: fail fast; cb not called). */
+    void *(*get)(void *ctx, const char *sha256, map_shared_cb cb, void *arg);
+    /* Cancels a get that has not called back; its cb is never called. */
+    void (*cancel)(void *ctx, void *handle);
+    /* Stores <r> for <ttl_ms>, fire and forget (dropped when not connected). */
+    void (*put)(void *ctx, const char *sha256, const struct map_result *r, uint64_t ttl_ms);
+};
+
+/* The mapping configuration's fingerprint, 64 hex digits and a NUL in <out>:
+ * SHA-256 over [mapping] (less its shared_cache* keys) and [ldap] as written
+ * and, with source = ldif, the LDIF file's content, so that whatever may
+ * change an answer changes the keys. 0, or -1 with a reason in <err>. */
+int map_shared_fingerprint(const struct conf *c, char out[65], char *err, size_t errlen);
+
+/* The longest value map_shared_decode accepts: a reader need fetch no more. */
+#define MAP_SHARED_VALUE_MAX 65536
+
+/* The value stored for <r> under the key <rkey>: "cm1 EXPIRES REASON F F F F F F MAC",
+ * EXPIRES in ms since the epoch, each F "-" (none) or LEN:BYTES (upn, dn,
+ * sid, sam, method, detail), MAC the HMAC-SHA256 under <mac_key> of <rkey>,
+ * a newline and all before " MAC". Heap string (length in <*len>), or NULL
+ * (no memory, or a result that is not to be shared: directory unavailable). */
+char *map_shared_encode(const struct map_result *r, uint64_t expires_ms, const char *rkey,
+                        const unsigned char *mac_key, size_t mac_key_len, size_t *len);
+
+/* Reads a value from the shared cache: hostile input. 0 with <out> filled
+ * (caller purges) and <*ttl_ms> its life left at <now_ms>, or -1 with <why>
+ * (malformed, signed with another key, for another key, expired). */
+int map_shared_decode(const char *val, size_t len, const char *rkey, const unsigned char *mac_key,
+                      size_t mac_key_len, uint64_t now_ms, struct map_result *out,
+                      uint64_t *ttl_ms, const char **why);
+
 /* ---- resolving one certificate ------------------------------------------------ */
 
 /* Per-worker mapper: the source, the shared cache, the configuration. */
@@ -146,6 +188,10 @@ void mapper_free(struct mapper *m);
  * fn_arg itself. Unset: fn runs directly on the resolving thread (one thread only). */
 typedef void (*map_post_fn)(void *post_arg, void (*fn)(void *), void *fn_arg);
 void mapper_set_post(struct mapper *m, map_post_fn post, void *post_arg);
+
+/* Asks <sh> (may be NULL) on a local cache miss before the directory, and
+ * stores the directory's answers there. <sh> outlives the mapper. */
+void mapper_set_shared(struct mapper *m, const struct map_shared *sh);
 
 /* One step of the decision, for `certmapd map`: lookup i, its filter, what came back. */
 typedef void (*map_trace_cb)(void *arg, const struct map_lookup *l, bool ok,

@@ -1,11 +1,13 @@
-/* Resolving one certificate: the cache first; on a miss, the plan's lookups
- * through the source one after another (stopping once the verdict is
- * settled), then the judge. Only the first request for a certificate asks the
+/* Resolving one certificate: the cache first; on a miss, the shared cache
+ * (Redis) when there is one, then the plan's lookups through the source one
+ * after another (stopping once the verdict is settled), then the judge. Only
+ * the first request for a certificate asks the shared cache and the
  * directory; the others wait for its result (single flight, see cache.c). */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "common/log.h"
 #include "mapping/internal.h"
 
 struct mapper {
@@ -14,7 +16,8 @@ struct mapper {
     struct map_cache *mc;
     map_post_fn post;
     void *post_arg;
-    struct map_job *owners; /* jobs with a lookup in flight, for mapper_free */
+    const struct map_shared *shared; /* NULL: none */
+    struct map_job *owners;          /* jobs with a lookup in flight, for mapper_free */
 };
 
 struct map_job {
@@ -32,6 +35,7 @@ struct map_job {
     size_t *n_answers;
     size_t next; /* the lookup running, or to run */
     void *handle;
+    void *shared_handle; /* a shared cache get in flight */
     struct map_waiter w;
     struct map_job *prev_owner, *next_owner; /* in m->owners while <owner> */
 };
@@ -65,6 +69,8 @@ void mapper_free(struct mapper *m)
         struct map_job *j = m->owners;
         if (j->handle != NULL)
             m->src->cancel(m->src->ctx, j->handle);
+        if (j->shared_handle != NULL)
+            m->shared->cancel(m->shared->ctx, j->shared_handle);
         job_free(j);
     }
     free(m);
@@ -74,6 +80,11 @@ void mapper_set_post(struct mapper *m, map_post_fn post, void *post_arg)
 {
     m->post = post;
     m->post_arg = post_arg;
+}
+
+void mapper_set_shared(struct mapper *m, const struct map_shared *sh)
+{
+    m->shared = sh;
 }
 
 static void job_free(struct map_job *j)
@@ -110,11 +121,20 @@ static void result_reason(struct map_result *r, enum reason why, const char *det
     r->detail = strdup(detail);
 }
 
+/* The directory's answer goes to the shared cache too, with the local TTLs. */
+static void shared_put(struct mapper *m, const char *sha256, const struct map_result *res)
+{
+    uint64_t ttl = res->reason == R_NONE ? m->c->cache_ttl_ms : m->c->negative_cache_ttl_ms;
+    if (m->shared != NULL && res->reason != R_DIRECTORY_UNAVAILABLE && ttl > 0)
+        m->shared->put(m->shared->ctx, sha256, res, ttl);
+}
+
 /* The owner's end: cache (and so wake the waiters), then tell the client. */
 static void owner_finish(struct map_job *j, struct map_result *res)
 {
     if (j->m->mc != NULL)
         map_cache_put(j->m->mc, j->f.sha256, res);
+    shared_put(j->m, j->f.sha256, res);
     if (!j->cancelled)
         j->cb(j->arg, res);
     map_result_purge(res);
@@ -133,6 +153,7 @@ static void on_answer(void *arg, bool ok, struct map_entry *entries, size_t n);
 /* Starts lookup j->next; false when the source could not start it. */
 static bool start_lookup(struct map_job *j)
 {
+    log_debug("mapping: %.16s: directory search %s", j->f.sha256, j->plan.lookups[j->next].kind);
     j->handle = j->m->src->search(j->m->src->ctx, &j->plan.lookups[j->next], on_answer, j);
     return j->handle != NULL;
 }
@@ -175,6 +196,30 @@ static void on_answer(void *arg, bool ok, struct map_entry *entries, size_t n)
         return;
     }
     judge_now(j, &res);
+    owner_finish(j, &res);
+}
+
+/* The shared cache's answer. A hit is the result (cached here for what is
+ * left of its life, not written back); a miss asks the directory. */
+static void on_shared(void *arg, const struct map_result *r, uint64_t ttl_ms)
+{
+    struct map_job *j = arg;
+    struct map_result res;
+
+    j->shared_handle = NULL;
+    if (r != NULL) {
+        log_debug("mapping: %.16s: from the shared cache (%s)", j->f.sha256,
+                  r->reason == R_NONE ? "mapped" : reason_name(r->reason));
+        if (j->m->mc != NULL)
+            map_cache_put_ttl(j->m->mc, j->f.sha256, r, ttl_ms);
+        if (!j->cancelled)
+            j->cb(j->arg, r);
+        job_free(j);
+        return;
+    }
+    if (start_lookup(j))
+        return;
+    result_reason(&res, R_DIRECTORY_UNAVAILABLE, "the directory search could not start");
     owner_finish(j, &res);
 }
 
@@ -245,6 +290,11 @@ struct map_job *map_job_start(struct mapper *m, const struct cert_facts *f, map_
             if (m->owners != NULL)
                 m->owners->prev_owner = j;
             m->owners = j;
+            /* NULL: the shared cache cannot answer now (not connected). */
+            if (m->shared != NULL)
+                j->shared_handle = m->shared->get(m->shared->ctx, f->sha256, on_shared, j);
+            if (j->shared_handle != NULL)
+                return j;
             if (start_lookup(j))
                 return j;
             result_reason(now, R_DIRECTORY_UNAVAILABLE, "the directory search could not start");

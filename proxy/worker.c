@@ -24,6 +24,7 @@
 #include "metrics/metrics.h"
 #include "proxy/conn.h"
 #include "proxy/proxy.h"
+#include "shcache/shcache.h"
 
 struct worker_post;
 
@@ -37,6 +38,7 @@ struct wgen {
     struct upstream_pool pool;
     struct map_source *source;
     struct mapper *mapper;
+    struct shc *shared; /* [mapping] shared_cache: this worker's Redis connection */
     struct conn_env env;
     struct wgen *next; /* in w->retired */
 };
@@ -297,6 +299,7 @@ static void wgen_free(struct wgen *g)
      * threads handed over (cancelled jobs: it only frees), then the mapping. */
     post_cb(-1, 0, g->w);
     mapper_free(g->mapper);
+    shc_free(g->shared);
     map_source_close(g->source);
     if (g->sh != NULL)
         atomic_fetch_sub_explicit(&g->sh->refs, 1, memory_order_acq_rel);
@@ -329,6 +332,12 @@ static struct wgen *wgen_new(struct worker *w, struct proxy_shared *sh, char *er
             goto fail;
         }
         mapper_set_post(g->mapper, worker_post, w);
+        if (c->shared_cache != NULL) {
+            g->shared = shc_open(c, w->base, err, errlen);
+            if (g->shared == NULL)
+                goto fail;
+            mapper_set_shared(g->mapper, shc_shared(g->shared));
+        }
     }
     g->env = (struct conn_env){
         .base = w->base,

@@ -14,12 +14,16 @@ PACKAGES=(
   # the Debian package (debian/, tests/package/): dpkg-buildpackage and dh;
   # tests: the manual pages rendered (groff, man), the unit checked (systemd-analyze)
   debhelper dpkg-dev fakeroot groff-base man-db systemd
+  # build: the identity cache shared through Redis (shcache/): hiredis 0.14, no TLS
+  libhiredis-dev
   # tests: real clients, a real directory, real peers. Every package named,
   # none left to Recommends (installed without them): samba-ad-provision holds
   # the AD schema that "samba-tool domain provision" reads; mount and
   # util-linux give tests a private /etc/hosts (unshare + mount --bind).
   python3 curl openssl ldap-utils samba samba-ad-dc samba-ad-provision krb5-user nginx haproxy
   procps mount util-linux iproute2
+  # tests: a real Redis for the shared identity cache (tests/e2e/redis_server.py)
+  redis-server redis-tools
   # tests: Kerberos backends for constrained delegation (tests/e2e/apache.py:
   # httpd + mod_auth_gssapi; tests/e2e/gssbackend.py and kdc.py: Debian's
   # /usr/bin/python3 with its gssapi module). apache2-bin holds httpd and the
@@ -46,7 +50,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 # krb5-user asks for a default realm: answer non-interactively.
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
-# The distribution's own nginx, apache2 and samba services are not ours: tests start their own.
-for svc in nginx apache2 apache-htcacheclean samba-ad-dc smbd nmbd winbind; do
+# The distribution's own nginx, apache2, samba and redis services are not ours: tests start their own.
+for svc in nginx apache2 apache-htcacheclean samba-ad-dc smbd nmbd winbind redis-server; do
   $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done

@@ -13,7 +13,7 @@ secs=${1:-60}
 shift || true
 harnesses=("$@")
 [ ${#harnesses[@]} -gt 0 ] ||
-  harnesses=(http_stream cert_facts conf ldap_values ldif policy_path mapcmd proxyproto)
+  harnesses=(http_stream cert_facts conf ldap_values ldif policy_path mapcmd proxyproto shared_value)
 build=${BUILD_DIR:-build-fuzz}
 
 cmake -S . -B "$build" -DCMAKE_C_COMPILER=clang -DCERTMAPD_FUZZ=ON >/dev/null
