@@ -727,6 +727,23 @@ static int kp_methods(const struct conf_key *k, const char *val, void *base, cha
     return 0;
 }
 
+/* The next blank-separated word of *<p> into <one> (size <len>), *<p>
+ * advanced past it. 1, 0 at the end, or -1 when the word does not fit. */
+static int next_word(const char **p, char *one, size_t len)
+{
+    while (isspace((unsigned char)**p))
+        (*p)++;
+    if (**p == '\0')
+        return 0;
+    size_t n = strcspn(*p, " \t");
+    if (n >= len)
+        return -1;
+    memcpy(one, *p, n);
+    one[n] = '\0';
+    *p += n;
+    return 1;
+}
+
 /* [ldap] uri: space separated ldap:// or ldaps:// URIs; repeatable, appends. */
 static int kp_uris(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
 {
@@ -736,21 +753,15 @@ static int kp_uris(const struct conf_key *k, const char *val, void *base, char *
 
     for (;;) {
         LDAPURLDesc *lud = NULL;
-        size_t len;
         bool ok;
+        int w = next_word(&p, one, sizeof(one));
 
-        while (isspace((unsigned char)*p))
-            p++;
-        if (*p == '\0')
+        if (w == 0)
             break;
-        len = strcspn(p, " \t");
-        if (len >= sizeof(one)) {
+        if (w < 0) {
             snprintf(msg, n, "URI is too long");
             return -1;
         }
-        memcpy(one, p, len);
-        one[len] = '\0';
-        p += len;
         conf_quote(one, q, sizeof(q));
         ok = ldap_url_parse(one, &lud) == LDAP_URL_SUCCESS;
         ok = ok && (strcasecmp(lud->lud_scheme, "ldap") == 0 ||
@@ -915,20 +926,14 @@ static int kp_backend_url(const struct conf_key *k, const char *val, void *base,
 
     for (;;) {
         struct conf_backend_url u;
-        size_t len;
+        int w = next_word(&p, one, sizeof(one));
 
-        while (isspace((unsigned char)*p))
-            p++;
-        if (*p == '\0')
+        if (w == 0)
             break;
-        len = strcspn(p, " \t");
-        if (len >= sizeof(one)) {
+        if (w < 0) {
             snprintf(msg, n, "URL is too long");
             return -1;
         }
-        memcpy(one, p, len);
-        one[len] = '\0';
-        p += len;
         any = true;
         if (backend_url_parse(one, &u, msg, n) < 0)
             return -1;

@@ -60,4 +60,29 @@ static inline const char *data_path(const char *name)
     return buf;
 }
 
+/* What a map_job_start callback received: how often, and the last result. */
+struct done {
+    int calls, traces;
+    struct map_result r;
+};
+
+static inline void on_done(void *arg, const struct map_result *res)
+{
+    struct done *d = arg;
+    d->calls++;
+    map_result_purge(&d->r);
+    assert_int_equal(map_result_copy(&d->r, res), 0);
+}
+
+static inline void on_trace(void *arg, const struct map_lookup *l, bool ok, const struct map_entry *e,
+                     size_t n)
+{
+    struct done *d = arg;
+    (void)l;
+    (void)ok;
+    (void)e;
+    (void)n;
+    d->traces++;
+}
+
 #endif

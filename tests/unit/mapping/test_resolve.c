@@ -12,30 +12,6 @@
 
 #include "helpers.h"
 
-struct done {
-    int calls, traces;
-    struct map_result r;
-};
-
-static void on_done(void *arg, const struct map_result *res)
-{
-    struct done *d = arg;
-    d->calls++;
-    map_result_purge(&d->r);
-    assert_int_equal(map_result_copy(&d->r, res), 0);
-}
-
-static void on_trace(void *arg, const struct map_lookup *l, bool ok, const struct map_entry *e,
-                     size_t n)
-{
-    struct done *d = arg;
-    (void)l;
-    (void)ok;
-    (void)e;
-    (void)n;
-    d->traces++;
-}
-
 /* post hook for the tests: run fn on the loop, later, as the proxy would. */
 struct posted {
     void (*fn)(void *);

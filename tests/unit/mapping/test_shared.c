@@ -333,30 +333,6 @@ static void fake_put(void *ctx, const char *sha256, const struct map_result *r, 
     assert_int_equal(map_result_copy(&f->stored, r), 0);
 }
 
-struct done {
-    int calls, traces;
-    struct map_result r;
-};
-
-static void on_done(void *arg, const struct map_result *res)
-{
-    struct done *d = arg;
-    d->calls++;
-    map_result_purge(&d->r);
-    assert_int_equal(map_result_copy(&d->r, res), 0);
-}
-
-static void on_trace(void *arg, const struct map_lookup *l, bool ok, const struct map_entry *e,
-                     size_t n)
-{
-    struct done *d = arg;
-    (void)l;
-    (void)ok;
-    (void)e;
-    (void)n;
-    d->traces++;
-}
-
 /* Maps PKI leaf <leaf> through a fresh mapper (an empty local cache, as on
  * another instance) and tier <f>. */
 static enum reason map_once(struct conf *c, struct map_source *src, struct fake *f,
