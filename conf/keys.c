@@ -775,6 +775,9 @@ static const struct conf_enum enforcements[] = {{"full", ENFORCE_FULL},
                                                 {"disabled", ENFORCE_DISABLED},
                                                 {NULL, 0}};
 
+static const struct conf_enum revocation_unknowns[] = {
+    {"refuse", REVOCATION_REFUSE}, {"allow", REVOCATION_ALLOW}, {NULL, 0}};
+
 static const struct conf_enum deleg_modes[] = {
     {"off", DELEG_OFF}, {"kerberos", DELEG_KERBEROS}, {NULL, 0}};
 static const struct conf_enum deleg_imps[] = {
@@ -858,6 +861,13 @@ const struct conf_key conf_keys[] = {
     {SEC_CLIENT_CERT, "crl_file", kp_file, F(crl_file),
      .help = "PEM file with one or more CRLs; unset: no revocation checking",
      .iis = "certificate revocation checking (CertCheckMode)"},
+    {SEC_CLIENT_CERT, "crl_refresh", kp_duration, F(crl_refresh_ms), .min = 100, .max = 24 * HOUR,
+     .def = "5m", .help = "how often crl_file is checked for a change (then re-read, no reload)",
+     .iis = "none (CryptoAPI URL cache refresh)"},
+    {SEC_CLIENT_CERT, "revocation_unknown", kp_enum, F(revocation_unknown),
+     .names = revocation_unknowns, .def = "refuse",
+     .help = "refuse or allow a certificate whose issuer has no current CRL (cert_untrusted)",
+     .iis = "CertCheckMode / RevocationFreshnessTime (offline revocation is a failure)"},
     {SEC_CLIENT_CERT, "verify_depth", kp_uint, F(verify_depth), .min = 1, .max = 16, .def = "4",
      .help = "longest accepted chain below the trust anchor",
      .iis = "none (CryptoAPI chain engine)"},
@@ -986,6 +996,7 @@ _Static_assert(sizeof(enum cert_mode) == sizeof(int), "enum fields are written a
 _Static_assert(sizeof(enum map_source_kind) == sizeof(int), "enum fields are written as int");
 _Static_assert(sizeof(enum map_enforcement) == sizeof(int), "enum fields are written as int");
 _Static_assert(sizeof(enum deleg_mode) == sizeof(int), "enum fields are written as int");
+_Static_assert(sizeof(enum revocation_unknown) == sizeof(int), "enum fields are written as int");
 
 const char *conf_section_name(enum conf_section s)
 {

@@ -5,6 +5,9 @@
 #ifndef CM_TLS_H
 #define CM_TLS_H
 
+#include <stdbool.h>
+#include <time.h>
+
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -33,6 +36,24 @@ SSL *tls_conn_new(struct tls_ctx *t);
  * <*facts> receives a new facts struct (caller frees); otherwise NULL. */
 enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
                              struct cert_facts **facts);
+
+/* ---- revocation (tls/revoke.c) ---- */
+
+/* One CRL in use, as tls_crl_ages() reports it. Strings live for the call only. */
+struct tls_crl_info {
+    const char *issuer;  /* the CA's name, RFC 4514, escaped for logs */
+    const char *source;  /* the crl_file path, or the URL it was fetched from */
+    bool delta;          /* a delta CRL */
+    long long number;    /* CRL number; -1: none or too large */
+    time_t this_update;  /* when the CA issued it */
+    time_t next_update;  /* when it expires; 0: never said */
+};
+
+/* Calls <cb>(<arg>, info) for each CRL in use now, for metrics (CRL age per
+ * CA: now - this_update; time left: next_update - now). Thread-safe, from any
+ * thread; nothing when no crl_file is set. <cb> must not call into tls/. */
+void tls_crl_ages(struct tls_ctx *t, void (*cb)(void *arg, const struct tls_crl_info *info),
+                  void *arg);
 
 /* Makes d2i_X509() decode RSA and EC public keys through OpenSSL's built-in
  * methods instead of a provider decoder search (tls/keymeth.c says why).
