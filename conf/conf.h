@@ -92,6 +92,9 @@ struct conf {
     char *crl_file;              /* NULL: no revocation checking */
     uint64_t crl_refresh_ms;     /* how often crl_file is checked for a change; 0: 5 min */
     enum revocation_unknown revocation_unknown; /* no current CRL for the issuer */
+    bool crl_fetch;              /* CRLs from the leaves' http:// CRL distribution points */
+    uint64_t crl_fetch_timeout_ms; /* longest a request waits for a fetch; 0: 5 s */
+    size_t crl_fetch_max_size;   /* largest CRL fetched; 0: 10M */
     unsigned verify_depth;
     bool require_client_auth_eku;
     bool negotiate_at_handshake;

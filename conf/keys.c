@@ -868,6 +868,18 @@ const struct conf_key conf_keys[] = {
      .names = revocation_unknowns, .def = "refuse",
      .help = "refuse or allow a certificate whose issuer has no current CRL (cert_untrusted)",
      .iis = "CertCheckMode / RevocationFreshnessTime (offline revocation is a failure)"},
+    {SEC_CLIENT_CERT, "crl_fetch", kp_bool, F(crl_fetch), .def = "off",
+     .help = "on: fetch CRLs (base and delta) from the http:// CRL distribution points of client "
+             "certificates, cached and refreshed before nextUpdate",
+     .iis = "CryptoAPI CDP retrieval (CertCheckMode 0)"},
+    {SEC_CLIENT_CERT, "crl_fetch_timeout", kp_duration, F(crl_fetch_timeout_ms), .min = 100,
+     .max = MIN, .def = "5s",
+     .help = "limit for one CRL fetch, and longest a request waits for one (then "
+             "revocation_unknown applies)",
+     .iis = "ChainUrlRetrievalTimeoutMilliseconds"},
+    {SEC_CLIENT_CERT, "crl_fetch_max_size", kp_size, F(crl_fetch_max_size), .min = KIB,
+     .max = GIB, .def = "10M", .help = "largest CRL accepted from a distribution point",
+     .iis = "none (CryptoAPI URL cache)"},
     {SEC_CLIENT_CERT, "verify_depth", kp_uint, F(verify_depth), .min = 1, .max = 16, .def = "4",
      .help = "longest accepted chain below the trust anchor",
      .iis = "none (CryptoAPI chain engine)"},

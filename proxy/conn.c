@@ -43,6 +43,9 @@ enum conn_state {
 
 #define CF_FEED 0x1u        /* feed the stream again, from <later> */
 #define CF_STREAM_OVER 0x2u /* the stream is over: free it from <later>, then <end> */
+#define CF_CRL_WAIT 0x4u    /* the first verdict waits for a CRL being fetched (crl_fetch) */
+/* How often a verdict waiting for a CRL fetch looks again. */
+#define CRL_POLL_MS 20
 
 struct proxy_conn {
     struct conn_env *env;
@@ -54,6 +57,7 @@ struct proxy_conn {
     struct cert_facts *facts; /* the verified client certificate, or NULL */
     enum conn_state state;
     unsigned flags;
+    unsigned crl_polls; /* CF_CRL_WAIT: how often <later> looked */
     enum stream_end end;
     char peer[64];
     TAILQ_ENTRY(proxy_conn) link;
@@ -115,6 +119,29 @@ static const char *conn_judge_certificate(struct proxy_conn *c, const char *none
     return c->facts        ? c->facts->subject
            : c->sc.cert_reason ? reason_name(c->sc.cert_reason)
                                 : none;
+}
+
+/* The end of the first handshake. The verdict is computed once per connection
+ * (verification itself ran in the handshake, or, for a resumed session, not
+ * at all: tls_conn_verdict re-checks validity and revocation either way),
+ * after the CRL of the certificate's issuer, when it is being fetched, has
+ * come or crl_fetch_timeout has passed; meanwhile what the client sends waits
+ * in the input (the state stays CONN_HANDSHAKE). */
+static void conn_handshake_done(struct proxy_conn *c)
+{
+    if (c->crl_polls * (uint64_t)CRL_POLL_MS < c->env->conf->crl_fetch_timeout_ms &&
+        tls_conn_crl_pending(c->env->tls, io_ssl(c->io))) {
+        c->crl_polls++;
+        c->flags |= CF_CRL_WAIT;
+        struct timeval tv = {.tv_sec = 0, .tv_usec = CRL_POLL_MS * 1000};
+        event_add(&c->later, &tv);
+        return;
+    }
+    const char *cert = conn_judge_certificate(c, "none");
+    c->state = CONN_IDLE;
+    log_debug("#%llu %s: %s handshake done, certificate %s%s", (unsigned long long)c->sc.conn_id,
+              c->peer, tls_conn_protocol(io_ssl(c->io)), cert,
+              c->crl_polls > 0 ? " (after waiting for its CRL)" : "");
 }
 
 /* The stream's ops->ask_cert: a certificate, now, by renegotiation (TLS 1.2)
@@ -201,6 +228,13 @@ static const struct stream_client_ops conn_stream_ops = {
 static void later_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct proxy_conn *c = arg;
+    if (c->flags & CF_CRL_WAIT) {
+        c->flags &= ~CF_CRL_WAIT;
+        conn_handshake_done(c);
+        if (c->state == CONN_IDLE)
+            conn_feed(c); /* what the client sent meanwhile */
+        return;
+    }
     if (c->flags & CF_STREAM_OVER) {
         c->flags &= ~(CF_STREAM_OVER | CF_FEED);
         stream_free(c->st);
@@ -272,16 +306,9 @@ static void conn_event_cb(void *arg, enum io_event ev)
     struct proxy_conn *c = arg;
     char why[256];
     switch (ev) {
-    case IO_EV_HANDSHAKE: {
-        /* The verdict is computed once per connection (verification itself ran
-         * in the handshake, or, for a resumed session, not at all:
-         * tls_conn_verdict re-checks validity and revocation either way). */
-        const char *cert = conn_judge_certificate(c, "none");
-        c->state = CONN_IDLE;
-        log_debug("#%llu %s: %s handshake done, certificate %s", (unsigned long long)c->sc.conn_id,
-                  c->peer, tls_conn_protocol(io_ssl(c->io)), cert);
+    case IO_EV_HANDSHAKE:
+        conn_handshake_done(c);
         return;
-    }
     case IO_EV_LATE_DONE: {
         const char *cert = conn_judge_certificate(c, "none sent");
         log_debug("#%llu %s: late certificate: %s", (unsigned long long)c->sc.conn_id, c->peer,

@@ -29,6 +29,7 @@ struct tls_crlent {
     time_t this_update, next_update; /* next_update 0: none */
     char issuer[256];          /* for logs and metrics */
     char *source;              /* the file or URL it came from */
+    bool wants_delta;          /* fetched, and names a delta CRL (set before it is published) */
 };
 
 /* The CRLs in use: an immutable, reference-counted snapshot (tls/revoke.c). */

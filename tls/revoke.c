@@ -12,16 +12,21 @@
  * previous set stays, and that is logged once per change of the file. */
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -36,6 +41,17 @@
 #define SETTLE_MS 200
 /* CAs whose "revocation status unknown" was logged since the set changed. */
 #define UNKNOWN_LOG_SLOTS 64
+/* crl_fetch: distribution points followed at most, longest URL, largest answer head */
+#define FETCH_MAX 64
+#define URL_MAX 1024
+#define HEAD_MAX (16 * 1024)
+/* after a failed fetch, the next one waits 5 s, doubling up to 10 min */
+#define FETCH_BACKOFF_MS 5000ull
+#define FETCH_BACKOFF_MAX_MS (600 * 1000ull)
+#define FETCH_TIMEOUT_DEFAULT_MS 5000
+#define FETCH_MAX_SIZE_DEFAULT (10 * 1024 * 1024)
+
+struct fetch;
 
 struct file_id {
     dev_t dev;
@@ -61,6 +77,15 @@ struct tls_rev {
     int wake_fd[2];
     pthread_t thread;
     bool running;
+    atomic_bool stopping;
+
+    /* crl_fetch: the distribution points met in certificates (under <mu>) */
+    bool fetch;
+    uint64_t fetch_timeout_ms;
+    size_t fetch_max;
+    struct fetch *fetches[FETCH_MAX];
+    size_t n_fetches;
+    bool fetch_full_logged;
 };
 
 /* ---- entries and sets -------------------------------------------------------------- */
@@ -83,6 +108,12 @@ static void ent_put(struct tls_crlent *e)
     ASN1_INTEGER_free(e->base_number);
     free(e->source);
     free(e);
+}
+
+static struct tls_crlent *ent_get(struct tls_crlent *e)
+{
+    atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+    return e;
 }
 
 static struct tls_crlset *set_new(size_t cap)
@@ -336,7 +367,7 @@ static void log_unknown_once(struct tls_ctx *t, X509 *leaf, int code)
              t->revocation_allow ? "allow" : "refuse");
 }
 
-int tls_rev_status(struct tls_ctx *t, X509 *leaf)
+static int rev_status(struct tls_ctx *t, X509 *leaf, bool log)
 {
     time_t now = time(NULL);
     struct tls_crlset *s = tls_crlset_get(t);
@@ -367,7 +398,11 @@ int tls_rev_status(struct tls_ctx *t, X509 *leaf)
     }
     int code = X509_V_OK;
     X509_REVOKED *rev = NULL;
-    if (base == NULL) {
+    if (base != NULL && base->wants_delta && delta == NULL) {
+        /* a fetched base names a delta that could not be had: what the
+         * delta says is unknown, so is the status */
+        code = X509_V_ERR_UNABLE_TO_GET_CRL;
+    } else if (base == NULL) {
         code = stale    ? X509_V_ERR_CRL_HAS_EXPIRED
                : future ? X509_V_ERR_CRL_NOT_YET_VALID
                         : X509_V_ERR_UNABLE_TO_GET_CRL;
@@ -379,9 +414,14 @@ int tls_rev_status(struct tls_ctx *t, X509 *leaf)
     }
     tls_crlset_put(s);
     ERR_clear_error();
-    if (code != X509_V_OK && code != X509_V_ERR_CERT_REVOKED)
+    if (log && code != X509_V_OK && code != X509_V_ERR_CERT_REVOKED)
         log_unknown_once(t, leaf, code);
     return code;
+}
+
+int tls_rev_status(struct tls_ctx *t, X509 *leaf)
+{
+    return rev_status(t, leaf, true);
 }
 
 /* ---- crl_file -------------------------------------------------------------------------- */
@@ -490,6 +530,8 @@ fail:
     return NULL;
 }
 
+static void republish(struct tls_rev *r);
+
 static void rev_check_file(struct tls_rev *r)
 {
     struct stat st, after;
@@ -537,15 +579,524 @@ static void rev_check_file(struct tls_rev *r)
     log_info("%s", line);
     tls_crlset_put(r->file);
     r->file = s;
-    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+    republish(r);
+}
+
+/* ---- crl_fetch: CRLs from the certificates' distribution points ---------------------- */
+
+enum fetch_state {
+    FS_QUEUED = 0, /* asked for by a worker, not started yet */
+    FS_BUSY,       /* a fetch runs (for a base with a delta: until the delta's ends too) */
+    FS_IDLE,       /* done, well or not; the timer starts the next one */
+    FS_IGNORED,    /* not an http:// URL this client can fetch */
+};
+
+struct fetch {
+    struct tls_rev *r;
+    char *url;
+    enum fetch_state state; /* under <mu>, as <started> */
+    time_t started;
+    /* the revocation thread's own */
+    char *host, *port, *path;
+    struct tls_crlent *ent; /* the last good CRL from <url>, in the set in use */
+    struct fetch *waiter;   /* a delta's: the base fetch that waits for it to end */
+    bool delta;             /* met as a base CRL's Freshest CRL */
+    unsigned failures;
+    bool fail_logged;
+    struct bufferevent *bev;
+    struct event *timer; /* the running fetch's deadline, or the next refresh */
+};
+
+/* Splits an http:// URL into host, port and path. -1: another scheme, user
+ * information, a query-less path that is not absolute, bytes that are not
+ * printable ASCII. */
+static int url_split(const char *url, char **host, char **port, char **path)
+{
+    if (strncasecmp(url, "http://", 7) != 0 || strlen(url) > URL_MAX)
+        return -1;
+    for (const char *p = url; *p != '\0'; p++)
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+            return -1;
+    const char *h = url + 7, *slash = strchr(h, '/');
+    if (slash == NULL)
+        return -1;
+    const char *hend = slash, *colon = NULL;
+    if (*h == '[') {
+        const char *close = memchr(h, ']', (size_t)(slash - h));
+        if (close == NULL)
+            return -1;
+        colon = close[1] == ':' ? close + 1 : NULL;
+        if (colon == NULL && close + 1 != slash)
+            return -1;
+        hend = close + 1;
+    } else {
+        colon = memchr(h, ':', (size_t)(slash - h));
+        hend = colon != NULL ? colon : slash;
+    }
+    if (hend == h || memchr(h, '@', (size_t)(slash - h)) != NULL)
+        return -1;
+    if (colon != NULL) {
+        size_t n = (size_t)(slash - colon - 1);
+        if (n == 0 || n > 5 || strspn(colon + 1, "0123456789") < n)
+            return -1;
+    }
+    bool v6 = *h == '[';
+    *host = strndup(h + v6, (size_t)(hend - h) - 2 * v6);
+    *port = colon != NULL ? strndup(colon + 1, (size_t)(slash - colon - 1)) : strdup("80");
+    *path = strdup(slash);
+    if (*host == NULL || *port == NULL || *path == NULL) {
+        free(*host);
+        free(*port);
+        free(*path);
+        return -1;
+    }
+    return 0;
+}
+
+static void fetch_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+static void fetch_free(struct fetch *f)
+{
+    if (f == NULL)
+        return;
+    if (f->bev != NULL)
+        bufferevent_free(f->bev);
+    if (f->timer != NULL)
+        event_free(f->timer);
+    ent_put(f->ent);
+    free(f->url);
+    free(f->host);
+    free(f->port);
+    free(f->path);
+    free(f);
+}
+
+/* The fetch of <url>, made (queued, or ignored) when first seen. Under <mu>. */
+static struct fetch *fetch_find_locked(struct tls_rev *r, const char *url, bool make)
+{
+    for (size_t i = 0; i < r->n_fetches; i++)
+        if (strcmp(r->fetches[i]->url, url) == 0)
+            return r->fetches[i];
+    if (!make)
+        return NULL;
+    if (r->n_fetches == FETCH_MAX) {
+        if (!r->fetch_full_logged)
+            log_warn("crl_fetch: more than %d distribution points seen; %s and later ones are "
+                     "not fetched",
+                     FETCH_MAX, url);
+        r->fetch_full_logged = true;
+        return NULL;
+    }
+    struct fetch *f = calloc(1, sizeof *f);
+    if (f == NULL || (f->url = strdup(url)) == NULL) {
+        free(f);
+        return NULL;
+    }
+    f->r = r;
+    if (url_split(url, &f->host, &f->port, &f->path) < 0) {
+        f->state = FS_IGNORED;
+        log_info("crl_fetch: distribution point %s ignored: only http://HOST[:PORT]/PATH is "
+                 "fetched (logged once)",
+                 url);
+    } else {
+        f->state = FS_QUEUED;
+        f->started = time(NULL);
+    }
+    r->fetches[r->n_fetches++] = f;
+    return f;
+}
+
+/* The URIs of the distribution points in extension <nid> (CRL distribution
+ * points, freshest CRL) of <leaf> or <crl>, into <urls> (at most <max>, each
+ * NUL-terminated, <= URL_MAX). Returns how many. */
+static size_t dp_urls(STACK_OF(DIST_POINT) * dps, char urls[][URL_MAX + 1], size_t max)
+{
+    size_t n = 0;
+    for (int i = 0; i < sk_DIST_POINT_num(dps) && n < max; i++) {
+        DIST_POINT *dp = sk_DIST_POINT_value(dps, i);
+        if (dp->distpoint == NULL || dp->distpoint->type != 0)
+            continue;
+        GENERAL_NAMES *names = dp->distpoint->name.fullname;
+        for (int j = 0; j < sk_GENERAL_NAME_num(names) && n < max; j++) {
+            GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, j);
+            if (gn->type != GEN_URI)
+                continue;
+            const ASN1_IA5STRING *u = gn->d.uniformResourceIdentifier;
+            if (u->length <= 0 || u->length > URL_MAX || memchr(u->data, 0, (size_t)u->length))
+                continue;
+            memcpy(urls[n], u->data, (size_t)u->length);
+            urls[n++][u->length] = '\0';
+        }
+    }
+    return n;
+}
+
+static void republish(struct tls_rev *r);
+static void fetch_start(struct tls_rev *r, struct fetch *f);
+
+static void timeval_ms(struct timeval *tv, uint64_t ms)
+{
+    tv->tv_sec = (time_t)(ms / 1000);
+    tv->tv_usec = (suseconds_t)(ms % 1000) * 1000;
+}
+
+/* When to fetch again the CRL <e> of a fetch that worked: at 80 % of its
+ * validity, at least a minute before nextUpdate, never sooner than 5 s. */
+static uint64_t refresh_after_ms(const struct tls_rev *r, const struct tls_crlent *e)
+{
+    time_t now = time(NULL);
+    if (e == NULL || e->next_update == 0)
+        return r->refresh_ms;
+    time_t at = e->this_update + (e->next_update - e->this_update) * 4 / 5;
+    if (e->next_update - 60 < at)
+        at = e->next_update - 60;
+    return at - now < 5 ? 5000 : (uint64_t)(at - now) * 1000;
+}
+
+static void fetch_idle(struct tls_rev *r, struct fetch *f, uint64_t next_ms)
+{
+    pthread_mutex_lock(&r->mu);
+    f->state = FS_IDLE;
+    pthread_mutex_unlock(&r->mu);
+    struct timeval tv;
+    timeval_ms(&tv, next_ms);
+    evtimer_add(f->timer, &tv);
+}
+
+/* Whether the CRL <e> fetched by <f> may be used; NULL, or why not. */
+static const char *fetch_refusal(const struct fetch *f, const struct tls_crlent *e, char *why,
+                                 size_t len)
+{
+    if (e->signer == NULL)
+        snprintf(why, len, "the CRL of %s is signed by neither a trusted issuer nor a trust anchor",
+                 e->issuer);
+    else if (f->delta != (e->base_number != NULL))
+        snprintf(why, len, "a %s CRL where a %s CRL was expected",
+                 e->base_number != NULL ? "delta" : "base", f->delta ? "delta" : "base");
+    else if (!ent_current(e, time(NULL)))
+        snprintf(why, len, "the CRL of %s is not current (stale: its nextUpdate has passed)",
+                 e->issuer);
+    else if (f->ent != NULL && tls_crlent_cmp(e, f->ent) < 0)
+        snprintf(why, len, "the CRL of %s is older than the one fetched before", e->issuer);
+    else
+        return NULL;
+    return why;
+}
+
+/* A base CRL's first delta fetch, when it names one (Freshest CRL) that is
+ * not being fetched already: NULL when none. */
+static struct fetch *delta_of(struct tls_rev *r, struct fetch *f)
+{
+    if (f->delta)
+        return NULL;
+    STACK_OF(DIST_POINT) *fresh = X509_CRL_get_ext_d2i(f->ent->crl, NID_freshest_crl, NULL, NULL);
+    char urls[4][URL_MAX + 1];
+    size_t n = dp_urls(fresh, urls, 4);
+    sk_DIST_POINT_pop_free(fresh, DIST_POINT_free);
+    ERR_clear_error();
+    f->ent->wants_delta = false;
+    struct fetch *d = NULL;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < n && d == NULL; i++) {
+        struct fetch *x = fetch_find_locked(r, urls[i], true);
+        if (x == NULL || x->state == FS_IGNORED || x == f)
+            continue;
+        x->delta = true;
+        f->ent->wants_delta = true;
+        if (x->state != FS_BUSY && x->ent == NULL) {
+            x->state = FS_BUSY;
+            x->started = time(NULL);
+            d = x;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return d;
+}
+
+/* A fetch of <f> ended: <crl> (taken; NULL on failure, with <why>). */
+static void fetch_done(struct fetch *f, X509_CRL *crl, const char *why)
+{
+    struct tls_rev *r = f->r;
+    char whybuf[700];
+    if (f->bev != NULL) {
+        bufferevent_free(f->bev);
+        f->bev = NULL;
+    }
+    if (f->timer != NULL)
+        evtimer_del(f->timer);
+    struct tls_crlent *e = NULL;
+    if (crl != NULL) {
+        e = tls_crlent_new(r->t, crl, f->url, whybuf, sizeof whybuf);
+        why = e == NULL ? whybuf : fetch_refusal(f, e, whybuf, sizeof whybuf);
+        if (why != NULL) {
+            ent_put(e);
+            e = NULL;
+        }
+    }
+    struct fetch *delta = NULL;
+    if (e != NULL) {
+        if (f->fail_logged)
+            log_info("crl_fetch %s: works again", f->url);
+        f->fail_logged = false;
+        f->failures = 0;
+        long long num = -1;
+        int64_t n64;
+        if (e->number != NULL && ASN1_INTEGER_get_int64(&n64, e->number) == 1)
+            num = (long long)n64;
+        log_info("crl_fetch %s: %sCRL of %s, number %lld, %d revoked, next update in %llds", f->url,
+                 e->base_number != NULL ? "delta " : "", e->issuer, num,
+                 sk_X509_REVOKED_num(X509_CRL_get_REVOKED(e->crl)),
+                 e->next_update != 0 ? (long long)(e->next_update - time(NULL)) : -1LL);
+        ent_put(f->ent);
+        f->ent = e;
+        delta = delta_of(r, f);
+    } else {
+        f->failures++;
+        if (!f->fail_logged)
+            log_warn("crl_fetch %s: %s; %s (logged once until a fetch works)", f->url, why,
+                     f->ent != NULL && ent_current(f->ent, time(NULL))
+                         ? "the CRL fetched before stays in use until its nextUpdate"
+                         : "its CA's certificates have no known revocation status for now");
+        f->fail_logged = true;
+    }
+    if (e != NULL)
+        republish(r); /* a failure changes nothing in use */
+    if (delta != NULL) {
+        delta->waiter = f; /* <f> stays busy, so that requests wait for the delta too */
+        fetch_start(r, delta);
+        return;
+    }
+    uint64_t next;
+    if (e != NULL) {
+        next = refresh_after_ms(r, f->ent);
+    } else {
+        next = (uint64_t)FETCH_BACKOFF_MS << (f->failures < 8 ? f->failures - 1 : 7);
+        if (next > FETCH_BACKOFF_MAX_MS)
+            next = FETCH_BACKOFF_MAX_MS;
+    }
+    fetch_idle(r, f, next);
+    if (f->waiter != NULL) {
+        fetch_idle(r, f->waiter, refresh_after_ms(r, f->waiter->ent));
+        f->waiter = NULL;
+    }
+}
+
+/* What the server sent, when it closed: the status line, headers, body. */
+static void fetch_parse(struct fetch *f)
+{
+    struct evbuffer *in = bufferevent_get_input(f->bev);
+    size_t len = evbuffer_get_length(in);
+    unsigned char *all = evbuffer_pullup(in, -1);
+    char why[256];
+    if (all == NULL || len < 12) {
+        fetch_done(f, NULL, "the server closed the connection without an answer");
+        return;
+    }
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    if (end.pos < 0 || memcmp(all, "HTTP/1.", 7) != 0) {
+        fetch_done(f, NULL, "not an HTTP answer");
+        return;
+    }
+    int status = atoi((const char *)all + 9);
+    if (status != 200) {
+        snprintf(why, sizeof why, "HTTP status %d%s", status,
+                 status >= 300 && status < 400 ? " (redirects are not followed)" : "");
+        fetch_done(f, NULL, why);
+        return;
+    }
+    /* HTTP/1.0 was asked: a chunked answer is a broken server. */
+    char *head = strndup((const char *)all, (size_t)end.pos);
+    bool chunked = false;
+    long long clen = -1;
+    for (char *line = head != NULL ? strchr(head, '\n') : NULL; line != NULL;
+         line = strchr(line + 1, '\n')) {
+        if (strncasecmp(line + 1, "transfer-encoding:", 18) == 0)
+            chunked = true;
+        if (strncasecmp(line + 1, "content-length:", 15) == 0)
+            clen = atoll(line + 16);
+    }
+    free(head);
+    const unsigned char *body = all + end.pos + 4;
+    size_t blen = len - (size_t)end.pos - 4;
+    if (chunked || (clen >= 0 && (size_t)clen != blen)) {
+        fetch_done(f, NULL,
+                   chunked ? "a chunked answer to HTTP/1.0"
+                           : "the body is shorter or longer than its Content-Length");
+        return;
+    }
+    const unsigned char *p = body;
+    X509_CRL *crl = d2i_X509_CRL(NULL, &p, (long)blen);
+    if (crl == NULL) { /* some publish PEM */
+        BIO *b = BIO_new_mem_buf(body, (int)blen);
+        crl = b != NULL ? PEM_read_bio_X509_CRL(b, NULL, NULL, NULL) : NULL;
+        BIO_free(b);
+    }
+    ERR_clear_error();
+    fetch_done(f, crl, crl == NULL ? "the answer is not a CRL (neither DER nor PEM)" : NULL);
+}
+
+static void fetch_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct fetch *f = arg;
+    if (evbuffer_get_length(bufferevent_get_input(bev)) > f->r->fetch_max + HEAD_MAX) {
+        char why[128];
+        snprintf(why, sizeof why, "the CRL is larger than crl_fetch_max_size (%zu bytes)",
+                 f->r->fetch_max);
+        fetch_done(f, NULL, why);
+    }
+}
+
+static void fetch_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct fetch *f = arg;
+    if (what & BEV_EVENT_CONNECTED)
+        return;
+    if (what & BEV_EVENT_EOF) {
+        fetch_parse(f);
+        return;
+    }
+    char why[256];
+    int e = EVUTIL_SOCKET_ERROR();
+    snprintf(why, sizeof why, "cannot fetch from %s port %s: %s", f->host, f->port,
+             e != 0 ? evutil_socket_error_to_string(e) : "connection failed");
+    fetch_done(f, NULL, why);
+}
+
+static void fetch_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct fetch *f = arg;
+    if (f->bev != NULL) {
+        char why[128];
+        snprintf(why, sizeof why, "no complete answer within crl_fetch_timeout (%llu ms)",
+                 (unsigned long long)f->r->fetch_timeout_ms);
+        fetch_done(f, NULL, why);
+        return;
+    }
+    fetch_start(f->r, f); /* the refresh */
+}
+
+/* Starts fetching <f> (on the revocation thread). The name is resolved here,
+ * blocking this thread only: workers never wait longer than
+ * crl_fetch_timeout for it. */
+static void fetch_start(struct tls_rev *r, struct fetch *f)
+{
+    pthread_mutex_lock(&r->mu);
+    f->state = FS_BUSY;
+    f->started = time(NULL);
+    pthread_mutex_unlock(&r->mu);
+    if (f->timer == NULL && (f->timer = evtimer_new(r->base, fetch_timer_cb, f)) == NULL) {
+        log_warn("crl_fetch %s: out of memory", f->url);
+        return; /* stays busy: requests stop waiting for it after crl_fetch_timeout */
+    }
+    struct timeval tv;
+    timeval_ms(&tv, r->fetch_timeout_ms);
+    evtimer_add(f->timer, &tv);
+
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG}, *ai = NULL;
+    int rc = getaddrinfo(f->host, f->port, &hints, &ai);
+    if (rc != 0) {
+        char why[300];
+        snprintf(why, sizeof why, "cannot resolve %s: %s", f->host, gai_strerror(rc));
+        fetch_done(f, NULL, why);
+        return;
+    }
+    f->bev = bufferevent_socket_new(r->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (f->bev == NULL) {
+        freeaddrinfo(ai);
+        fetch_done(f, NULL, "out of memory");
+        return;
+    }
+    bufferevent_setcb(f->bev, fetch_read_cb, NULL, fetch_event_cb, f);
+    bufferevent_enable(f->bev, EV_READ);
+    /* HTTP/1.0 and Connection: close: the answer ends when the server closes. */
+    bool v6 = strchr(f->host, ':') != NULL;
+    evbuffer_add_printf(bufferevent_get_output(f->bev),
+                        "GET %s HTTP/1.0\r\nHost: %s%s%s%s%s\r\nUser-Agent: certmapd\r\n"
+                        "Accept: application/pkix-crl, */*\r\nConnection: close\r\n\r\n",
+                        f->path, v6 ? "[" : "", f->host, v6 ? "]" : "",
+                        strcmp(f->port, "80") != 0 ? ":" : "",
+                        strcmp(f->port, "80") != 0 ? f->port : "");
+    rc = bufferevent_socket_connect(f->bev, ai->ai_addr, (int)ai->ai_addrlen);
+    freeaddrinfo(ai);
+    if (rc < 0)
+        fetch_event_cb(f->bev, BEV_EVENT_ERROR, f);
+}
+
+/* The set in use made anew: the file's CRLs and the last good one of each fetch. */
+static void republish(struct tls_rev *r)
+{
+    size_t n = r->file != NULL ? r->file->n : 0;
+    struct tls_crlset *s = set_new(n + FETCH_MAX);
+    if (s == NULL) {
+        log_warn("crl: out of memory; the CRLs in use stay as they were");
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        s->e[s->n++] = ent_get(r->file->e[i]);
+    for (size_t i = 0; i < r->n_fetches; i++)
+        if (r->fetches[i]->ent != NULL)
+            s->e[s->n++] = ent_get(r->fetches[i]->ent);
     publish(r, s);
+}
+
+/* Starts the fetches workers asked for. */
+static void fetch_queued(struct tls_rev *r)
+{
+    for (;;) {
+        struct fetch *f = NULL;
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < r->n_fetches && f == NULL; i++)
+            if (r->fetches[i]->state == FS_QUEUED)
+                f = r->fetches[i];
+        pthread_mutex_unlock(&r->mu);
+        if (f == NULL)
+            return;
+        fetch_start(r, f);
+    }
+}
+
+bool tls_conn_crl_pending(struct tls_ctx *t, SSL *ssl)
+{
+    struct tls_rev *r = t->rev;
+    X509 *leaf = SSL_get0_peer_certificate(ssl);
+    if (r == NULL || !r->fetch || leaf == NULL || SSL_get_verify_result(ssl) != X509_V_OK)
+        return false;
+    int code = rev_status(t, leaf, false);
+    if (code == X509_V_OK || code == X509_V_ERR_CERT_REVOKED)
+        return false;
+    STACK_OF(DIST_POINT) *cdp = X509_get_ext_d2i(leaf, NID_crl_distribution_points, NULL, NULL);
+    char urls[4][URL_MAX + 1];
+    size_t n = dp_urls(cdp, urls, 4);
+    sk_DIST_POINT_pop_free(cdp, DIST_POINT_free);
+    ERR_clear_error();
+    bool pending = false, queued = false;
+    time_t now = time(NULL);
+    time_t limit = (time_t)(r->fetch_timeout_ms / 1000) + 1;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < n; i++) {
+        struct fetch *f = fetch_find_locked(r, urls[i], true);
+        if (f == NULL)
+            continue;
+        queued |= f->state == FS_QUEUED;
+        pending |= f->state == FS_QUEUED || (f->state == FS_BUSY && now - f->started <= limit);
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (queued) {
+        char b = 'f';
+        if (write(r->wake_fd[1], &b, 1) < 0) {
+            /* full: the thread has a wake-up pending already */
+        }
+    }
+    return pending;
 }
 
 /* ---- the revocation thread ------------------------------------------------------------- */
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
-    rev_check_file(arg);
+    struct tls_rev *r = arg;
+    if (r->path != NULL)
+        rev_check_file(r);
 }
 
 static void wake_cb(evutil_socket_t fd, short what, void *arg)
@@ -554,7 +1105,10 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     char buf[64];
     while (read(fd, buf, sizeof buf) > 0)
         ;
-    event_base_loopbreak(r->base); /* the only reason to wake it: stop */
+    if (atomic_load(&r->stopping))
+        event_base_loopbreak(r->base);
+    else
+        fetch_queued(r);
 }
 
 static void *rev_main(void *arg)
@@ -569,11 +1123,14 @@ void tls_rev_free(struct tls_rev *r)
     if (r == NULL)
         return;
     if (r->running) {
+        atomic_store(&r->stopping, true);
         char b = 0;
         while (write(r->wake_fd[1], &b, 1) < 0 && errno == EINTR)
             ;
         pthread_join(r->thread, NULL);
     }
+    for (size_t i = 0; i < r->n_fetches; i++)
+        fetch_free(r->fetches[i]); /* before the base their events are on */
     if (r->tick != NULL)
         event_free(r->tick);
     if (r->settle != NULL)
@@ -605,24 +1162,37 @@ struct tls_rev *tls_rev_new(struct tls_ctx *t, const struct conf *c, char *err, 
     r->wake_fd[0] = r->wake_fd[1] = -1;
     pthread_mutex_init(&r->mu, NULL);
     r->refresh_ms = c->crl_refresh_ms != 0 ? c->crl_refresh_ms : REFRESH_DEFAULT_MS;
-    conf_where(c, "client_certificate", "crl_file", what, sizeof what);
-    r->path = strdup(c->crl_file);
-    if (r->path == NULL) {
-        snprintf(err, errlen, "out of memory");
-        goto fail;
+    r->fetch = c->crl_fetch;
+    r->fetch_timeout_ms =
+        c->crl_fetch_timeout_ms != 0 ? c->crl_fetch_timeout_ms : FETCH_TIMEOUT_DEFAULT_MS;
+    r->fetch_max = c->crl_fetch_max_size != 0 ? c->crl_fetch_max_size : FETCH_MAX_SIZE_DEFAULT;
+    if (c->crl_file != NULL) {
+        conf_where(c, "client_certificate", "crl_file", what, sizeof what);
+        r->path = strdup(c->crl_file);
+        if (r->path == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        /* The identity first: a change made while the file is read is seen
+         * by the first check, which reads it again. */
+        if (stat(r->path, &st) == 0)
+            file_id_of(&st, &r->fid);
+        r->file = file_read(t, what, r->path, NULL, err, errlen);
+        if (r->file == NULL)
+            goto fail;
+        time_t now = time(NULL);
+        for (size_t i = 0; i < r->file->n; i++)
+            warn_ent(r->file->e[i], r->path, now);
+        r->cur = r->file;
+        atomic_fetch_add_explicit(&r->file->refs, 1, memory_order_relaxed);
+    } else {
+        conf_where(c, "client_certificate", "crl_fetch", what, sizeof what);
+        r->cur = set_new(0);
+        if (r->cur == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
     }
-    /* The identity first: a change made while the file is read is seen by
-     * the first check, which reads it again. */
-    if (stat(r->path, &st) == 0)
-        file_id_of(&st, &r->fid);
-    r->file = file_read(t, what, r->path, NULL, err, errlen);
-    if (r->file == NULL)
-        goto fail;
-    time_t now = time(NULL);
-    for (size_t i = 0; i < r->file->n; i++)
-        warn_ent(r->file->e[i], r->path, now);
-    r->cur = r->file;
-    atomic_fetch_add_explicit(&r->file->refs, 1, memory_order_relaxed);
 
     r->base = event_base_new();
     if (r->base == NULL || pipe2(r->wake_fd, O_NONBLOCK | O_CLOEXEC) < 0) {

@@ -55,6 +55,14 @@ struct tls_crl_info {
 void tls_crl_ages(struct tls_ctx *t, void (*cb)(void *arg, const struct tls_crl_info *info),
                   void *arg);
 
+/* With crl_fetch = on: whether the verdict on <ssl>'s certificate (whose
+ * chain verified) should wait because the CRL of its issuer is not known yet
+ * and is being fetched from its distribution point (a fetch starts here when
+ * none was). Ask again a little later; the caller stops asking after
+ * crl_fetch_timeout, and tls_conn_verdict then judges (revocation_unknown
+ * applies). Thread-safe; cheap when the status is known. */
+bool tls_conn_crl_pending(struct tls_ctx *t, SSL *ssl);
+
 /* Makes d2i_X509() decode RSA and EC public keys through OpenSSL's built-in
  * methods instead of a provider decoder search (tls/keymeth.c says why).
  * tls_ctx_new() calls it when [tls] builtin_key_methods = yes. Process-wide

@@ -10,12 +10,16 @@ refused or allowed by revocation_unknown, logged once per CA.
 The CA is a copy of the test PKI's issuing CA (its `openssl ca` database,
 key and certificate) in the test's directory, so that revoking a certificate
 and issuing CRLs here leaves the shared PKI alone."""
+import http.server
 import os
 import shutil
+import ssl
 import subprocess
+import threading
 import time
 
-from harness import Reader, check, curl, eq, pki, request_bytes, run, tls_connect
+from harness import (Reader, check, curl, eq, free_port, pki, request_bytes, run,
+                     tls_connect)
 
 REFRESH = "300ms"
 OTHER_CRLS = ["crl-root-ca.pem", "crl-other-root-ca.pem", "crl-other-issuing-ca.pem"]
@@ -41,13 +45,49 @@ class CA:
         check(p.returncode == 0, f"openssl ca {args}: {p.stderr}")
 
     def revoke(self, leaf):
-        self.ca("-revoke", pki(f"{leaf}.crt"), "-crl_reason", "keyCompromise")
+        crt = leaf if leaf.startswith("/") else pki(f"{leaf}.crt")
+        self.ca("-revoke", crt, "-crl_reason", "keyCompromise")
 
-    def crl(self, last=-60, nxt=30 * 86400):
-        """A new CRL (PEM text) of this CA, valid from now+<last> to now+<nxt> seconds."""
+    def crl(self, last=-60, nxt=30 * 86400, exts=None):
+        """A new CRL (PEM text) of this CA, valid from now+<last> to now+<nxt> seconds;
+        <exts>: the lines of its crl_extensions (default: the key identifier only)."""
         out = os.path.join(self.dir, "new.crl")
-        self.ca("-gencrl", "-crl_lastupdate", utc(last), "-crl_nextupdate", utc(nxt), "-out", out)
+        args = ["-gencrl", "-crl_lastupdate", utc(last), "-crl_nextupdate", utc(nxt), "-out", out]
+        if exts is not None:
+            self.n = getattr(self, "n", 0) + 1
+            with open(os.path.join(self.dir, "ca.cnf"), "a") as f:
+                f.write(f"\n[crlx{self.n}]\nauthorityKeyIdentifier = keyid:always\n"
+                        + "".join(line + "\n" for line in exts))
+            args += ["-crlexts", f"crlx{self.n}"]
+        self.ca(*args)
         return open(out).read()
+
+    def crl_number(self):
+        """The number the next CRL will have (the database's crlnumber, hex)."""
+        return int(open(os.path.join(self.dir, "db", "crlnumber")).read(), 16)
+
+    def issue(self, name, cdp):
+        """A client leaf NAME (key, cert, chain in this CA's directory) naming the
+        distribution point <cdp> (a URL, or several, comma separated as URI:...)."""
+        d = self.dir
+        key, csr, crt = (os.path.join(d, f"{name}.{x}") for x in ("key", "csr", "crt"))
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-out", key], check=True, capture_output=True)
+        subprocess.run(["openssl", "req", "-new", "-key", key, "-subj",
+                        f"/DC=test/DC=example/DC=corp/OU=Users/CN={name}", "-out", csr],
+                       check=True, capture_output=True)
+        ext = os.path.join(d, f"{name}.ext")
+        with open(ext, "w") as f:
+            f.write("[leaf]\nbasicConstraints = critical,CA:false\n"
+                    "keyUsage = critical,digitalSignature\nextendedKeyUsage = clientAuth\n"
+                    f"subjectAltName = email:{name}@corp.example.test\n"
+                    "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n"
+                    f"crlDistributionPoints = {cdp}\n")
+        self.ca("-preserveDN", "-in", csr, "-out", crt, "-extfile", ext, "-extensions", "leaf",
+                "-startdate", utc(-3600))
+        with open(os.path.join(d, f"{name}.chain.pem"), "w") as f:
+            f.write(open(crt).read() + open(pki("issuing-ca.crt")).read())
+        return crt
 
 
 def crl_file_text(issuing_crl):
@@ -79,15 +119,19 @@ def start(env, crl_text, extra=None):
     return b, d, path
 
 
-def status_of(d, cert):
-    return curl(d.base + "/x", cert=cert)[0]
+def status_of(d, cert, ca=None):
+    if ca is None or not os.path.exists(os.path.join(ca.dir, f"{cert}.key")):
+        return curl(d.base + "/x", cert=cert)[0]
+    key = os.path.join(ca.dir, f"{cert}.key")
+    chain = os.path.join(ca.dir, f"{cert}.chain.pem")
+    return curl(d.base + "/x", args=["--cert", chain, "--key", key])[0]
 
 
-def wait_status(d, cert, want, timeout):
+def wait_status(d, cert, want, timeout, ca=None):
     """Polls until <cert> gets <want>; returns the seconds it took (or fails)."""
     t0 = time.time()
     while True:
-        got = status_of(d, cert)
+        got = status_of(d, cert, ca)
         if got == want:
             return time.time() - t0
         check(time.time() - t0 < timeout, f"{cert}: still {got} after {timeout}s, want {want}")
@@ -239,6 +283,275 @@ def test_revocation_unknown_refuse_missing(env):
     eq(b.requests(), [], "nothing reached the backend")
 
 
+# ---- crl_fetch: CRLs from the certificates' distribution points ----------------------------
+
+class CrlServer:
+    """A local HTTP server publishing CRLs (as AD CS does under /CertEnroll/),
+    in this process: <files> maps a path to the bytes served; <mode> makes it
+    misbehave ("garbage", "slow", "redirect", "big"); it can be stopped and
+    started again on its port. Counts the requests per path."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.files = {}
+        self.mode = "ok"
+        self.hits = {}
+        self.httpd = None
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self):
+        srv = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                srv.hits[self.path] = srv.hits.get(self.path, 0) + 1
+                if srv.mode == "slow":
+                    time.sleep(4)
+                    self.close_connection = True
+                    return
+                if srv.mode == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", "http://127.0.0.1:9/x.crl")
+                    self.end_headers()
+                    return
+                body = srv.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                if srv.mode == "garbage":
+                    body = b"<html>this is not a CRL</html>" * 10
+                if srv.mode == "big":
+                    body = body + b"\0" * (2 * 1024 * 1024)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/pkix-crl")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+
+
+def der(pem_text):
+    return subprocess.run(["openssl", "crl", "-outform", "DER"], input=pem_text.encode(),
+                          capture_output=True, check=True).stdout
+
+
+def fetching(env, extra=None, serve=True):
+    """A CA copy, a CRL server publishing its CRL at /CertEnroll/ca.crl (DER),
+    leaves "cdpgood" and "cdprevoked" (revoked) naming it, and certmapd with
+    crl_fetch = on and no crl_file."""
+    ca = CA(env.dir)
+    srv = CrlServer()
+    env.add_cleanup(srv.stop)
+    ca.issue("cdpgood", "URI:" + srv.url("/CertEnroll/ca.crl"))
+    ca.revoke(ca.issue("cdprevoked", "URI:" + srv.url("/CertEnroll/ca.crl")))
+    srv.files["/CertEnroll/ca.crl"] = der(ca.crl())
+    if serve:
+        srv.start()
+    b = env.backend()
+    cc = {"crl_file": None, "crl_fetch": "on", "crl_fetch_timeout": "1500ms"}
+    cc.update(extra or {})
+    d = env.certmapd(b, {"client_certificate": cc})
+    return ca, srv, b, d
+
+
+def timed(fn):
+    t0 = time.time()
+    got = fn()
+    return got, time.time() - t0
+
+
+def test_fetch_on_first_use_then_cached(env):
+    ca, srv, b, d = fetching(env)
+    got, took = timed(lambda: status_of(d, "cdpgood", ca))
+    eq(got, 200, "first request: waits for the fetch, then is judged with it")
+    print(f"  first request with its CRL fetched: {took * 1000:.0f} ms")
+    eq(status_of(d, "cdprevoked", ca), 403, "revoked in the fetched CRL")
+    eq(d.access()[-1]["reason"], "cert_revoked", "reason")
+    for _ in range(3):
+        eq(status_of(d, "cdpgood", ca), 200, "cached")
+    eq(srv.hits.get("/CertEnroll/ca.crl"), 1, "the CRL was fetched once")
+    # Certificates without a distribution point, of the same CA: judged by its
+    # CRL fetched for another certificate.
+    eq(status_of(d, "good"), 200, "no CDP, same CA's CRL known")
+    eq(status_of(d, "revoked"), 403, "no CDP, revoked in that CRL")
+    # A restart of the server does not matter: nothing is fetched again.
+    eq(srv.hits.get("/CertEnroll/ca.crl"), 1, "still fetched once")
+    err = d.stderr()
+    check("crl_fetch " + srv.url("/CertEnroll/ca.crl") + ": CRL of" in err, "the fetch is logged")
+
+
+def test_fetch_server_down(env):
+    ca, srv, b, d = fetching(env, serve=False)
+    for i in range(3):
+        got, took = timed(lambda: status_of(d, "cdpgood", ca))
+        eq(got, 403, f"request {i}: no CRL can be had: refused")
+        check(took < 3.0, f"request {i} took {took:.1f}s (crl_fetch_timeout 1.5s)")
+    eq(d.access()[-1]["reason"], "cert_untrusted", "reason")
+    err = d.stderr()
+    eq(err.count("crl_fetch " + srv.url("/CertEnroll/ca.crl") + ": cannot fetch"), 1,
+       "the failure is logged once, not per request")
+    eq(err.count("revocation status unknown for certificates of"), 1, "unknown: logged once")
+    eq(b.requests(), [], "nothing reached the backend")
+    # The server comes up: after the back-off (5 s) the CRL is fetched and used.
+    srv.start()
+    wait_status(d, "cdpgood", 200, timeout=12, ca=ca)
+    eq(status_of(d, "cdprevoked", ca), 403, "revoked once the CRL is in")
+    check("works again" in d.stderr(), "the recovery is logged")
+
+
+def test_fetch_server_down_allow(env):
+    ca, srv, b, d = fetching(env, {"revocation_unknown": "allow"}, serve=False)
+    eq(status_of(d, "cdpgood", ca), 200, "revocation_unknown = allow")
+    eq(status_of(d, "cdprevoked", ca), 200, "allow: a revoked one too, since nobody can tell")
+    eq(len(b.requests()), 2, "forwarded")
+
+
+def misbehaving(env, mode, want_log):
+    ca, srv, b, d = fetching(env, serve=False)
+    srv.mode = mode
+    srv.start()
+    for i in range(3):
+        got, took = timed(lambda: status_of(d, "cdpgood", ca))
+        eq(got, 403, f"{mode}: request {i}")
+        check(took < 3.0, f"{mode}: request {i} took {took:.1f}s (crl_fetch_timeout 1.5s)")
+    err = d.stderr()
+    eq(err.count(want_log), 1, f"{mode}: logged once ({want_log!r}): {err[-1500:]}")
+    return ca, srv, b, d
+
+
+def test_fetch_garbage(env):
+    misbehaving(env, "garbage", "the answer is not a CRL")
+
+
+def test_fetch_redirect_not_followed(env):
+    misbehaving(env, "redirect", "HTTP status 302 (redirects are not followed)")
+
+
+def test_fetch_too_large(env):
+    ca, srv, b, d = fetching(env, {"crl_fetch_max_size": "1M"}, serve=False)
+    srv.mode = "big"
+    srv.start()
+    eq(status_of(d, "cdpgood", ca), 403, "a CRL over crl_fetch_max_size")
+    check("larger than crl_fetch_max_size" in d.stderr(), "said why")
+
+
+def test_fetch_slow_server_bounded_by_timeout(env):
+    ca, srv, b, d = misbehaving(env, "slow", "no complete answer within crl_fetch_timeout")
+
+
+def test_fetch_stale_crl(env):
+    ca, srv, b, d = fetching(env, serve=False)
+    srv.files["/CertEnroll/ca.crl"] = der(ca.crl(last=-86400, nxt=-3600))
+    srv.start()
+    eq(status_of(d, "cdpgood", ca), 403, "a stale CRL is not used")
+    eq(d.stderr().count("is not current (stale"), 1, "logged once")
+
+
+def test_fetch_crl_of_another_ca_ignored(env):
+    """A CRL that does not verify against a trusted issuer or anchor (here: the
+    look-alike issuing CA of the other hierarchy, same name) is ignored."""
+    ca, srv, b, d = fetching(env, serve=False)
+    srv.files["/CertEnroll/ca.crl"] = der(open(pki("crl-other-issuing-ca.pem")).read())
+    srv.start()
+    eq(status_of(d, "cdpgood", ca), 403, "no CRL of the right CA")
+    err = d.stderr()
+    eq(err.count("signed by neither a trusted issuer nor a trust anchor"), 1, f"logged once: {err[-1500:]}")
+
+
+def test_fetch_refreshed_before_next_update(env):
+    """A CRL valid for 80 s, 60 s of it gone: refreshed about 5 s later, and
+    the rotated CRL (revoking cdpgood) is in use from then on, without any
+    request waiting for it."""
+    ca, srv, b, d = fetching(env, serve=False)
+    srv.files["/CertEnroll/ca.crl"] = der(ca.crl(last=-60, nxt=20))
+    srv.start()
+    eq(status_of(d, "cdpgood", ca), 200, "before the rotation")
+    s, r = held_connection_ca(d, ca, "cdpgood")
+    ca.revoke(os.path.join(ca.dir, "cdpgood.crt"))
+    srv.files["/CertEnroll/ca.crl"] = der(ca.crl())
+    took = wait_status(d, "cdpgood", 403, timeout=15, ca=ca)
+    print(f"  rotated CRL in use {took:.1f} s after it was published")
+    eq(srv.hits.get("/CertEnroll/ca.crl"), 2, "fetched twice: first use, then the refresh")
+    s.sendall(request_bytes("GET", "/held-again"))
+    eq(r.response().status, 200, "the held connection is not cut")
+    s.close()
+
+
+def held_connection_ca(d, ca, name):
+    ctx = ssl.create_default_context(cafile=pki("root-ca.crt"))
+    ctx.load_cert_chain(os.path.join(ca.dir, f"{name}.chain.pem"), os.path.join(ca.dir, f"{name}.key"))
+    import socket
+    raw = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    s = ctx.wrap_socket(raw, server_hostname="localhost")
+    r = Reader(s)
+    s.sendall(request_bytes("GET", "/held"))
+    eq(r.response().status, 200, "first request on the held connection")
+    return s, r
+
+
+def test_fetch_delta_crl(env):
+    """A base CRL naming its delta (Freshest CRL, as AD CS publishes them): the
+    delta is fetched with the base, and a certificate revoked since the base
+    (listed only in the delta) is refused; ldap:// points are ignored, logged once."""
+    ca = CA(env.dir)
+    srv = CrlServer()
+    env.add_cleanup(srv.stop)
+    cdp = ("URI:ldap:///CN=Corp%20Issuing%20CA%2CCN=CDP?certificateRevocationList?base,"
+           "URI:" + srv.url("/CertEnroll/ca.crl"))
+    ca.issue("cdpgood", cdp)
+    ca.issue("cdplate", cdp)
+    base_no = ca.crl_number()
+    srv.files["/CertEnroll/ca.crl"] = der(ca.crl(exts=[
+        "freshestCRL = URI:" + srv.url("/CertEnroll/ca+.crl")]))
+    ca.revoke(os.path.join(ca.dir, "cdplate.crt"))
+    srv.files["/CertEnroll/ca+.crl"] = der(ca.crl(exts=[
+        f"2.5.29.27 = critical,ASN1:INTEGER:{base_no}"]))
+    srv.start()
+    b = env.backend()
+    d = env.certmapd(b, {"client_certificate": {"crl_file": None, "crl_fetch": "on"}})
+    eq(status_of(d, "cdplate", ca), 403, "revoked in the delta only")
+    eq(d.access()[-1]["reason"], "cert_revoked", "reason")
+    eq(status_of(d, "cdpgood", ca), 200, "in neither")
+    eq(status_of(d, "cdpgood", ca), 200, "again")
+    eq(srv.hits, {"/CertEnroll/ca.crl": 1, "/CertEnroll/ca+.crl": 1}, "fetched once each")
+    err = d.stderr()
+    eq(err.count("ignored: only http://"), 1, "the ldap:// point: logged once")
+    check("delta CRL of" in err, "the delta's fetch is logged")
+
+
+def test_fetch_delta_missing_is_unknown(env):
+    """A base that names a delta which cannot be had: status unknown (what the
+    delta would say is not known)."""
+    ca = CA(env.dir)
+    srv = CrlServer()
+    env.add_cleanup(srv.stop)
+    ca.issue("cdpgood", "URI:" + srv.url("/CertEnroll/ca.crl"))
+    srv.files["/CertEnroll/ca.crl"] = der(ca.crl(exts=[
+        "freshestCRL = URI:" + srv.url("/CertEnroll/ca+.crl")]))
+    srv.start()
+    b = env.backend()
+    d = env.certmapd(b, {"client_certificate": {"crl_file": None, "crl_fetch": "on"}})
+    eq(status_of(d, "cdpgood", ca), 403, "no delta")
+    check("HTTP status 404" in d.stderr(), "the delta's 404 is logged")
+
+
 if __name__ == "__main__":
     run([
         test_crl_file_replaced_by_rename,
@@ -247,4 +560,16 @@ if __name__ == "__main__":
         test_crl_expiring_in_use_is_unknown,
         test_revocation_unknown_allow,
         test_revocation_unknown_refuse_missing,
+        test_fetch_on_first_use_then_cached,
+        test_fetch_server_down,
+        test_fetch_server_down_allow,
+        test_fetch_garbage,
+        test_fetch_redirect_not_followed,
+        test_fetch_too_large,
+        test_fetch_slow_server_bounded_by_timeout,
+        test_fetch_stale_crl,
+        test_fetch_crl_of_another_ca_ignored,
+        test_fetch_refreshed_before_next_update,
+        test_fetch_delta_crl,
+        test_fetch_delta_missing_is_unknown,
     ])
