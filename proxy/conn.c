@@ -43,7 +43,8 @@ enum conn_state {
 
 #define CF_FEED 0x1u        /* feed the stream again, from <later> */
 #define CF_STREAM_OVER 0x2u /* the stream is over: free it from <later>, then <end> */
-#define CF_CRL_WAIT 0x4u    /* the first verdict waits for a CRL being fetched (crl_fetch) */
+#define CF_CRL_WAIT 0x4u    /* a verdict waits for a CRL being fetched (crl_fetch) */
+#define CF_CRL_LATE 0x8u    /* ... the verdict on a late certificate */
 /* How often a verdict waiting for a CRL fetch looks again. */
 #define CRL_POLL_MS 20
 
@@ -121,6 +122,22 @@ static const char *conn_judge_certificate(struct proxy_conn *c, const char *none
                                 : none;
 }
 
+/* Whether the verdict on the certificate just received waits a little for
+ * the CRL of its issuer, being fetched (crl_fetch): at most
+ * crl_fetch_timeout, polled from <later>; <late>: CF_CRL_LATE for a late
+ * certificate, 0 for the first handshake's. */
+static bool conn_crl_wait(struct proxy_conn *c, unsigned late)
+{
+    if (c->crl_polls * (uint64_t)CRL_POLL_MS >= c->env->conf->crl_fetch_timeout_ms ||
+        !tls_conn_crl_pending(c->env->tls, io_ssl(c->io)))
+        return false;
+    c->crl_polls++;
+    c->flags |= CF_CRL_WAIT | late;
+    struct timeval tv = {.tv_sec = 0, .tv_usec = CRL_POLL_MS * 1000};
+    event_add(&c->later, &tv);
+    return true;
+}
+
 /* The end of the first handshake. The verdict is computed once per connection
  * (verification itself ran in the handshake, or, for a resumed session, not
  * at all: tls_conn_verdict re-checks validity and revocation either way),
@@ -129,19 +146,24 @@ static const char *conn_judge_certificate(struct proxy_conn *c, const char *none
  * in the input (the state stays CONN_HANDSHAKE). */
 static void conn_handshake_done(struct proxy_conn *c)
 {
-    if (c->crl_polls * (uint64_t)CRL_POLL_MS < c->env->conf->crl_fetch_timeout_ms &&
-        tls_conn_crl_pending(c->env->tls, io_ssl(c->io))) {
-        c->crl_polls++;
-        c->flags |= CF_CRL_WAIT;
-        struct timeval tv = {.tv_sec = 0, .tv_usec = CRL_POLL_MS * 1000};
-        event_add(&c->later, &tv);
+    if (conn_crl_wait(c, 0))
         return;
-    }
     const char *cert = conn_judge_certificate(c, "none");
     c->state = CONN_IDLE;
     log_debug("#%llu %s: %s handshake done, certificate %s%s", (unsigned long long)c->sc.conn_id,
               c->peer, tls_conn_protocol(io_ssl(c->io)), cert,
               c->crl_polls > 0 ? " (after waiting for its CRL)" : "");
+}
+
+/* The end of a late certificate request: the same, for the stream that waits. */
+static void conn_late_done(struct proxy_conn *c)
+{
+    if (conn_crl_wait(c, CF_CRL_LATE))
+        return;
+    const char *cert = conn_judge_certificate(c, "none sent");
+    log_debug("#%llu %s: late certificate: %s", (unsigned long long)c->sc.conn_id, c->peer, cert);
+    if (c->st != NULL)
+        stream_cert_answered(c->st);
 }
 
 /* The stream's ops->ask_cert: a certificate, now, by renegotiation (TLS 1.2)
@@ -229,11 +251,19 @@ static void later_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct proxy_conn *c = arg;
     if (c->flags & CF_CRL_WAIT) {
-        c->flags &= ~CF_CRL_WAIT;
-        conn_handshake_done(c);
-        if (c->state == CONN_IDLE)
-            conn_feed(c); /* what the client sent meanwhile */
-        return;
+        bool late = c->flags & CF_CRL_LATE;
+        c->flags &= ~(CF_CRL_WAIT | CF_CRL_LATE);
+        if (!late) {
+            conn_handshake_done(c);
+            if (c->state == CONN_IDLE)
+                conn_feed(c); /* what the client sent meanwhile */
+            return;
+        }
+        if (!(c->flags & CF_STREAM_OVER)) {
+            conn_late_done(c);
+            return;
+        }
+        /* the stream ended while its late certificate waited: as below */
     }
     if (c->flags & CF_STREAM_OVER) {
         c->flags &= ~(CF_STREAM_OVER | CF_FEED);
@@ -309,14 +339,10 @@ static void conn_event_cb(void *arg, enum io_event ev)
     case IO_EV_HANDSHAKE:
         conn_handshake_done(c);
         return;
-    case IO_EV_LATE_DONE: {
-        const char *cert = conn_judge_certificate(c, "none sent");
-        log_debug("#%llu %s: late certificate: %s", (unsigned long long)c->sc.conn_id, c->peer,
-                  cert);
-        if (c->st != NULL)
-            stream_cert_answered(c->st);
+    case IO_EV_LATE_DONE:
+        c->crl_polls = 0;
+        conn_late_done(c);
         return;
-    }
     case IO_EV_CONNECTED:
         return;
     case IO_EV_EOF:

@@ -353,7 +353,7 @@ def der(pem_text):
                           capture_output=True, check=True).stdout
 
 
-def fetching(env, extra=None, serve=True):
+def fetching(env, extra=None, serve=True, sections=None):
     """A CA copy, a CRL server publishing its CRL at /CertEnroll/ca.crl (DER),
     leaves "cdpgood" and "cdprevoked" (revoked) naming it, and certmapd with
     crl_fetch = on and no crl_file."""
@@ -368,7 +368,7 @@ def fetching(env, extra=None, serve=True):
     b = env.backend()
     cc = {"crl_file": None, "crl_fetch": "on", "crl_fetch_timeout": "1500ms"}
     cc.update(extra or {})
-    d = env.certmapd(b, {"client_certificate": cc})
+    d = env.certmapd(b, dict(sections or {}, client_certificate=cc))
     return ca, srv, b, d
 
 
@@ -553,6 +553,30 @@ def test_fetch_delta_missing_is_unknown(env):
     check("HTTP status 404" in d.stderr(), "the delta's 404 is logged")
 
 
+def test_fetch_for_late_certificate(env):
+    """A certificate asked for late (TLS 1.3 post-handshake authentication, only
+    the location needs one) waits for its CRL's fetch as well."""
+    ca, srv, b, d = fetching(env, {"mode": "ignore"},
+                             sections={"location /eas": {"client_certificate": "require"}})
+    for name, want in (("cdpgood", 200), ("cdprevoked", 403)):
+        ctx = ssl.create_default_context(cafile=pki("root-ca.crt"))
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        ctx.post_handshake_auth = True
+        ctx.load_cert_chain(os.path.join(ca.dir, f"{name}.chain.pem"),
+                            os.path.join(ca.dir, f"{name}.key"))
+        import socket
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", d.port), timeout=10),
+                            server_hostname="localhost")
+        r = Reader(s)
+        s.sendall(request_bytes("GET", "/free"))
+        eq(r.response().status, 200, f"{name}: no certificate needed")
+        s.sendall(request_bytes("GET", "/eas/x"))
+        eq(r.response().status, want, f"{name}: late certificate judged with its fetched CRL")
+        s.close()
+    eq(srv.hits.get("/CertEnroll/ca.crl"), 1, "fetched once, for the first late certificate")
+    eq(d.access()[-1]["reason"], "cert_revoked", "reason")
+
+
 if __name__ == "__main__":
     run([
         test_crl_file_replaced_by_rename,
@@ -573,4 +597,5 @@ if __name__ == "__main__":
         test_fetch_refreshed_before_next_update,
         test_fetch_delta_crl,
         test_fetch_delta_missing_is_unknown,
+        test_fetch_for_late_certificate,
     ])
