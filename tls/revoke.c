@@ -1033,7 +1033,11 @@ static void republish(struct tls_rev *r)
     }
     for (size_t i = 0; i < n; i++)
         s->e[s->n++] = ent_get(r->file->e[i]);
-    for (size_t i = 0; i < r->n_fetches; i++)
+    /* Workers add fetches (never remove one); their <ent> is this thread's. */
+    pthread_mutex_lock(&r->mu);
+    size_t nf = r->n_fetches;
+    pthread_mutex_unlock(&r->mu);
+    for (size_t i = 0; i < nf; i++)
         if (r->fetches[i]->ent != NULL)
             s->e[s->n++] = ent_get(r->fetches[i]->ent);
     publish(r, s);
