@@ -172,7 +172,7 @@ def rotated(env, write):
     eq(r.response().status, 200, "held connection after the CRL changed")
     s.close()
     err = d.stderr()
-    eq(count(err, "reloaded, 4 CRLs"), 1, "reload log lines")
+    eq(count(err, ", 4 CRLs:"), 1, "reload log lines")
     if write is replace_by_rename:
         # (in place, a check may see the file empty between truncate and write)
         eq(count(err, "not used"), 0, "refused files")
@@ -234,7 +234,7 @@ def test_bad_new_files_keep_the_old_crl(env):
     ca.revoke("good")
     replace_by_rename(path, crl_file_text(ca.crl()))
     wait_status(d, "good", 403, 3)
-    eq(count(d.stderr(), "reloaded, 4 CRLs"), 1, "the good file is used")
+    eq(count(d.stderr(), ", 4 CRLs:"), 1, "the good file is used")
     eq(status_of(d, "sid"), 403, "sid still revoked")
 
 
