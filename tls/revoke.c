@@ -718,9 +718,10 @@ static struct fetch *fetch_find_locked(struct tls_rev *r, const char *url, bool 
     return f;
 }
 
-/* The URIs of the distribution points in extension <nid> (CRL distribution
- * points, freshest CRL) of <leaf> or <crl>, into <urls> (at most <max>, each
- * NUL-terminated, <= URL_MAX). Returns how many. */
+/* The URIs of the distribution points <dps> (a certificate's CRL
+ * distribution points, a CRL's Freshest CRL), into <urls> (at most <max>, each
+ * NUL-terminated, <= URL_MAX). A URI with a byte that is not printable ASCII
+ * is left out: it could be neither fetched nor logged safely. Returns how many. */
 static size_t dp_urls(STACK_OF(DIST_POINT) * dps, char urls[][URL_MAX + 1], size_t max)
 {
     size_t n = 0;
@@ -734,7 +735,10 @@ static size_t dp_urls(STACK_OF(DIST_POINT) * dps, char urls[][URL_MAX + 1], size
             if (gn->type != GEN_URI)
                 continue;
             const ASN1_IA5STRING *u = gn->d.uniformResourceIdentifier;
-            if (u->length <= 0 || u->length > URL_MAX || memchr(u->data, 0, (size_t)u->length))
+            bool printable = u->length > 0 && u->length <= URL_MAX;
+            for (int k = 0; printable && k < u->length; k++)
+                printable = u->data[k] > 0x20 && u->data[k] < 0x7f;
+            if (!printable)
                 continue;
             memcpy(urls[n], u->data, (size_t)u->length);
             urls[n++][u->length] = '\0';
