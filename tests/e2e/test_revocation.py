@@ -553,6 +553,26 @@ def test_fetch_delta_missing_is_unknown(env):
     check("HTTP status 404" in d.stderr(), "the delta's 404 is logged")
 
 
+def test_fetch_server_stopped_after_fetch(env):
+    """The server goes away after the first fetch: its refresh fails (logged
+    once), and the CRL fetched before stays in use until its nextUpdate."""
+    ca, srv, b, d = fetching(env, serve=False)
+    srv.files["/CertEnroll/ca.crl"] = der(ca.crl(last=-60, nxt=25))
+    srv.start()
+    eq(status_of(d, "cdpgood", ca), 200, "fetched")
+    srv.stop()
+    time.sleep(6.5)  # the refresh, due 5 s after the fetch, fails
+    err = d.stderr()
+    check("the CRL fetched before stays in use until its nextUpdate" in err,
+          f"the failed refresh is logged: {err[-1500:]}")
+    for _ in range(3):
+        got, took = timed(lambda: status_of(d, "cdpgood", ca))
+        eq(got, 200, "the cached CRL is still current")
+        check(took < 1.0, f"no request waits for a refresh ({took:.1f}s)")
+    eq(status_of(d, "cdprevoked", ca), 403, "and still says who is revoked")
+    eq(d.stderr().count("cannot fetch"), 1, "logged once")
+
+
 def test_fetch_for_late_certificate(env):
     """A certificate asked for late (TLS 1.3 post-handshake authentication, only
     the location needs one) waits for its CRL's fetch as well."""
@@ -597,5 +617,6 @@ if __name__ == "__main__":
         test_fetch_refreshed_before_next_update,
         test_fetch_delta_crl,
         test_fetch_delta_missing_is_unknown,
+        test_fetch_server_stopped_after_fetch,
         test_fetch_for_late_certificate,
     ])
