@@ -859,7 +859,7 @@ const struct conf_key conf_keys[] = {
      .help = "PEM CAs allowed to issue client certificates directly; unset: any under the anchors",
      .iis = "NTAuth store (NTAuthCertificates)"},
     {SEC_CLIENT_CERT, "crl_file", kp_file, F(crl_file),
-     .help = "PEM file with one or more CRLs; unset: no revocation checking",
+     .help = "PEM file with one or more CRLs; unset: no revocation checking unless crl_fetch = on",
      .iis = "certificate revocation checking (CertCheckMode)"},
     {SEC_CLIENT_CERT, "crl_refresh", kp_duration, F(crl_refresh_ms), .min = 100, .max = 24 * HOUR,
      .def = "5m", .help = "how often crl_file is checked for a change (then re-read, no reload)",
