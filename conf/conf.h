@@ -95,6 +95,7 @@ struct conf {
     bool crl_fetch;              /* CRLs from the leaves' http:// CRL distribution points */
     uint64_t crl_fetch_timeout_ms; /* longest a request waits for a fetch; 0: 5 s */
     size_t crl_fetch_max_size;   /* largest CRL fetched; 0: 10M */
+    bool ocsp;                   /* ask the leaf's OCSP responder when no current CRL says */
     unsigned verify_depth;
     bool require_client_auth_eku;
     bool negotiate_at_handshake;

@@ -880,6 +880,10 @@ const struct conf_key conf_keys[] = {
     {SEC_CLIENT_CERT, "crl_fetch_max_size", kp_size, F(crl_fetch_max_size), .min = KIB,
      .max = GIB, .def = "10M", .help = "largest CRL accepted from a distribution point",
      .iis = "none (CryptoAPI URL cache)"},
+    {SEC_CLIENT_CERT, "ocsp", kp_bool, F(ocsp), .def = "off",
+     .help = "on: ask the certificate's OCSP responder (AIA) when no current CRL covers it; "
+             "answers cached until nextUpdate, no nonce",
+     .iis = "CryptoAPI OCSP retrieval (AD CS Online Responder)"},
     {SEC_CLIENT_CERT, "verify_depth", kp_uint, F(verify_depth), .min = 1, .max = 16, .def = "4",
      .help = "longest accepted chain below the trust anchor",
      .iis = "none (CryptoAPI chain engine)"},

@@ -276,7 +276,7 @@ static int setup_trust(struct tls_ctx *t, const struct conf *c, char *err, size_
     }
     if (c->verify_depth > 0)
         X509_STORE_set_depth(t->store, (int)c->verify_depth);
-    if (c->crl_file != NULL || c->crl_fetch) {
+    if (c->crl_file != NULL || c->crl_fetch || c->ocsp) {
         /* Revocation is judged per connection against the CRLs in use then
          * (tls/revoke.c), not in the handshake's chain check: a handshake
          * verdict is kept in the session, and a CRL that is fetched, renewed

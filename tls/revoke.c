@@ -29,6 +29,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <openssl/err.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
@@ -50,6 +51,11 @@
 #define FETCH_BACKOFF_MAX_MS (600 * 1000ull)
 #define FETCH_TIMEOUT_DEFAULT_MS 5000
 #define FETCH_MAX_SIZE_DEFAULT (10 * 1024 * 1024)
+/* ocsp: certificates whose status is kept (the oldest idle one makes room) */
+#define OCSP_MAX 1024
+/* an OCSP answer without nextUpdate holds this long; thisUpdate may be this far ahead */
+#define OCSP_DEFAULT_HOLD_S 300
+#define OCSP_SKEW_S 300
 
 struct fetch;
 
@@ -86,6 +92,12 @@ struct tls_rev {
     struct fetch *fetches[FETCH_MAX];
     size_t n_fetches;
     bool fetch_full_logged;
+
+    /* ocsp: one query per certificate asked about (under <mu>) */
+    bool ocsp;
+    bool ocsp_fail_logged; /* the revocation thread's */
+    struct fetch *queries[OCSP_MAX];
+    size_t n_queries;
 };
 
 /* ---- entries and sets -------------------------------------------------------------- */
@@ -375,6 +387,8 @@ static void log_unknown_once(struct tls_ctx *t, X509 *leaf, int code)
              t->revocation_allow ? "allow" : "refuse");
 }
 
+static int ocsp_cached(struct tls_ctx *t, X509 *leaf, time_t now);
+
 static int rev_status(struct tls_ctx *t, X509 *leaf, bool log)
 {
     time_t now = time(NULL);
@@ -422,6 +436,14 @@ static int rev_status(struct tls_ctx *t, X509 *leaf, bool log)
     }
     tls_crlset_put(s);
     ERR_clear_error();
+    if (t->rev->ocsp && code != X509_V_OK && code != X509_V_ERR_CERT_REVOKED) {
+        /* no current CRL says: the responder's answer, if one holds */
+        int st = ocsp_cached(t, leaf, now);
+        if (st == V_OCSP_CERTSTATUS_GOOD)
+            code = X509_V_OK;
+        else if (st == V_OCSP_CERTSTATUS_REVOKED)
+            code = X509_V_ERR_CERT_REVOKED;
+    }
     if (log && code != X509_V_OK && code != X509_V_ERR_CERT_REVOKED)
         log_unknown_once(t, leaf, code);
     return code;
@@ -617,6 +639,14 @@ struct fetch {
     bool fail_logged;
     struct bufferevent *bev;
     struct event *timer; /* the running fetch's deadline, or the next refresh */
+
+    /* an OCSP query (ocsp = on), one per certificate: <url> is the responder's */
+    OCSP_CERTID *ocsp_id; /* NULL: a CRL fetch */
+    ASN1_INTEGER *serial; /* of the certificate, with <issuer> its key */
+    X509 *issuer;         /* borrowed from the anchors or trusted issuers */
+    int ocsp_status;      /* under <mu>: V_OCSP_CERTSTATUS_*, -1: none known */
+    time_t ocsp_until;    /* under <mu>: when that answer stops holding */
+    time_t retry_at;      /* under <mu>: no new query before (after a failure) */
 };
 
 /* Splits an http:// URL into host, port and path. -1: another scheme, user
@@ -676,6 +706,8 @@ static void fetch_free(struct fetch *f)
     if (f->timer != NULL)
         event_free(f->timer);
     ent_put(f->ent);
+    OCSP_CERTID_free(f->ocsp_id);
+    ASN1_INTEGER_free(f->serial);
     free(f->url);
     free(f->host);
     free(f->port);
@@ -830,10 +862,17 @@ static struct fetch *delta_of(struct tls_rev *r, struct fetch *f)
 }
 
 /* A fetch of <f> ended: <crl> (taken; NULL on failure, with <why>). */
+static void ocsp_done(struct fetch *f, const unsigned char *body, size_t len, const char *why);
+
 static void fetch_done(struct fetch *f, X509_CRL *crl, const char *why)
 {
     struct tls_rev *r = f->r;
     char whybuf[700];
+    if (f->ocsp_id != NULL) { /* a failure on the way: what ocsp_done says */
+        X509_CRL_free(crl);
+        ocsp_done(f, NULL, 0, why);
+        return;
+    }
     if (f->bev != NULL) {
         bufferevent_free(f->bev);
         f->bev = NULL;
@@ -940,6 +979,10 @@ static void fetch_parse(struct fetch *f)
                            : "the body is shorter or longer than its Content-Length");
         return;
     }
+    if (f->ocsp_id != NULL) {
+        ocsp_done(f, body, blen, NULL);
+        return;
+    }
     const unsigned char *p = body;
     X509_CRL *crl = d2i_X509_CRL(NULL, &p, (long)blen);
     if (crl == NULL) { /* some publish PEM */
@@ -1026,12 +1069,40 @@ static void fetch_start(struct tls_rev *r, struct fetch *f)
     bufferevent_enable(f->bev, EV_READ);
     /* HTTP/1.0 and Connection: close: the answer ends when the server closes. */
     bool v6 = strchr(f->host, ':') != NULL;
-    evbuffer_add_printf(bufferevent_get_output(f->bev),
-                        "GET %s HTTP/1.0\r\nHost: %s%s%s%s%s\r\nUser-Agent: certmapd\r\n"
-                        "Accept: application/pkix-crl, */*\r\nConnection: close\r\n\r\n",
-                        f->path, v6 ? "[" : "", f->host, v6 ? "]" : "",
-                        strcmp(f->port, "80") != 0 ? ":" : "",
-                        strcmp(f->port, "80") != 0 ? f->port : "");
+    if (f->ocsp_id != NULL) {
+        /* RFC 6960 A.1 POST; no nonce (AD CS's Online Responder ignores or refuses it) */
+        OCSP_REQUEST *req = OCSP_REQUEST_new();
+        OCSP_CERTID *id = OCSP_CERTID_dup(f->ocsp_id);
+        unsigned char *der = NULL;
+        int dlen = -1;
+        if (req != NULL && id != NULL && OCSP_request_add0_id(req, id) != NULL)
+            id = NULL;
+        if (req != NULL && id == NULL)
+            dlen = i2d_OCSP_REQUEST(req, &der);
+        OCSP_CERTID_free(id);
+        OCSP_REQUEST_free(req);
+        if (dlen <= 0) {
+            freeaddrinfo(ai);
+            fetch_done(f, NULL, "cannot make the OCSP request");
+            return;
+        }
+        evbuffer_add_printf(bufferevent_get_output(f->bev),
+                            "POST %s HTTP/1.0\r\nHost: %s%s%s%s%s\r\nUser-Agent: certmapd\r\n"
+                            "Content-Type: application/ocsp-request\r\nContent-Length: %d\r\n"
+                            "Connection: close\r\n\r\n",
+                            f->path, v6 ? "[" : "", f->host, v6 ? "]" : "",
+                            strcmp(f->port, "80") != 0 ? ":" : "",
+                            strcmp(f->port, "80") != 0 ? f->port : "", dlen);
+        evbuffer_add(bufferevent_get_output(f->bev), der, (size_t)dlen);
+        OPENSSL_free(der);
+    } else {
+        evbuffer_add_printf(bufferevent_get_output(f->bev),
+                            "GET %s HTTP/1.0\r\nHost: %s%s%s%s%s\r\nUser-Agent: certmapd\r\n"
+                            "Accept: application/pkix-crl, */*\r\nConnection: close\r\n\r\n",
+                            f->path, v6 ? "[" : "", f->host, v6 ? "]" : "",
+                            strcmp(f->port, "80") != 0 ? ":" : "",
+                            strcmp(f->port, "80") != 0 ? f->port : "");
+    }
     rc = bufferevent_socket_connect(f->bev, ai->ai_addr, (int)ai->ai_addrlen);
     freeaddrinfo(ai);
     if (rc < 0)
@@ -1059,6 +1130,196 @@ static void republish(struct tls_rev *r)
     publish(r, s);
 }
 
+/* ---- ocsp: the certificate's status from its CA's responder ------------------------- */
+
+/* An OCSP answer for <f> ended: the body of a 200 answer, or a failure <why>. */
+static void ocsp_done(struct fetch *f, const unsigned char *body, size_t len, const char *why)
+{
+    struct tls_rev *r = f->r;
+    struct tls_ctx *t = r->t;
+    char whybuf[300];
+    if (f->bev != NULL) {
+        bufferevent_free(f->bev);
+        f->bev = NULL;
+    }
+    if (f->timer != NULL)
+        evtimer_del(f->timer);
+    int status = -1, reason = 0, rs = 0;
+    time_t until = 0;
+    OCSP_RESPONSE *resp = NULL;
+    OCSP_BASICRESP *bs = NULL;
+    ASN1_GENERALIZEDTIME *thisupd = NULL, *nextupd = NULL, *revtime = NULL;
+    if (why == NULL) {
+        const unsigned char *p = body;
+        resp = d2i_OCSP_RESPONSE(NULL, &p, (long)len);
+        if (resp == NULL) {
+            why = "the answer is not an OCSP response";
+        } else if ((rs = OCSP_response_status(resp)) != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+            snprintf(whybuf, sizeof whybuf, "the responder answered %s",
+                     OCSP_response_status_str(rs));
+            why = whybuf;
+        } else if ((bs = OCSP_response_get1_basic(resp)) == NULL) {
+            why = "no basic OCSP response";
+        } else if (OCSP_basic_verify(bs, t->issuers, t->store, 0) <= 0) {
+            why = "the OCSP response is signed by neither the CA nor a responder it delegated to";
+        } else if (OCSP_resp_find_status(bs, f->ocsp_id, &status, &reason, &revtime, &thisupd,
+                                         &nextupd) != 1 ||
+                   status == V_OCSP_CERTSTATUS_UNKNOWN) {
+            why = "the OCSP response gives no status for this certificate";
+            status = -1;
+        } else if (OCSP_check_validity(thisupd, nextupd, OCSP_SKEW_S, -1) != 1) {
+            why = "the OCSP response is not current (stale)";
+            status = -1;
+        } else {
+            until = nextupd != NULL ? asn1_to_time(nextupd) : time(NULL) + OCSP_DEFAULT_HOLD_S;
+        }
+    }
+    OCSP_BASICRESP_free(bs);
+    OCSP_RESPONSE_free(resp);
+    ERR_clear_error();
+    time_t now = time(NULL);
+    if (why == NULL) {
+        if (r->ocsp_fail_logged)
+            log_info("ocsp %s: answers again", f->url);
+        r->ocsp_fail_logged = false;
+        f->failures = 0;
+        log_debug("ocsp %s: %s, until %llds from now", f->url,
+                  status == V_OCSP_CERTSTATUS_GOOD ? "good" : "revoked", (long long)(until - now));
+    } else {
+        f->failures++;
+        if (!r->ocsp_fail_logged)
+            log_warn("ocsp %s: %s; certificates whose CRL is not known either have no known "
+                     "revocation status (logged once until a query works)",
+                     f->url, why);
+        r->ocsp_fail_logged = true;
+    }
+    uint64_t backoff = (uint64_t)FETCH_BACKOFF_MS << (f->failures < 8 ? f->failures : 7);
+    if (backoff > FETCH_BACKOFF_MAX_MS)
+        backoff = FETCH_BACKOFF_MAX_MS;
+    pthread_mutex_lock(&r->mu);
+    f->state = FS_IDLE;
+    if (why == NULL) {
+        f->ocsp_status = status;
+        f->ocsp_until = until;
+        f->retry_at = 0;
+    } else {
+        f->retry_at = now + (time_t)(backoff / 1000);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* The anchor or trusted issuer that issued <leaf>; NULL when none. */
+static X509 *issuer_of(struct tls_ctx *t, X509 *leaf)
+{
+    STACK_OF(X509) * sets[2] = {t->issuers, t->anchors};
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; sets[s] != NULL && i < sk_X509_num(sets[s]); i++)
+            if (X509_check_issued(sk_X509_value(sets[s], i), leaf) == X509_V_OK)
+                return sk_X509_value(sets[s], i);
+    return NULL;
+}
+
+/* The query about <leaf> (issued by <issuer>). Under <mu>. */
+static struct fetch *query_find_locked(struct tls_rev *r, X509 *leaf, X509 *issuer)
+{
+    const ASN1_INTEGER *serial = X509_get0_serialNumber(leaf);
+    for (size_t i = 0; i < r->n_queries; i++) {
+        struct fetch *q = r->queries[i];
+        if (q->issuer == issuer && ASN1_INTEGER_cmp(q->serial, serial) == 0)
+            return q;
+    }
+    return NULL;
+}
+
+/* The OCSP status of <leaf> now, from an answer that still holds: a
+ * V_OCSP_CERTSTATUS_*, or -1. */
+static int ocsp_cached(struct tls_ctx *t, X509 *leaf, time_t now)
+{
+    struct tls_rev *r = t->rev;
+    X509 *issuer = issuer_of(t, leaf);
+    if (issuer == NULL)
+        return -1;
+    pthread_mutex_lock(&r->mu);
+    struct fetch *q = query_find_locked(r, leaf, issuer);
+    int st = q != NULL && now < q->ocsp_until ? q->ocsp_status : -1;
+    pthread_mutex_unlock(&r->mu);
+    return st;
+}
+
+/* Whether the OCSP answer about <leaf> is awaited (a query is made or
+ * renewed here when none holds); <*queued>: the thread must be woken. */
+static bool ocsp_pending(struct tls_ctx *t, X509 *leaf, bool *queued)
+{
+    struct tls_rev *r = t->rev;
+    X509 *issuer = issuer_of(t, leaf);
+    if (issuer == NULL)
+        return false;
+    char url[URL_MAX + 1] = "";
+    STACK_OF(OPENSSL_STRING) *urls = X509_get1_ocsp(leaf);
+    for (int i = 0; i < sk_OPENSSL_STRING_num(urls) && url[0] == '\0'; i++) {
+        const char *u = sk_OPENSSL_STRING_value(urls, i);
+        char *h = NULL, *p = NULL, *path = NULL;
+        if (strlen(u) <= URL_MAX && url_split(u, &h, &p, &path) == 0) {
+            snprintf(url, sizeof url, "%s", u);
+            free(h);
+            free(p);
+            free(path);
+        }
+    }
+    X509_email_free(urls);
+    if (url[0] == '\0')
+        return false;
+    time_t now = time(NULL);
+    time_t limit = (time_t)(r->fetch_timeout_ms / 1000) + 1;
+    bool pending = false;
+    pthread_mutex_lock(&r->mu);
+    struct fetch *q = query_find_locked(r, leaf, issuer);
+    if (q == NULL) {
+        /* a new one, or the slot of one whose answer no longer holds */
+        for (size_t i = 0; r->n_queries == OCSP_MAX && q == NULL && i < r->n_queries; i++)
+            if (r->queries[i]->state == FS_IDLE && r->queries[i]->ocsp_until <= now)
+                q = r->queries[i];
+        if (q == NULL && r->n_queries < OCSP_MAX && (q = calloc(1, sizeof *q)) != NULL) {
+            q->r = r;
+            r->queries[r->n_queries++] = q;
+        }
+        if (q != NULL) {
+            OCSP_CERTID_free(q->ocsp_id);
+            ASN1_INTEGER_free(q->serial);
+            free(q->url);
+            free(q->host);
+            free(q->port);
+            free(q->path);
+            q->url = strdup(url);
+            q->ocsp_id = OCSP_cert_to_id(NULL, leaf, issuer);
+            q->serial = ASN1_INTEGER_dup(X509_get0_serialNumber(leaf));
+            q->issuer = issuer;
+            q->ocsp_status = -1;
+            q->ocsp_until = 0;
+            q->retry_at = 0;
+            q->failures = 0;
+            q->state = FS_IDLE;
+            if (q->url == NULL || q->ocsp_id == NULL || q->serial == NULL ||
+                url_split(url, &q->host, &q->port, &q->path) < 0) {
+                q->host = q->port = q->path = NULL;
+                q->ocsp_until = 0;
+                q->retry_at = now + 60; /* out of memory: later */
+            }
+            ERR_clear_error();
+        }
+    }
+    if (q != NULL && q->state == FS_IDLE && (q->ocsp_status < 0 || now >= q->ocsp_until) &&
+        now >= q->retry_at) {
+        q->state = FS_QUEUED;
+        q->started = now;
+        *queued = true;
+    }
+    if (q != NULL)
+        pending = q->state == FS_QUEUED || (q->state == FS_BUSY && now - q->started <= limit);
+    pthread_mutex_unlock(&r->mu);
+    return pending;
+}
+
 /* Starts the fetches workers asked for. */
 static void fetch_queued(struct tls_rev *r)
 {
@@ -1068,6 +1329,9 @@ static void fetch_queued(struct tls_rev *r)
         for (size_t i = 0; i < r->n_fetches && f == NULL; i++)
             if (r->fetches[i]->state == FS_QUEUED)
                 f = r->fetches[i];
+        for (size_t i = 0; i < r->n_queries && f == NULL; i++)
+            if (r->queries[i]->state == FS_QUEUED)
+                f = r->queries[i];
         pthread_mutex_unlock(&r->mu);
         if (f == NULL)
             return;
@@ -1079,17 +1343,21 @@ bool tls_conn_crl_pending(struct tls_ctx *t, SSL *ssl)
 {
     struct tls_rev *r = t->rev;
     X509 *leaf = SSL_get0_peer_certificate(ssl);
-    if (r == NULL || !r->fetch || leaf == NULL || SSL_get_verify_result(ssl) != X509_V_OK)
+    if (r == NULL || !(r->fetch || r->ocsp) || leaf == NULL ||
+        SSL_get_verify_result(ssl) != X509_V_OK)
         return false;
     int code = rev_status(t, leaf, false);
     if (code == X509_V_OK || code == X509_V_ERR_CERT_REVOKED)
         return false;
-    STACK_OF(DIST_POINT) *cdp = X509_get_ext_d2i(leaf, NID_crl_distribution_points, NULL, NULL);
+    bool pending = false, queued = false;
+    if (r->ocsp)
+        pending = ocsp_pending(t, leaf, &queued);
+    STACK_OF(DIST_POINT) *cdp =
+        r->fetch ? X509_get_ext_d2i(leaf, NID_crl_distribution_points, NULL, NULL) : NULL;
     char urls[4][URL_MAX + 1];
     size_t n = dp_urls(cdp, urls, 4);
     sk_DIST_POINT_pop_free(cdp, DIST_POINT_free);
     ERR_clear_error();
-    bool pending = false, queued = false;
     time_t now = time(NULL);
     time_t limit = (time_t)(r->fetch_timeout_ms / 1000) + 1;
     pthread_mutex_lock(&r->mu);
@@ -1151,6 +1419,8 @@ void tls_rev_free(struct tls_rev *r)
     }
     for (size_t i = 0; i < r->n_fetches; i++)
         fetch_free(r->fetches[i]); /* before the base their events are on */
+    for (size_t i = 0; i < r->n_queries; i++)
+        fetch_free(r->queries[i]);
     if (r->tick != NULL)
         event_free(r->tick);
     if (r->settle != NULL)
@@ -1183,6 +1453,7 @@ struct tls_rev *tls_rev_new(struct tls_ctx *t, const struct conf *c, char *err, 
     pthread_mutex_init(&r->mu, NULL);
     r->refresh_ms = c->crl_refresh_ms != 0 ? c->crl_refresh_ms : REFRESH_DEFAULT_MS;
     r->fetch = c->crl_fetch;
+    r->ocsp = c->ocsp;
     r->fetch_timeout_ms =
         c->crl_fetch_timeout_ms != 0 ? c->crl_fetch_timeout_ms : FETCH_TIMEOUT_DEFAULT_MS;
     r->fetch_max = c->crl_fetch_max_size != 0 ? c->crl_fetch_max_size : FETCH_MAX_SIZE_DEFAULT;
@@ -1206,7 +1477,7 @@ struct tls_rev *tls_rev_new(struct tls_ctx *t, const struct conf *c, char *err, 
         r->cur = r->file;
         atomic_fetch_add_explicit(&r->file->refs, 1, memory_order_relaxed);
     } else {
-        conf_where(c, "client_certificate", "crl_fetch", what, sizeof what);
+        conf_where(c, "client_certificate", c->crl_fetch ? "crl_fetch" : "ocsp", what, sizeof what);
         r->cur = set_new(0);
         if (r->cur == NULL) {
             snprintf(err, errlen, "out of memory");

@@ -15,6 +15,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -33,7 +34,7 @@ class CA:
     """A private copy of issuing-ca: revoke leaves, issue CRLs with `openssl ca`."""
 
     def __init__(self, workdir):
-        self.dir = os.path.join(workdir, "ca")
+        self.dir = tempfile.mkdtemp(prefix="ca-", dir=workdir)
         shutil.copytree(pki("db/issuing-ca"), os.path.join(self.dir, "db"))
         shutil.copy(pki("cnf/ca.cnf"), self.dir)
         self.env = dict(os.environ, CM_DB=os.path.join(self.dir, "db"),
@@ -66,9 +67,10 @@ class CA:
         """The number the next CRL will have (the database's crlnumber, hex)."""
         return int(open(os.path.join(self.dir, "db", "crlnumber")).read(), 16)
 
-    def issue(self, name, cdp):
+    def issue(self, name, cdp=None, aia=None):
         """A client leaf NAME (key, cert, chain in this CA's directory) naming the
-        distribution point <cdp> (a URL, or several, comma separated as URI:...)."""
+        distribution point <cdp> (URI:... entries, comma separated) and the OCSP
+        responder URL <aia>."""
         d = self.dir
         key, csr, crt = (os.path.join(d, f"{name}.{x}") for x in ("key", "csr", "crt"))
         subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
@@ -82,7 +84,8 @@ class CA:
                     "keyUsage = critical,digitalSignature\nextendedKeyUsage = clientAuth\n"
                     f"subjectAltName = email:{name}@corp.example.test\n"
                     "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n"
-                    f"crlDistributionPoints = {cdp}\n")
+                    + (f"crlDistributionPoints = {cdp}\n" if cdp else "")
+                    + (f"authorityInfoAccess = OCSP;URI:{aia}\n" if aia else ""))
         self.ca("-preserveDN", "-in", csr, "-out", crt, "-extfile", ext, "-extensions", "leaf",
                 "-startdate", utc(-3600))
         with open(os.path.join(d, f"{name}.chain.pem"), "w") as f:
@@ -597,6 +600,154 @@ def test_fetch_for_late_certificate(env):
     eq(d.access()[-1]["reason"], "cert_revoked", "reason")
 
 
+# ---- ocsp: the AD CS Online Responder's part ---------------------------------------------
+
+class OcspResponder:
+    """An OCSP responder for the CA copy, in this process (Python's cryptography):
+    answers good, or revoked for the serials in <revoked>, signed by the issuing
+    CA, valid <valid_s> seconds; mode "down" (not started), "garbage", "stale"."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.revoked = set()
+        self.mode = "ok"
+        self.hits = 0
+        self.httpd = None
+        self.valid_s = 300
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/ocsp"
+
+    def start(self):
+        import datetime
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509 import ocsp
+        key = serialization.load_pem_private_key(open(pki("issuing-ca.key"), "rb").read(), None)
+        cacert = x509.load_pem_x509_certificate(open(pki("issuing-ca.crt"), "rb").read())
+        srv = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                srv.hits += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if srv.mode == "garbage":
+                    out = b"not an OCSP response"
+                else:
+                    req = ocsp.load_der_ocsp_request(body)
+                    now = datetime.datetime.utcnow()
+                    if srv.mode == "stale":
+                        now -= datetime.timedelta(days=2)
+                    revoked = req.serial_number in srv.revoked
+                    # the builder wants a certificate: one with the asked serial and issuer
+                    fake = (x509.CertificateBuilder().subject_name(cacert.subject)
+                            .issuer_name(cacert.subject).public_key(key.public_key())
+                            .serial_number(req.serial_number)
+                            .not_valid_before(now - datetime.timedelta(days=1))
+                            .not_valid_after(now + datetime.timedelta(days=1))
+                            .sign(key, hashes.SHA256()))
+                    signer, signer_cert = key, cacert
+                    if srv.mode == "wrongkey":
+                        # a look-alike responder: the CA's name, another key
+                        from cryptography.hazmat.primitives.asymmetric import ec
+                        signer = ec.generate_private_key(ec.SECP256R1())
+                        signer_cert = (x509.CertificateBuilder().subject_name(cacert.subject)
+                                       .issuer_name(cacert.subject)
+                                       .public_key(signer.public_key()).serial_number(7)
+                                       .not_valid_before(now - datetime.timedelta(days=1))
+                                       .not_valid_after(now + datetime.timedelta(days=1))
+                                       .sign(signer, hashes.SHA256()))
+                    b = ocsp.OCSPResponseBuilder().add_response(
+                        cert=fake, issuer=cacert, algorithm=hashes.SHA1(),
+                        cert_status=ocsp.OCSPCertStatus.REVOKED if revoked
+                        else ocsp.OCSPCertStatus.GOOD,
+                        this_update=now - datetime.timedelta(seconds=60),
+                        next_update=now + datetime.timedelta(seconds=srv.valid_s),
+                        revocation_time=now - datetime.timedelta(seconds=30) if revoked else None,
+                        revocation_reason=None).responder_id(
+                        ocsp.OCSPResponderEncoding.HASH, signer_cert).certificates([signer_cert])
+                    out = b.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/ocsp-response")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+
+
+def serial_of(path):
+    out = subprocess.run(["openssl", "x509", "-in", path, "-noout", "-serial"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip().split("=", 1)[1], 16)
+
+
+def with_ocsp(env, mode="ok", extra=None):
+    ca = CA(env.dir)
+    o = OcspResponder()
+    env.add_cleanup(o.stop)
+    ca.issue("ocspgood", aia=o.url)
+    o.revoked.add(serial_of(ca.issue("ocsprevoked", aia=o.url)))
+    o.mode = mode
+    if mode != "down":
+        o.start()
+    b = env.backend()
+    cc = {"crl_file": None, "ocsp": "on", "crl_fetch_timeout": "1500ms"}
+    cc.update(extra or {})
+    d = env.certmapd(b, {"client_certificate": cc})
+    return ca, o, b, d
+
+
+def test_ocsp_good_and_revoked_cached(env):
+    ca, o, b, d = with_ocsp(env)
+    got, took = timed(lambda: status_of(d, "ocspgood", ca))
+    eq(got, 200, "good by OCSP, no CRL at all")
+    print(f"  first request with its OCSP answer: {took * 1000:.0f} ms")
+    eq(status_of(d, "ocsprevoked", ca), 403, "revoked by OCSP")
+    eq(d.access()[-1]["reason"], "cert_revoked", "reason")
+    for _ in range(3):
+        eq(status_of(d, "ocspgood", ca), 200, "cached")
+        eq(status_of(d, "ocsprevoked", ca), 403, "cached")
+    eq(o.hits, 2, "one query per certificate, then the cache until nextUpdate")
+    eq(status_of(d, "good"), 403, "no AIA and no CRL: unknown")
+
+
+def test_ocsp_responder_down(env):
+    ca, o, b, d = with_ocsp(env, "down")
+    for i in range(3):
+        got, took = timed(lambda: status_of(d, "ocspgood", ca))
+        eq(got, 403, f"request {i}: no answer, no CRL: refused")
+        check(took < 3.0, f"request {i} took {took:.1f}s")
+    err = d.stderr()
+    eq(err.count("ocsp " + o.url + ": cannot fetch"), 1, f"logged once: {err[-1500:]}")
+
+
+def test_ocsp_garbage_stale_forged(env):
+    for mode, log in (("garbage", "not an OCSP response"), ("stale", "is not current (stale)"),
+                      ("wrongkey", "signed by neither the CA nor a responder it delegated to")):
+        ca, o, b, d = with_ocsp(env, mode)
+        eq(status_of(d, "ocspgood", ca), 403, f"{mode}: refused")
+        eq(status_of(d, "ocspgood", ca), 403, f"{mode}: refused again")
+        eq(d.stderr().count(log), 1, f"{mode}: logged once")
+        d.stop()
+        o.stop()
+
+
 if __name__ == "__main__":
     run([
         test_crl_file_replaced_by_rename,
@@ -619,4 +770,7 @@ if __name__ == "__main__":
         test_fetch_delta_missing_is_unknown,
         test_fetch_server_stopped_after_fetch,
         test_fetch_for_late_certificate,
+        test_ocsp_good_and_revoked_cached,
+        test_ocsp_responder_down,
+        test_ocsp_garbage_stale_forged,
     ])
