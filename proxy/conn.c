@@ -43,9 +43,9 @@ enum conn_state {
 
 #define CF_FEED 0x1u        /* feed the stream again, from <later> */
 #define CF_STREAM_OVER 0x2u /* the stream is over: free it from <later>, then <end> */
-#define CF_CRL_WAIT 0x4u    /* a verdict waits for a CRL being fetched (crl_fetch) */
+#define CF_CRL_WAIT 0x4u    /* a verdict waits for a CRL fetch or OCSP answer (crl_fetch, ocsp) */
 #define CF_CRL_LATE 0x8u    /* ... the verdict on a late certificate */
-/* How often a verdict waiting for a CRL fetch looks again. */
+/* How often a verdict waiting for a CRL fetch or OCSP answer looks again. */
 #define CRL_POLL_MS 20
 
 struct proxy_conn {
@@ -123,7 +123,7 @@ static const char *conn_judge_certificate(struct proxy_conn *c, const char *none
 }
 
 /* Whether the verdict on the certificate just received waits a little for
- * the CRL of its issuer, being fetched (crl_fetch): at most
+ * the CRL of its issuer or its OCSP answer (crl_fetch, ocsp): at most
  * crl_fetch_timeout, polled from <later>; <late>: CF_CRL_LATE for a late
  * certificate, 0 for the first handshake's. */
 static bool conn_crl_wait(struct proxy_conn *c, unsigned late)

@@ -55,10 +55,10 @@ struct tls_crl_info {
 void tls_crl_ages(struct tls_ctx *t, void (*cb)(void *arg, const struct tls_crl_info *info),
                   void *arg);
 
-/* With crl_fetch = on: whether the verdict on <ssl>'s certificate (whose
- * chain verified) should wait because the CRL of its issuer is not known yet
- * and is being fetched from its distribution point (a fetch starts here when
- * none was). Ask again a little later; the caller stops asking after
+/* With crl_fetch or ocsp = on: whether the verdict on <ssl>'s certificate
+ * (whose chain verified) should wait because no current CRL covers it and
+ * one is being fetched from its distribution point, or its OCSP responder
+ * asked (a fetch or query starts here when none was). Ask again a little later; the caller stops asking after
  * crl_fetch_timeout, and tls_conn_verdict then judges (revocation_unknown
  * applies). Thread-safe; cheap when the status is known. */
 bool tls_conn_crl_pending(struct tls_ctx *t, SSL *ssl);
