@@ -18,6 +18,7 @@ enum deleg_mode { DELEG_OFF = 0, DELEG_KERBEROS };
 enum deleg_impersonate { IMPERSONATE_SAM = 0, IMPERSONATE_UPN };
 enum deleg_send { SEND_FIRST = 0, SEND_ALWAYS };
 enum deleg_binding { BINDING_AUTO = 0, BINDING_OFF };
+enum revocation_unknown { REVOCATION_REFUSE = 0, REVOCATION_ALLOW };
 
 #define CONF_MAX_LISTEN 16
 #define CONF_MAX_PP_FROM 32
@@ -105,6 +106,12 @@ struct conf {
     char *trust_anchors;
     char *trusted_issuers;
     char *crl_file;              /* NULL: no revocation checking */
+    uint64_t crl_refresh_ms;     /* how often crl_file is checked for a change; 0: 5 min */
+    enum revocation_unknown revocation_unknown; /* no current CRL for the issuer */
+    bool crl_fetch;              /* CRLs from the leaves' http:// CRL distribution points */
+    uint64_t crl_fetch_timeout_ms; /* longest a request waits for a fetch; 0: 5 s */
+    size_t crl_fetch_max_size;   /* largest CRL fetched; 0: 10M */
+    bool ocsp;                   /* ask the leaf's OCSP responder when no current CRL says */
     unsigned verify_depth;
     bool require_client_auth_eku;
     bool negotiate_at_handshake;

@@ -1147,6 +1147,9 @@ static const struct conf_enum enforcements[] = {{"full", ENFORCE_FULL},
                                                 {"disabled", ENFORCE_DISABLED},
                                                 {NULL, 0}};
 
+static const struct conf_enum revocation_unknowns[] = {
+    {"refuse", REVOCATION_REFUSE}, {"allow", REVOCATION_ALLOW}, {NULL, 0}};
+
 static const struct conf_enum deleg_modes[] = {
     {"off", DELEG_OFF}, {"kerberos", DELEG_KERBEROS}, {NULL, 0}};
 static const struct conf_enum deleg_imps[] = {
@@ -1242,8 +1245,31 @@ const struct conf_key conf_keys[] = {
      .help = "PEM CAs allowed to issue client certificates directly; unset: any under the anchors",
      .iis = "NTAuth store (NTAuthCertificates)"},
     {SEC_CLIENT_CERT, "crl_file", kp_file, F(crl_file),
-     .help = "PEM file with one or more CRLs; unset: no revocation checking",
+     .help = "PEM file with one or more CRLs; unset: no revocation checking unless crl_fetch = on",
      .iis = "certificate revocation checking (CertCheckMode)"},
+    {SEC_CLIENT_CERT, "crl_refresh", kp_duration, F(crl_refresh_ms), .min = 100, .max = 24 * HOUR,
+     .def = "5m", .help = "how often crl_file is checked for a change (then re-read, no reload)",
+     .iis = "none (CryptoAPI URL cache refresh)"},
+    {SEC_CLIENT_CERT, "revocation_unknown", kp_enum, F(revocation_unknown),
+     .names = revocation_unknowns, .def = "refuse",
+     .help = "refuse or allow a certificate whose issuer has no current CRL (cert_untrusted)",
+     .iis = "CertCheckMode / RevocationFreshnessTime (offline revocation is a failure)"},
+    {SEC_CLIENT_CERT, "crl_fetch", kp_bool, F(crl_fetch), .def = "off",
+     .help = "on: fetch CRLs (base and delta) from the http:// CRL distribution points of client "
+             "certificates, cached and refreshed before nextUpdate",
+     .iis = "CryptoAPI CDP retrieval (CertCheckMode 0)"},
+    {SEC_CLIENT_CERT, "crl_fetch_timeout", kp_duration, F(crl_fetch_timeout_ms), .min = 100,
+     .max = MIN, .def = "5s",
+     .help = "limit for one CRL fetch, and longest a request waits for one (then "
+             "revocation_unknown applies)",
+     .iis = "ChainUrlRetrievalTimeoutMilliseconds"},
+    {SEC_CLIENT_CERT, "crl_fetch_max_size", kp_size, F(crl_fetch_max_size), .min = KIB,
+     .max = GIB, .def = "10M", .help = "largest CRL accepted from a distribution point",
+     .iis = "none (CryptoAPI URL cache)"},
+    {SEC_CLIENT_CERT, "ocsp", kp_bool, F(ocsp), .def = "off",
+     .help = "on: ask the certificate's OCSP responder (AIA) when no current CRL covers it; "
+             "answers cached until nextUpdate, no nonce",
+     .iis = "CryptoAPI OCSP retrieval (AD CS Online Responder)"},
     {SEC_CLIENT_CERT, "verify_depth", kp_uint, F(verify_depth), .min = 1, .max = 16, .def = "4",
      .help = "longest accepted chain below the trust anchor",
      .iis = "none (CryptoAPI chain engine)"},
@@ -1411,6 +1437,7 @@ _Static_assert(sizeof(enum cert_mode) == sizeof(int), "enum fields are written a
 _Static_assert(sizeof(enum map_source_kind) == sizeof(int), "enum fields are written as int");
 _Static_assert(sizeof(enum map_enforcement) == sizeof(int), "enum fields are written as int");
 _Static_assert(sizeof(enum deleg_mode) == sizeof(int), "enum fields are written as int");
+_Static_assert(sizeof(enum revocation_unknown) == sizeof(int), "enum fields are written as int");
 
 const char *conf_section_name(enum conf_section s)
 {

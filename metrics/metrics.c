@@ -194,6 +194,27 @@ void metrics_crl_set(const char *issuer, int64_t last_update, int64_t next_updat
     pthread_mutex_unlock(&crls.lock);
 }
 
+void metrics_crl_replace(const char *const *issuer, const int64_t *last_update,
+                         const int64_t *next_update, size_t n)
+{
+    pthread_mutex_lock(&crls.lock);
+    crls.n = 0;
+    for (size_t k = 0; k < n && crls.n < METRICS_CRL_MAX; k++) {
+        if (issuer[k] == NULL)
+            continue;
+        size_t i;
+        for (i = 0; i < crls.n; i++)
+            if (strncmp(crls.e[i].issuer, issuer[k], sizeof crls.e[i].issuer - 1) == 0)
+                break;
+        if (i == crls.n)
+            crls.n++;
+        snprintf(crls.e[i].issuer, sizeof crls.e[i].issuer, "%s", issuer[k]);
+        crls.e[i].last_update = last_update[k];
+        crls.e[i].next_update = next_update[k];
+    }
+    pthread_mutex_unlock(&crls.lock);
+}
+
 /* ---- sums ------------------------------------------------------------------------ */
 
 struct sums {

@@ -96,6 +96,9 @@ void metrics_reload(bool ok);
 #define METRICS_CRL_MAX 64
 void metrics_crl_clear(void);
 void metrics_crl_set(const char *issuer, int64_t last_update, int64_t next_update);
+/* The whole set at once (<n> issuers), so that a scrape never sees it half made. */
+void metrics_crl_replace(const char *const *issuer, const int64_t *last_update,
+                         const int64_t *next_update, size_t n);
 
 /* Sum of MG_DIR_UP0.. gauges: directory connections bound right now. */
 int64_t metrics_directory_up(void);

@@ -46,6 +46,10 @@ enum conn_state {
 
 #define CF_FEED 0x1u        /* feed the stream again, from <later> */
 #define CF_STREAM_OVER 0x2u /* the stream is over: free it from <later>, then <end> */
+#define CF_CRL_WAIT 0x4u    /* a verdict waits for a CRL fetch or OCSP answer (crl_fetch, ocsp) */
+#define CF_CRL_LATE 0x8u    /* ... the verdict on a late certificate */
+/* How often a verdict waiting for a CRL fetch or OCSP answer looks again. */
+#define CRL_POLL_MS 20
 
 struct proxy_conn {
     struct conn_env *env;
@@ -57,6 +61,7 @@ struct proxy_conn {
     struct cert_facts *facts; /* the verified client certificate, or NULL */
     enum conn_state state;
     unsigned flags;
+    unsigned crl_polls; /* CF_CRL_WAIT: how often <later> looked */
     enum stream_end end;
     char peer[64];      /* the client: the L4 peer, or the PROXY header's source */
     char via[64];       /* the L4 peer when a PROXY header named the client, else "" */
@@ -139,6 +144,52 @@ static const char *conn_judge_certificate(struct proxy_conn *c, const char *none
     return c->facts        ? c->facts->subject
            : c->sc.cert_reason ? reason_name(c->sc.cert_reason)
                                 : none;
+}
+
+/* Whether the verdict on the certificate just received waits a little for
+ * the CRL of its issuer or its OCSP answer (crl_fetch, ocsp): at most
+ * crl_fetch_timeout, polled from <later>; <late>: CF_CRL_LATE for a late
+ * certificate, 0 for the first handshake's. */
+static bool conn_crl_wait(struct proxy_conn *c, unsigned late)
+{
+    if (c->crl_polls * (uint64_t)CRL_POLL_MS >= c->env->conf->crl_fetch_timeout_ms ||
+        !tls_conn_crl_pending(c->env->tls, io_ssl(c->io)))
+        return false;
+    c->crl_polls++;
+    c->flags |= CF_CRL_WAIT | late;
+    struct timeval tv = {.tv_sec = 0, .tv_usec = CRL_POLL_MS * 1000};
+    event_add(&c->later, &tv);
+    return true;
+}
+
+/* The end of the first handshake. The verdict is computed once per connection
+ * (verification itself ran in the handshake, or, for a resumed session, not
+ * at all: tls_conn_verdict re-checks validity and revocation either way),
+ * after the CRL of the certificate's issuer, when it is being fetched, has
+ * come or crl_fetch_timeout has passed; meanwhile what the client sends waits
+ * in the input (the state stays CONN_HANDSHAKE). */
+static void conn_handshake_done(struct proxy_conn *c)
+{
+    if (conn_crl_wait(c, 0))
+        return;
+    const char *cert = conn_judge_certificate(c, "none");
+    metrics_inc(tls_conn_resumed(io_ssl(c->io)) ? MT_HS_RESUMED_OK : MT_HS_FULL_OK);
+    conn_state_set(c, CONN_IDLE);
+    log_debug("#%llu %s: %s handshake done, certificate %s%s", (unsigned long long)c->sc.conn_id,
+              c->peer, tls_conn_protocol(io_ssl(c->io)), cert,
+              c->crl_polls > 0 ? " (after waiting for its CRL)" : "");
+}
+
+/* The end of a late certificate request: the same, for the stream that waits. */
+static void conn_late_done(struct proxy_conn *c)
+{
+    if (conn_crl_wait(c, CF_CRL_LATE))
+        return;
+    const char *cert = conn_judge_certificate(c, "none sent");
+    metrics_inc(MT_HS_LATE_OK);
+    log_debug("#%llu %s: late certificate: %s", (unsigned long long)c->sc.conn_id, c->peer, cert);
+    if (c->st != NULL)
+        stream_cert_answered(c->st);
 }
 
 /* The stream's ops->ask_cert: a certificate, now, by renegotiation (TLS 1.2)
@@ -226,6 +277,21 @@ static const struct stream_client_ops conn_stream_ops = {
 static void later_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct proxy_conn *c = arg;
+    if (c->flags & CF_CRL_WAIT) {
+        bool late = c->flags & CF_CRL_LATE;
+        c->flags &= ~(CF_CRL_WAIT | CF_CRL_LATE);
+        if (!late) {
+            conn_handshake_done(c);
+            if (c->state == CONN_IDLE)
+                conn_feed(c); /* what the client sent meanwhile */
+            return;
+        }
+        if (!(c->flags & CF_STREAM_OVER)) {
+            conn_late_done(c);
+            return;
+        }
+        /* the stream ended while its late certificate waited: as below */
+    }
     if (c->flags & CF_STREAM_OVER) {
         c->flags &= ~(CF_STREAM_OVER | CF_FEED);
         stream_free(c->st);
@@ -297,26 +363,13 @@ static void conn_event_cb(void *arg, enum io_event ev)
     struct proxy_conn *c = arg;
     char why[256];
     switch (ev) {
-    case IO_EV_HANDSHAKE: {
-        /* The verdict is computed once per connection (verification itself ran
-         * in the handshake, or, for a resumed session, not at all:
-         * tls_conn_verdict re-checks validity and revocation either way). */
-        const char *cert = conn_judge_certificate(c, "none");
-        metrics_inc(tls_conn_resumed(io_ssl(c->io)) ? MT_HS_RESUMED_OK : MT_HS_FULL_OK);
-        conn_state_set(c, CONN_IDLE);
-        log_debug("#%llu %s: %s handshake done, certificate %s", (unsigned long long)c->sc.conn_id,
-                  c->peer, tls_conn_protocol(io_ssl(c->io)), cert);
+    case IO_EV_HANDSHAKE:
+        conn_handshake_done(c);
         return;
-    }
-    case IO_EV_LATE_DONE: {
-        const char *cert = conn_judge_certificate(c, "none sent");
-        metrics_inc(MT_HS_LATE_OK);
-        log_debug("#%llu %s: late certificate: %s", (unsigned long long)c->sc.conn_id, c->peer,
-                  cert);
-        if (c->st != NULL)
-            stream_cert_answered(c->st);
+    case IO_EV_LATE_DONE:
+        c->crl_polls = 0;
+        conn_late_done(c);
         return;
-    }
     case IO_EV_CONNECTED:
         return;
     case IO_EV_EOF:

@@ -140,6 +140,35 @@ static void metrics_targets_of(const struct conf *c, const struct backend_set *b
     t->conf = c;
 }
 
+/* The base CRLs in use, for certmapd_crl_* (a delta's issuer has its base). */
+struct crl_gauges {
+    const char *issuer[METRICS_CRL_MAX];
+    int64_t last[METRICS_CRL_MAX], next[METRICS_CRL_MAX];
+    char names[METRICS_CRL_MAX][256];
+    size_t n;
+};
+
+static void crl_gauge_one(void *arg, const struct tls_crl_info *info)
+{
+    struct crl_gauges *g = arg;
+    if (info->delta || g->n == METRICS_CRL_MAX)
+        return;
+    snprintf(g->names[g->n], sizeof g->names[g->n], "%s", info->issuer);
+    g->issuer[g->n] = g->names[g->n];
+    g->last[g->n] = (int64_t)info->this_update;
+    g->next[g->n] = (int64_t)info->next_update;
+    g->n++;
+}
+
+/* Once a second: the CRL gauges follow the current generation's CRLs, which
+ * change without a reload (crl_refresh, crl_fetch). */
+static void crl_gauges_update(struct tls_ctx *tls)
+{
+    struct crl_gauges g = {.n = 0};
+    tls_crl_ages(tls, crl_gauge_one, &g);
+    metrics_crl_replace(g.issuer, g.last, g.next, g.n);
+}
+
 /* ---- generations ---- */
 
 static bool same_str(const char *a, const char *b)
@@ -372,6 +401,7 @@ static int serve(struct proxy_shared *sh)
         sig = sigtimedwait(&set, NULL, &tick);
         reap(sh);
         tls_ctx_tick(sh->tls, time(NULL));
+        crl_gauges_update(sh->tls);
         if (sig < 0)
             continue;
         if (sig == SIGHUP) {

@@ -29,6 +29,8 @@ PACKAGES=(
   # /usr/bin/python3 with its gssapi module). apache2-bin holds httpd and the
   # modules; apache2 itself only adds the Debian layout, named for apache2ctl.
   apache2 apache2-bin libapache2-mod-auth-gssapi python3-gssapi
+  # tests: an OCSP responder in tests/e2e/test_revocation.py (Debian's python3)
+  python3-cryptography
   # tests: GnuTLS clients (tests/e2e/test_late_cert_clients.py), a TLS scanner
   gnutls-bin wget testssl.sh
   # tests: libFuzzer harnesses (tests/fuzz/run.sh): clang and its fuzzer runtime

@@ -173,111 +173,6 @@ void tls_certs_purge(struct tls_certs *c)
     memset(c, 0, sizeof *c);
 }
 
-/* <tm> as Unix time, 0 for NULL or unreadable (metrics' CRL gauges). */
-static int64_t time_unix(const ASN1_TIME *tm)
-{
-    struct tm t;
-    if (tm == NULL || ASN1_TIME_to_tm(tm, &t) != 1)
-        return 0;
-    return (int64_t)timegm(&t);
-}
-
-static void time_for_log(const ASN1_TIME *tm, char *buf, size_t len)
-{
-    BIO *b = BIO_new(BIO_s_mem());
-    int n = b != NULL && tm != NULL && ASN1_TIME_print(b, tm) == 1 ? BIO_read(b, buf, (int)len - 1)
-                                                                   : -1;
-    if (n < 0)
-        snprintf(buf, len, "(unknown time)");
-    else
-        buf[n] = '\0';
-    BIO_free(b);
-}
-
-/* The certificate among <certs> whose key signed <crl>; NULL when none. */
-static X509 *crl_signer_in(STACK_OF(X509) *certs, X509_CRL *crl)
-{
-    for (int i = 0; certs != NULL && i < sk_X509_num(certs); i++) {
-        X509 *x = sk_X509_value(certs, i);
-        EVP_PKEY *key = X509_get0_pubkey(x);
-        if (X509_NAME_cmp(X509_get_subject_name(x), X509_CRL_get_issuer(crl)) == 0 && key != NULL &&
-            X509_CRL_verify(crl, key) == 1)
-            return x;
-    }
-    ERR_clear_error();
-    return NULL;
-}
-
-/* Loads every CRL of <path> into the store and into t->crls, each tied to the
- * anchor or trusted issuer that signed it. Stale CRLs are kept (they make
- * certificates of their issuer "revocation status unknown") but warned of. */
-static int load_crls(struct tls_ctx *t, const struct conf *cf, char *err, size_t errlen)
-{
-    int rc = -1;
-    const char *path = cf->crl_file;
-    char what[1024];
-    conf_where(cf, "client_certificate", "crl_file", what, sizeof what);
-    STACK_OF(X509_INFO) *infos = read_pem(what, path, err, errlen);
-    if (infos == NULL)
-        goto fail;
-    metrics_crl_clear(); /* this configuration's CRLs replace the last ones */
-    t->crls = calloc((size_t)sk_X509_INFO_num(infos) + 1, sizeof *t->crls);
-    if (t->crls == NULL) {
-        set_err(err, errlen, "%s %s: out of memory", what, path);
-        goto fail;
-    }
-    for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
-        X509_INFO *info = sk_X509_INFO_value(infos, i);
-        X509_CRL *crl = info->crl;
-        if (crl == NULL)
-            continue;
-        if (X509_STORE_add_crl(t->store, crl) != 1) {
-            set_err(err, errlen, "%s %s: cannot add CRL", what, path);
-            goto fail;
-        }
-        info->crl = NULL;
-        struct tls_crl *c = &t->crls[t->n_crls++];
-        c->crl = crl;
-        c->signer = crl_signer_in(t->issuers, crl);
-        if (c->signer == NULL)
-            c->signer = crl_signer_in(t->anchors, crl);
-
-        AUTHORITY_KEYID *akid = X509_CRL_get_ext_d2i(crl, NID_authority_key_identifier, NULL, NULL);
-        if (akid != NULL && akid->keyid != NULL)
-            c->akid = ASN1_OCTET_STRING_dup(akid->keyid);
-        AUTHORITY_KEYID_free(akid);
-        ERR_clear_error();
-
-        char issuer[512], when[64];
-        tls_name_for_log(X509_CRL_get_issuer(crl), issuer, sizeof issuer);
-        if (c->signer == NULL && c->akid == NULL)
-            log_warn("crl_file %s: the CRL of %s is signed by neither a trust anchor nor a "
-                     "trusted issuer and has no authority key identifier; it cannot vouch for "
-                     "resumed sessions",
-                     path, issuer);
-        const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
-        if (next != NULL && X509_cmp_current_time(next) <= 0) {
-            time_for_log(next, when, sizeof when);
-            log_warn("crl_file %s: the CRL of %s expired at %s; certificates from that issuer "
-                     "are refused (cert_untrusted) until a current CRL is loaded",
-                     path, issuer, when);
-        }
-        if (X509_cmp_current_time(X509_CRL_get0_lastUpdate(crl)) > 0) {
-            time_for_log(X509_CRL_get0_lastUpdate(crl), when, sizeof when);
-            log_warn("crl_file %s: the CRL of %s is not valid before %s", path, issuer, when);
-        }
-        metrics_crl_set(issuer, time_unix(X509_CRL_get0_lastUpdate(crl)), time_unix(next));
-    }
-    if (t->n_crls == 0) {
-        set_err(err, errlen, "%s %s: no CRL found", what, path);
-        goto fail;
-    }
-    rc = 0;
-fail:
-    sk_X509_INFO_pop_free(infos, X509_INFO_free);
-    return rc;
-}
-
 /* An issuer that does not chain to an anchor makes every certificate it
  * issued fail later with cert_untrusted; say so once, at start-up. */
 static void check_issuers_chain(struct tls_ctx *t, const char *path)
@@ -382,13 +277,18 @@ static int setup_trust(struct tls_ctx *t, const struct conf *c, char *err, size_
     }
     if (c->verify_depth > 0)
         X509_STORE_set_depth(t->store, (int)c->verify_depth);
-    if (c->crl_file != NULL) {
-        if (load_crls(t, c, err, errlen) != 0)
+    if (c->crl_file != NULL || c->crl_fetch || c->ocsp) {
+        /* Revocation is judged per connection against the CRLs in use then
+         * (tls/revoke.c), not in the handshake's chain check: a handshake
+         * verdict is kept in the session, and a CRL that is fetched, renewed
+         * or replaced later must count for resumed sessions too. Only the
+         * leaf's issuer must have a current CRL: CA certificates are covered
+         * by trusted_issuers, which the operator controls. */
+        t->rev = tls_rev_new(t, c, err, errlen);
+        if (t->rev == NULL)
             return -1;
-        /* Only the leaf's issuer must have a current CRL: CA certificates are
-         * covered by trusted_issuers, which the operator controls. */
-        X509_STORE_set_flags(t->store, X509_V_FLAG_CRL_CHECK);
         t->crl_check = true;
+        t->revocation_allow = c->revocation_unknown == REVOCATION_ALLOW;
     }
     if (t->issuers != NULL)
         check_issuers_chain(t, c->trusted_issuers);
@@ -580,13 +480,8 @@ void tls_ctx_free(struct tls_ctx *t)
     if (t == NULL)
         return;
     SSL_CTX_free(t->ssl);
-    tls_tickets_free(t);
+    tls_rev_free(t->rev); /* first: its thread reads the anchors and issuers */
     X509_STORE_free(t->store);
-    for (size_t i = 0; i < t->n_crls; i++) {
-        X509_CRL_free(t->crls[i].crl);
-        ASN1_OCTET_STRING_free(t->crls[i].akid);
-    }
-    free(t->crls);
     sk_X509_pop_free(t->anchors, X509_free);
     sk_X509_pop_free(t->issuers, X509_free);
     tls_vcache_free(t->vcache);

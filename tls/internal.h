@@ -3,6 +3,7 @@
 #ifndef CM_TLS_INTERNAL_H
 #define CM_TLS_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <time.h>
 
@@ -12,24 +13,43 @@
 #include "common/reason.h"
 #include "conf/conf.h"
 
-/* A CRL together with the certificate whose key verified its signature at
- * load time. Two CAs may share a subject name (a re-keyed or rogue CA), so a
+struct conf;
+
+/* One CRL in use, immutable once made and shared by the sets that hold it
+ * (reference-counted), together with the certificate whose key verified its
+ * signature. Two CAs may share a subject name (a re-keyed or rogue CA), so a
  * CRL is tied to its signer by key, never by name alone. */
-struct tls_crl {
+struct tls_crlent {
+    atomic_int refs;
     X509_CRL *crl;
     X509 *signer; /* borrowed from tls_ctx.anchors or tls_ctx.issuers; NULL: no known signer */
     ASN1_OCTET_STRING *akid; /* the CRL's authority key id; with no known signer (an
                               * intermediate when trusted_issuers is unset), the only tie */
+    ASN1_INTEGER *number;      /* CRL number; NULL: none */
+    ASN1_INTEGER *base_number; /* a delta CRL: the BaseCRLNumber it extends; NULL: a base CRL */
+    time_t this_update, next_update; /* next_update 0: none */
+    char issuer[256];          /* for logs and metrics */
+    char *source;              /* the file or URL it came from */
+    bool wants_delta;          /* fetched, and names a delta CRL (set before it is published) */
 };
+
+/* The CRLs in use: an immutable, reference-counted snapshot (tls/revoke.c). */
+struct tls_crlset {
+    atomic_int refs;
+    size_t n;
+    struct tls_crlent *e[];
+};
+
+struct tls_rev; /* crl_file watch, the revocation thread (tls/revoke.c) */
 
 struct tls_ctx {
     SSL_CTX *ssl;
-    X509_STORE *store;        /* trust anchors + CRLs + flags + depth; shared, read-only */
+    X509_STORE *store;        /* trust anchors + flags + depth; shared, read-only */
     STACK_OF(X509) *anchors; /* the trust anchors, as loaded */
     STACK_OF(X509) *issuers; /* trusted_issuers; NULL: any issuer under an anchor */
-    struct tls_crl *crls;     /* NULL when no crl_file */
-    size_t n_crls;
-    bool crl_check;
+    struct tls_rev *rev;      /* NULL when no crl_file */
+    bool crl_check;           /* revocation is checked (crl_file set) */
+    bool revocation_allow;    /* revocation_unknown = allow */
     bool require_eku;
     bool cert_at_handshake;  /* the first handshake asks for a certificate */
     int late_idx;            /* SSL ex_data index of a pending late request (tls/late.c) */
@@ -78,6 +98,29 @@ enum reason tls_reason_from_verify(long code);
 /* Writes <name> as an RFC 4514 string with control and non-ASCII bytes
  * escaped, for log lines only (cut with "..." when longer than <len>). */
 void tls_name_for_log(const X509_NAME *name, char *buf, size_t len);
+
+/* ---- tls/revoke.c: the CRLs in use ---- */
+/* Reads crl_file of <c> (errors name its FILE:LINE) and starts the thread that
+ * re-reads it when it changes. NULL with the reason in <err>. */
+struct tls_rev *tls_rev_new(struct tls_ctx *t, const struct conf *c, char *err, size_t errlen);
+/* Stops the thread and frees everything; sets still held by callers live on. */
+void tls_rev_free(struct tls_rev *r);
+/* The set in use, with a reference the caller drops with tls_crlset_put();
+ * NULL without crl_file. */
+struct tls_crlset *tls_crlset_get(struct tls_ctx *t);
+void tls_crlset_put(struct tls_crlset *s);
+/* A new entry for <crl> (taken, freed on failure) from <source>, tied to its
+ * signer among the anchors and trusted issuers. NULL with the reason in <why>:
+ * an unsupported critical extension, a delta without CRL number, or a
+ * signature that the CA named by its authority key identifier did not make. */
+struct tls_crlent *tls_crlent_new(struct tls_ctx *t, X509_CRL *crl, const char *source, char *why,
+                                  size_t whylen);
+/* Orders two CRLs of one CA: by CRL number, then thisUpdate. <0, 0, >0. */
+int tls_crlent_cmp(const struct tls_crlent *a, const struct tls_crlent *b);
+/* Revocation of <leaf> against the set in use now: X509_V_OK, CERT_REVOKED,
+ * or, when unknown, UNABLE_TO_GET_CRL / CRL_HAS_EXPIRED / CRL_NOT_YET_VALID
+ * (logged once per CA until the set changes). */
+int tls_rev_status(struct tls_ctx *t, X509 *leaf);
 
 /* ---- tls/facts.c ---- */
 /* SHA-256, fetched once for the process (never freed). */

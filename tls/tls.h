@@ -5,6 +5,7 @@
 #ifndef CM_TLS_H
 #define CM_TLS_H
 
+#include <stdbool.h>
 #include <time.h>
 
 #include <openssl/ssl.h>
@@ -40,6 +41,32 @@ SSL *tls_conn_new(struct tls_ctx *t);
  * <*facts> receives a new facts struct (caller frees); otherwise NULL. */
 enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
                              struct cert_facts **facts);
+
+/* ---- revocation (tls/revoke.c) ---- */
+
+/* One CRL in use, as tls_crl_ages() reports it. Strings live for the call only. */
+struct tls_crl_info {
+    const char *issuer;  /* the CA's name, RFC 4514, escaped for logs */
+    const char *source;  /* the crl_file path, or the URL it was fetched from */
+    bool delta;          /* a delta CRL */
+    long long number;    /* CRL number; -1: none or too large */
+    time_t this_update;  /* when the CA issued it */
+    time_t next_update;  /* when it expires; 0: never said */
+};
+
+/* Calls <cb>(<arg>, info) for each CRL in use now, for metrics (CRL age per
+ * CA: now - this_update; time left: next_update - now). Thread-safe, from any
+ * thread; nothing when no crl_file is set. <cb> must not call into tls/. */
+void tls_crl_ages(struct tls_ctx *t, void (*cb)(void *arg, const struct tls_crl_info *info),
+                  void *arg);
+
+/* With crl_fetch or ocsp = on: whether the verdict on <ssl>'s certificate
+ * (whose chain verified) should wait because no current CRL covers it and
+ * one is being fetched from its distribution point, or its OCSP responder
+ * asked (a fetch or query starts here when none was). Ask again a little later; the caller stops asking after
+ * crl_fetch_timeout, and tls_conn_verdict then judges (revocation_unknown
+ * applies). Thread-safe; cheap when the status is known. */
+bool tls_conn_crl_pending(struct tls_ctx *t, SSL *ssl);
 
 /* Makes d2i_X509() decode RSA and EC public keys through OpenSSL's built-in
  * methods instead of a provider decoder search (tls/keymeth.c says why).

@@ -67,9 +67,9 @@ static void log_refusal(X509 *leaf, int code, const char *why)
     char subject[512], issuer[512];
     tls_name_for_log(X509_get_subject_name(leaf), subject, sizeof subject);
     tls_name_for_log(X509_get_issuer_name(leaf), issuer, sizeof issuer);
-    if (is_crl_problem(code))
-        log_info("revocation status unknown for %s: no current CRL from %s (%s)", subject, issuer,
-                 why);
+    if (is_crl_problem(code)) /* said once per CA by tls_rev_status() */
+        log_debug("revocation status unknown for %s: no current CRL from %s (%s)", subject, issuer,
+                  why);
     else
         log_info("client certificate refused (%s): subject %s, issuer %s: %s",
                  reason_name(tls_reason_from_verify(code)), subject, issuer, why);
@@ -178,58 +178,21 @@ static int check_validity_now(X509 *leaf)
     return X509_V_OK;
 }
 
-static bool crl_current(X509_CRL *crl)
-{
-    const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
-    return X509_cmp_current_time(X509_CRL_get0_lastUpdate(crl)) < 0 &&
-           (next == NULL || X509_cmp_current_time(next) > 0);
-}
-
-/* Whether <c> is a CRL of <leaf>'s issuer. Never by issuer name alone: two
- * CAs may share one. By the signer found at load time (its key identifier,
- * or its signature when the leaf has none); failing a known signer, by the
- * authority key identifiers of both. */
-static bool crl_covers(const struct tls_crl *c, X509 *leaf)
-{
-    const ASN1_OCTET_STRING *leaf_akid = X509_get0_authority_key_id(leaf);
-    if (c->signer != NULL)
-        return X509_check_issued(c->signer, leaf) == X509_V_OK &&
-               (leaf_akid != NULL || X509_verify(leaf, X509_get0_pubkey(c->signer)) == 1);
-    return c->akid != NULL && leaf_akid != NULL && ASN1_OCTET_STRING_cmp(c->akid, leaf_akid) == 0 &&
-           X509_NAME_cmp(X509_CRL_get_issuer(c->crl), X509_get_issuer_name(leaf)) == 0;
-}
-
-/* Revocation against the loaded CRLs now: the handshake's check may be long
- * past (keep-alive) or never ran here (resumption). */
-static int check_revocation_now(const struct tls_ctx *t, X509 *leaf)
-{
-    bool have_current = false, have_stale = false;
-    for (size_t i = 0; i < t->n_crls; i++) {
-        const struct tls_crl *c = &t->crls[i];
-        if (!crl_covers(c, leaf))
-            continue;
-        if (!crl_current(c->crl)) {
-            have_stale = true;
-            continue;
-        }
-        have_current = true;
-        X509_REVOKED *rev = NULL;
-        if (X509_CRL_get0_by_cert(c->crl, &rev, leaf) == 1)
-            return X509_V_ERR_CERT_REVOKED;
-    }
-    ERR_clear_error();
-    if (have_current)
-        return X509_V_OK;
-    return have_stale ? X509_V_ERR_CRL_HAS_EXPIRED : X509_V_ERR_UNABLE_TO_GET_CRL;
-}
-
 /* What holds now for a certificate whose chain verified: validity,
  * revocation, then its facts (names with NUL bytes or bad UTF-8 refused). */
 static enum reason verdict_now(struct tls_ctx *t, X509 *leaf, struct cert_facts **facts)
 {
     int code = check_validity_now(leaf);
-    if (code == X509_V_OK && t->crl_check)
-        code = check_revocation_now(t, leaf);
+    if (code == X509_V_OK && t->crl_check) {
+        /* the revocation check of the CRLs in use now: the handshake's check
+         * may be long past (keep-alive) or never ran here (resumption) */
+        code = tls_rev_status(t, leaf);
+        if (is_crl_problem(code) && t->revocation_allow) {
+            log_debug("revocation status unknown (%s); accepted: revocation_unknown = allow",
+                      X509_verify_cert_error_string(code));
+            code = X509_V_OK;
+        }
+    }
     if (code != X509_V_OK) {
         log_refusal(leaf, code, X509_verify_cert_error_string(code));
         return tls_reason_from_verify(code);
