@@ -20,6 +20,8 @@ enum deleg_send { SEND_FIRST = 0, SEND_ALWAYS };
 enum deleg_binding { BINDING_AUTO = 0, BINDING_OFF };
 
 #define CONF_MAX_LISTEN 16
+/* [server] max_connections' upper bound (Linux's default fs.nr_open is 2^20). */
+#define CONF_MAX_CONNECTIONS 16777216
 #define CONF_MAX_URIS 8
 #define CONF_MAX_LOCATIONS 64
 #define CONF_KEY_SLOTS 160 /* at least the number of rows in the key table */
@@ -74,6 +76,7 @@ struct conf {
     uint64_t header_timeout_ms;
     uint64_t keepalive_timeout_ms;
     uint64_t body_timeout_ms;      /* inactivity while receiving a request body */
+    unsigned max_connections;    /* client connections, all workers; 0 = from the open-files limit */
 
     /* [tls] */
     char *certificate;

@@ -21,6 +21,7 @@
 #include "ldap/dir.h"
 #include "mapping/mapping.h"
 #include "proxy/conn.h"
+#include "proxy/limit.h"
 #include "proxy/proxy.h"
 
 struct worker_post;
@@ -43,6 +44,10 @@ struct worker {
     struct event *resume_ev;
     uint32_t pause_ms;
     int spare_fd;
+    /* [server] max_connections, shared by all workers (limit.h): <limit_ev>
+     * wakes this worker when the bound is reached or has room again. */
+    struct conn_limit *limit;
+    struct event *limit_ev;
     pthread_t thread;
     /* Certificate mapping, when [mapping] is configured: this worker's source
      * (LDAP connection or LDIF view) and mapper over the shared cache. */
@@ -83,6 +88,17 @@ fail:
     return -1;
 }
 
+static void listeners_enable(struct worker *w, bool on)
+{
+    for (size_t i = 0; i < w->n_listeners; i++)
+        if (w->listeners[i] != NULL) {
+            if (on)
+                evconnlistener_enable(w->listeners[i]);
+            else
+                evconnlistener_disable(w->listeners[i]);
+        }
+}
+
 static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
@@ -92,7 +108,25 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
         close(fd);
         return;
     }
+    bool taken = conn_limit_take(w->limit);
+    if (conn_limit_full(w->limit))
+        listeners_enable(w, false); /* now: libevent's accept loop stops here */
+    if (!taken) {
+        close(fd); /* another worker took the last slot meanwhile (limit.c) */
+        return;
+    }
+    unsigned before = w->env.n_conns;
     proxy_conn_accept(&w->env, fd, sa, (socklen_t)salen);
+    if (w->env.n_conns == before)
+        conn_limit_release(w->limit); /* not accepted after all */
+}
+
+/* The limit is full, or has room again: listeners off or on (unless a pause
+ * for want of descriptors is running: its timer turns them on). */
+static void limit_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    listeners_enable(w, !conn_limit_full(w->limit) && !evtimer_pending(w->resume_ev, NULL));
 }
 
 #define ACCEPT_PAUSE_MIN_MS 100
@@ -114,9 +148,8 @@ static long open_fd_count(void)
 static void resume_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
-    for (size_t i = 0; i < w->n_listeners; i++)
-        if (w->listeners[i] != NULL)
-            evconnlistener_enable(w->listeners[i]);
+    if (!conn_limit_full(w->limit))
+        listeners_enable(w, true);
 }
 
 static void accept_error_cb(struct evconnlistener *lev, void *arg)
@@ -183,6 +216,7 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
 static void worker_conn_gone(void *arg)
 {
     struct worker *w = arg;
+    conn_limit_release(w->limit);
     if (w->env.draining && w->env.n_conns == 0)
         event_base_loopexit(w->base, NULL);
 }
@@ -255,7 +289,9 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
 {
     const struct conf *c = sh->conf;
     struct worker *ws = calloc(n, sizeof *ws);
-    if (ws == NULL) {
+    struct conn_limit *limit = ws != NULL ? conn_limit_new_for(c, n) : NULL;
+    if (limit == NULL) {
+        free(ws);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
@@ -264,6 +300,7 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
         w->id = i;
         w->conf = c;
         w->spare_fd = -1;
+        w->limit = limit;
         /* The change list batches the EV_WRITE adds and deletes that a
          * write which found the socket full causes, into one epoll_ctl per
          * descriptor and loop turn. */
@@ -281,11 +318,13 @@ struct worker *proxy_workers_bind(unsigned n, const struct proxy_shared *sh, cha
         w->grace_ev = evtimer_new(w->base, grace_cb, w);
         w->post_ev = event_new(w->base, -1, 0, post_cb, w);
         w->resume_ev = evtimer_new(w->base, resume_cb, w);
+        w->limit_ev = event_new(w->base, -1, 0, limit_cb, w);
+        conn_limit_set_waker(limit, i, w->limit_ev);
         w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         pthread_mutex_init(&w->post_lock, NULL);
         w->post_lock_made = true;
         if (w->stop_ev == NULL || w->grace_ev == NULL || w->post_ev == NULL ||
-            w->resume_ev == NULL) {
+            w->resume_ev == NULL || w->limit_ev == NULL) {
             snprintf(err, errlen, "out of memory");
             goto fail;
         }
@@ -335,8 +374,12 @@ void proxy_workers_free(struct worker *ws, unsigned n)
 {
     if (ws == NULL)
         return;
+    /* A connection closed below must not wake a worker already purged. */
+    for (unsigned i = 0; i < n; i++)
+        conn_limit_set_waker(ws[0].limit, i, NULL);
     for (unsigned i = 0; i < n; i++)
         worker_purge(&ws[i]);
+    conn_limit_free(ws[0].limit);
     free(ws);
 }
 
@@ -385,6 +428,8 @@ static void worker_purge(struct worker *w)
         event_free(w->grace_ev);
     if (w->resume_ev != NULL)
         event_free(w->resume_ev);
+    if (w->limit_ev != NULL)
+        event_free(w->limit_ev);
     if (w->spare_fd >= 0)
         close(w->spare_fd);
     event_base_free(w->base);
