@@ -126,7 +126,10 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 static void limit_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
-    listeners_enable(w, !conn_limit_full(w->limit) && !evtimer_pending(w->resume_ev, NULL));
+    bool on = !conn_limit_full(w->limit) && !evtimer_pending(w->resume_ev, NULL);
+    log_debug("worker %u: listeners %s (%u of %u connections)", w->id, on ? "on" : "off",
+              conn_limit_count(w->limit), conn_limit_max(w->limit));
+    listeners_enable(w, on);
 }
 
 #define ACCEPT_PAUSE_MIN_MS 100
@@ -386,7 +389,11 @@ void proxy_workers_free(struct worker *ws, unsigned n)
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
-    event_base_dispatch(w->base);
+    /* Not event_base_dispatch: a worker whose listeners are off at
+     * max_connections, with no connection of its own, has no event pending,
+     * and dispatch would return and end the thread; stop_cb, grace_cb and
+     * worker_conn_gone end the loop. */
+    event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
     return NULL;
 }
 
