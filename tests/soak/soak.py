@@ -312,6 +312,12 @@ def table(samples, counts, seconds):
     def col(key):
         v = [s[key] for s in samples]
         return min(v), max(v), v[-1]
+    counts = dict(counts)
+    counts.setdefault("errors", 0)
+    counts.setdefault("checksum mismatches", 0)
+    counts["requests answered (all kinds)"] = sum(
+        counts.get(k, 0) for k in ("held pings", "keep-alive requests", "handshakes", "uploads",
+                                   "anonymous requests"))
     lines = [f"soak: {seconds / 60:.1f} min, {len(samples)} samples", "",
              "| figure | value |", "|---|---:|"]
     for k in sorted(counts):
