@@ -51,8 +51,15 @@ unsigned conn_limit_resolve(const struct conf *c, uint64_t nofile, bool *fits)
     uint64_t max = c->max_connections;
 
     if (max == 0) {
-        /* Two descriptors per client: its own and its backend connection. */
-        max = nofile > fixed + 2 ? (nofile - fixed) / 2 : 1;
+        /* Two descriptors per client: its own and its backend connection.
+         * When the fixed part alone (many workers, large pools) leaves less
+         * than an eighth of the limit, an eighth: a bound of a handful of
+         * clients would be a worse surprise than the warning that follows. */
+        max = nofile > fixed + 2 ? (nofile - fixed) / 2 : 0;
+        if (max < nofile / 8)
+            max = nofile / 8;
+        if (max == 0)
+            max = 1;
         if (max > CONF_MAX_CONNECTIONS)
             max = CONF_MAX_CONNECTIONS;
     }
