@@ -2,11 +2,11 @@
  * (stream_new, stream_feed: llhttp with the stream's own settings, the head
  * checks, proxy_http_request_head) against a fake upstream, as
  * tests/unit/proxy/test_stream.c does (tests/support/fake_upstream.c, linked
- * in instead of proxy/upstream.c). Every
- * request head that reaches "the backend" is checked: no identity header from
- * the client, never both Content-Length and Transfer-Encoding, one
- * X-Forwarded-For, and no CR, LF or NUL inside a header line. Pipelined
- * requests are answered 200 one after the other. */
+ * in instead of proxy/upstream.c). Every request head that reaches "the
+ * backend" is checked: no identity header from the client, never both
+ * Content-Length and Transfer-Encoding, one X-Forwarded-For, and no CR, LF or
+ * NUL inside a header line. Pipelined requests are answered 200 one after the
+ * other. */
 #include <errno.h>
 #include <stdbool.h>
 #include <string.h>
