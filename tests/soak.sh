@@ -12,7 +12,7 @@ minutes=${1:-5}
 build=${BUILD_DIR:-}
 if [ -z "$build" ]; then
   build=build
-  [ -x build-asan/certmapd ] && build=build-asan
+  if [ -x build-asan/certmapd ]; then build="build-asan"; fi
 fi
 [ -x "$build/certmapd" ] || { echo "soak: no $build/certmapd (build first)" >&2; exit 1; }
 export CERTMAPD_BIN=$PWD/$build/certmapd
