@@ -671,11 +671,13 @@ void io_write_buffer(struct io *io, struct evbuffer *buf)
     queued(io);
 }
 
-void io_move_output(struct io *from, struct io *to)
+int io_move_output(struct io *from, struct io *to)
 {
-    evbuffer_add_buffer(to->out, from->out);
+    if (from->oom || evbuffer_add_buffer(to->out, from->out) < 0)
+        return -1;
     if (evbuffer_get_length(to->out) > to->out_low)
         to->above_low = true;
+    return 0;
 }
 
 void io_read_pause(struct io *io, bool paused)
