@@ -22,6 +22,8 @@ enum revocation_unknown { REVOCATION_REFUSE = 0, REVOCATION_ALLOW };
 
 #define CONF_MAX_LISTEN 16
 #define CONF_MAX_PP_FROM 32
+/* [server] max_connections' upper bound (Linux's default fs.nr_open is 2^20). */
+#define CONF_MAX_CONNECTIONS 16777216
 #define CONF_MAX_URIS 8
 #define CONF_MAX_BACKENDS 8
 #define CONF_MAX_LOCATIONS 64
@@ -89,6 +91,7 @@ struct conf {
     uint64_t body_timeout_ms;      /* inactivity while receiving a request body */
     struct conf_cidr pp_from[CONF_MAX_PP_FROM]; /* who may send a PROXY header; none: anyone */
     size_t n_pp_from;
+    unsigned max_connections;    /* client connections, all workers; 0 = from the open-files limit */
 
     /* [tls] */
     char *certificate;

@@ -1200,6 +1200,11 @@ const struct conf_key conf_keys[] = {
     {SEC_SERVER, "body_timeout", kp_duration, F(body_timeout_ms), .min = 1, .max = HOUR,
      .def = "60s", .help = "inactivity allowed while receiving a request body",
      .iis = "http.sys EntityBody timeout"},
+    {SEC_SERVER, "max_connections", kp_uint, F(max_connections), .min = 0,
+     .max = CONF_MAX_CONNECTIONS, .def = "0",
+     .help = "client connections at once, all workers; at the bound new clients wait in the "
+             "listen backlog; 0 = as many as the open-files limit holds (2 descriptors each)",
+     .iis = "site limits maxConnections"},
 
     /* [tls] */
     {SEC_TLS, "certificate", kp_file, F(certificate), .flags = CK_REQUIRED,

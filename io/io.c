@@ -50,6 +50,7 @@ struct io {
     bool freed;            /* io_free() was called while busy */
     bool assigned;         /* rev and wev are set up (a socket was taken) */
     bool poked;            /* report the input again even without new bytes */
+    bool oom;              /* output could not be queued: failed, reported from on_write */
     int sys_errno;         /* of the last error, 0: none */
     unsigned long ssl_err; /* of the last error, 0: none */
 };
@@ -595,7 +596,9 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
 {
     struct io *io = arg;
     io->busy++;
-    if (io->state == IO_CONNECTING)
+    if (io->oom)
+        die(io, IO_EV_ERROR); /* io_write could not queue: what follows would be corrupt */
+    else if (io->state == IO_CONNECTING)
         connected(io);
     else if (io->state == IO_HANDSHAKE)
         handshake(io);
@@ -629,30 +632,52 @@ static void queued(struct io *io)
     flush_soon(io);
 }
 
+/* Output that cannot be queued (out of memory) must not leave a gap in the
+ * stream: nothing more is written, and the failure is reported as an error
+ * from the write event, on a clean stack (the caller is inside a callback). */
+static void fail_output(struct io *io)
+{
+    if (io->oom)
+        return;
+    io->oom = true;
+    io->sys_errno = ENOMEM;
+    io->ssl_err = 0;
+    if (io->assigned)
+        event_active(&io->wev, EV_WRITE, 1);
+}
+
 void io_write(struct io *io, const void *data, size_t len)
 {
-    if (io->state == IO_DEAD || io->write_closed || len == 0)
+    if (io->state == IO_DEAD || io->write_closed || io->oom || len == 0)
         return;
-    if (evbuffer_add(io->out, data, len) < 0)
-        return; /* out of memory: the connection's own timeout ends it */
+    if (data == NULL || evbuffer_add(io->out, data, len) < 0) {
+        fail_output(io); /* NULL: a caller's evbuffer_pullup found no memory */
+        return;
+    }
     queued(io);
 }
 
 void io_write_buffer(struct io *io, struct evbuffer *buf)
 {
-    if (io->state == IO_DEAD || io->write_closed) {
+    if (io->state == IO_DEAD || io->write_closed || io->oom) {
         evbuffer_drain(buf, evbuffer_get_length(buf));
         return;
     }
-    evbuffer_add_buffer(io->out, buf);
+    if (evbuffer_add_buffer(io->out, buf) < 0) {
+        evbuffer_drain(buf, evbuffer_get_length(buf));
+        fail_output(io);
+        return;
+    }
     queued(io);
 }
 
-void io_move_output(struct io *from, struct io *to)
+int io_move_output(struct io *from, struct io *to)
 {
-    evbuffer_add_buffer(to->out, from->out);
+    if (from->oom || evbuffer_add_buffer(to->out, from->out) < 0)
+        return -1;
     if (evbuffer_get_length(to->out) > to->out_low)
         to->above_low = true;
+    return 0;
 }
 
 void io_read_pause(struct io *io, bool paused)

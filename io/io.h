@@ -77,8 +77,10 @@ void io_write(struct io *io, const void *data, size_t len);
 void io_write_buffer(struct io *io, struct evbuffer *buf);
 
 /* Moves what <from> has queued to <to>, when <from> never connected (so
- * nothing of it was sent): a connection retried on another address. */
-void io_move_output(struct io *from, struct io *to);
+ * nothing of it was sent): a connection retried on another address. 0, or -1
+ * (nothing moved) when <from> lost output for want of memory: what it holds
+ * has a gap and must not be sent anywhere. */
+int io_move_output(struct io *from, struct io *to);
 
 /* Stops (true) or resumes (false) reading: back-pressure from the other side.
  * Resuming reports what is already in the input again (a `read` soon), since

@@ -229,14 +229,21 @@ static const char *parse_record(char *buf, unsigned long line, struct ldif_entry
     memset(&lr, 0, sizeof(lr));
     /* A line without an attribute name (": v", "-") right after the DN
      * crashes libldap 2.5's reader (strcasecmp on NULL); an entry has none
-     * anywhere (RFC 2849). Continuation lines start with a space. */
+     * anywhere (RFC 2849). Continuation lines start with a space; any white
+     * space after another first byte (a tab or CR: "\t: v", "\r :") libldap
+     * skips before the name, so it is skipped here too before looking for one. */
     for (const char *p = buf; p != NULL; p = strchr(p, '\n'), p = p != NULL ? p + 1 : NULL) {
         const char *eol = strchr(p, '\n');
         size_t len = eol != NULL ? (size_t)(eol - p) : strlen(p);
         if (len == 0 || *p == ' ' || *p == '#')
             continue;
-        const char *colon = memchr(p, ':', len);
-        if (colon == NULL || colon == p)
+        size_t lead = 0;
+        while (lead < len && (p[lead] == ' ' || p[lead] == '\t' || p[lead] == '\r' ||
+                              p[lead] == '\v' || p[lead] == '\f'))
+            lead++;
+        const char *name = p + lead;
+        const char *colon = memchr(name, ':', len - lead);
+        if (colon == NULL || colon == name)
             return "not a valid LDIF record (a line without an attribute name)";
     }
     if (ldap_parse_ldif_record(&bv, line, &lr, "certmapd", LDIF_DEFAULT_ADD | LDIF_NO_CONTROLS) !=

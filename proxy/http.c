@@ -187,27 +187,30 @@ static bool response_header_dropped(const struct proxy_head *hd, size_t i)
     return named_by_connection(hd, i);
 }
 
+/* The builders below append with evbuffer_add, which fails only for want of
+ * memory; each returns 0, or -1 when any append failed (a head with a piece
+ * missing must not be sent: the caller drops the whole buffer). The results
+ * are or-ed: 0 | -1 is -1. */
+
 /* Appends a string literal (its length known at compile time). */
 #define add_lit(out, lit) evbuffer_add((out), "" lit, sizeof(lit) - 1)
 
-static void add_header_line(struct evbuffer *out, const struct proxy_head *hd, size_t i)
+static int add_header_line(struct evbuffer *out, const struct proxy_head *hd, size_t i)
 {
-    evbuffer_add(out, hd->buf + hd->h[i].name_off, hd->h[i].name_len);
-    add_lit(out, ": ");
-    evbuffer_add(out, hd->buf + hd->h[i].val_off, hd->h[i].val_len);
-    add_lit(out, "\r\n");
+    return evbuffer_add(out, hd->buf + hd->h[i].name_off, hd->h[i].name_len) | add_lit(out, ": ") |
+           evbuffer_add(out, hd->buf + hd->h[i].val_off, hd->h[i].val_len) | add_lit(out, "\r\n");
 }
 
 /* The request and response heads are built on every proxied request: plain
  * appends, not evbuffer_add_printf (whose vfprintf was ~3 % of a keep-alive
  * request's CPU). */
-static void add_str(struct evbuffer *out, const char *s)
+static int add_str(struct evbuffer *out, const char *s)
 {
-    evbuffer_add(out, s, strlen(s));
+    return evbuffer_add(out, s, strlen(s));
 }
 
 /* Appends <v> in decimal (<hex>: lower-case hexadecimal). */
-static void add_uint(struct evbuffer *out, unsigned long long v, bool hex)
+static int add_uint(struct evbuffer *out, unsigned long long v, bool hex)
 {
     char buf[24];
     char *p = buf + sizeof buf;
@@ -216,39 +219,35 @@ static void add_uint(struct evbuffer *out, unsigned long long v, bool hex)
         *--p = "0123456789abcdef"[v % base];
         v /= base;
     } while (v != 0);
-    evbuffer_add(out, p, (size_t)(buf + sizeof buf - p));
+    return evbuffer_add(out, p, (size_t)(buf + sizeof buf - p));
 }
 
 /* Adds "Name: value" where <value> comes from a certificate or the directory:
  * control bytes are written as \xHH so a value can never end the header early. */
-static void add_identity_header(struct evbuffer *out, const char *name, const char *value)
+static int add_identity_header(struct evbuffer *out, const char *name, const char *value)
 {
     if (value == NULL)
-        return;
-    add_str(out, name);
-    add_lit(out, ": ");
+        return 0;
+    int rc = add_str(out, name) | add_lit(out, ": ");
     const char *run = value;
     for (const char *p = value; *p; p++) {
         unsigned char ch = (unsigned char)*p;
         if (ch < 0x20 || ch == 0x7f) {
-            evbuffer_add(out, run, (size_t)(p - run));
-            evbuffer_add_printf(out, "\\x%02X", ch);
+            char esc[5] = {'\\', 'x', "0123456789ABCDEF"[ch >> 4], "0123456789ABCDEF"[ch & 15]};
+            rc |= evbuffer_add(out, run, (size_t)(p - run)) | evbuffer_add(out, esc, 4);
             run = p + 1;
         }
     }
-    evbuffer_add(out, run, strlen(run));
-    add_lit(out, "\r\n");
+    return rc | evbuffer_add(out, run, strlen(run)) | add_lit(out, "\r\n");
 }
 
-void proxy_http_request_head(const struct http_forward *f, struct evbuffer *out)
+int proxy_http_request_head(const struct http_forward *f, struct evbuffer *out)
 {
     const struct proxy_head *hd = f->head;
     bool has_host = false;
+    int rc = add_str(out, llhttp_method_name((llhttp_method_t)f->method)) | add_lit(out, " ") |
+             evbuffer_add(out, hd->buf + hd->url_off, hd->url_len) | add_lit(out, " HTTP/1.1\r\n");
 
-    add_str(out, llhttp_method_name((llhttp_method_t)f->method));
-    add_lit(out, " ");
-    evbuffer_add(out, hd->buf + hd->url_off, hd->url_len);
-    add_lit(out, " HTTP/1.1\r\n");
     for (size_t i = 0; i < hd->n; i++) {
         if (request_header_dropped(hd, i))
             continue;
@@ -256,67 +255,56 @@ void proxy_http_request_head(const struct http_forward *f, struct evbuffer *out)
             continue;
         if (proxy_head_name_is(hd, i, "host"))
             has_host = true;
-        add_header_line(out, hd, i);
+        rc |= add_header_line(out, hd, i);
     }
-    if (!has_host) {
-        add_lit(out, "Host: ");
-        add_str(out, f->host_header);
-        add_lit(out, "\r\n");
-    }
+    if (!has_host)
+        rc |= add_lit(out, "Host: ") | add_str(out, f->host_header) | add_lit(out, "\r\n");
     if (f->chunked)
-        add_lit(out, "Transfer-Encoding: chunked\r\n");
-    else if (f->has_body) {
-        add_lit(out, "Content-Length: ");
-        add_uint(out, f->content_length, false);
-        add_lit(out, "\r\n");
-    }
-    if (f->authorization != NULL) {
-        add_lit(out, "Authorization: ");
-        add_str(out, f->authorization);
-        add_lit(out, "\r\n");
-    }
-    add_lit(out, "X-Forwarded-For: ");
-    add_str(out, f->peer);
-    add_lit(out, "\r\nX-Forwarded-Proto: https\r\n");
+        rc |= add_lit(out, "Transfer-Encoding: chunked\r\n");
+    else if (f->has_body)
+        rc |= add_lit(out, "Content-Length: ") | add_uint(out, f->content_length, false) |
+              add_lit(out, "\r\n");
+    if (f->authorization != NULL)
+        rc |=
+            add_lit(out, "Authorization: ") | add_str(out, f->authorization) | add_lit(out, "\r\n");
+    rc |= add_lit(out, "X-Forwarded-For: ") | add_str(out, f->peer) |
+          add_lit(out, "\r\nX-Forwarded-Proto: https\r\n");
     if (f->facts != NULL) {
-        add_identity_header(out, "X-Client-Cert-Subject", f->facts->subject);
-        add_identity_header(out, "X-Client-Cert-Issuer", f->facts->issuer);
-        add_identity_header(out, "X-Client-Cert-Serial", f->facts->serial_hex);
-        add_identity_header(out, "X-Client-Cert-SHA256", f->facts->sha256);
+        rc |= add_identity_header(out, "X-Client-Cert-Subject", f->facts->subject) |
+              add_identity_header(out, "X-Client-Cert-Issuer", f->facts->issuer) |
+              add_identity_header(out, "X-Client-Cert-Serial", f->facts->serial_hex) |
+              add_identity_header(out, "X-Client-Cert-SHA256", f->facts->sha256);
     }
     if (f->ident != NULL) {
         const struct map_result *id = f->ident;
-        add_identity_header(out, "X-Remote-User", id->upn != NULL ? id->upn : id->sam);
-        add_identity_header(out, "X-Remote-User-DN", id->dn);
-        add_identity_header(out, "X-Remote-User-SID", id->sid);
-        add_identity_header(out, "X-Remote-User-Sam", id->sam);
-        add_identity_header(out, "X-Client-Cert-Mapping", id->method);
+        rc |= add_identity_header(out, "X-Remote-User", id->upn != NULL ? id->upn : id->sam) |
+              add_identity_header(out, "X-Remote-User-DN", id->dn) |
+              add_identity_header(out, "X-Remote-User-SID", id->sid) |
+              add_identity_header(out, "X-Remote-User-Sam", id->sam) |
+              add_identity_header(out, "X-Client-Cert-Mapping", id->method);
     }
-    add_lit(out, "\r\n");
+    return rc | add_lit(out, "\r\n");
 }
 
-void proxy_http_response_head(const struct proxy_head *hd, int status, bool chunked,
-                              bool keep_alive, const char *content_length, struct evbuffer *out)
+int proxy_http_response_head(const struct proxy_head *hd, int status, bool chunked, bool keep_alive,
+                             const char *content_length, struct evbuffer *out)
 {
-    add_lit(out, "HTTP/1.1 ");
-    add_uint(out, (unsigned)status, false);
-    add_lit(out, " ");
+    int rc = add_lit(out, "HTTP/1.1 ") | add_uint(out, (unsigned)status, false) | add_lit(out, " ");
     if (hd->url_len > 0)
-        evbuffer_add(out, hd->buf + hd->url_off, hd->url_len);
+        rc |= evbuffer_add(out, hd->buf + hd->url_off, hd->url_len);
     else
-        add_str(out, proxy_http_status_text(status));
-    add_lit(out, "\r\n");
+        rc |= add_str(out, proxy_http_status_text(status));
+    rc |= add_lit(out, "\r\n");
     for (size_t i = 0; i < hd->n; i++)
         if (!response_header_dropped(hd, i))
-            add_header_line(out, hd, i);
+            rc |= add_header_line(out, hd, i);
     if (chunked)
-        add_lit(out, "Transfer-Encoding: chunked\r\n");
-    else if (content_length != NULL) {
-        add_lit(out, "Content-Length: ");
-        add_str(out, content_length);
-        add_lit(out, "\r\n");
-    }
-    add_str(out, keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
+        rc |= add_lit(out, "Transfer-Encoding: chunked\r\n");
+    else if (content_length != NULL)
+        rc |=
+            add_lit(out, "Content-Length: ") | add_str(out, content_length) | add_lit(out, "\r\n");
+    return rc | add_str(out, keep_alive ? "Connection: keep-alive\r\n\r\n"
+                                        : "Connection: close\r\n\r\n");
 }
 
 size_t proxy_http_chunk_header(char buf[24], size_t len)
@@ -365,20 +353,22 @@ const char *proxy_http_status_text(int status)
     }
 }
 
-void proxy_http_error(struct evbuffer *out, enum reason r, bool detailed, bool head_only)
+int proxy_http_error(struct evbuffer *out, enum reason r, bool detailed, bool head_only)
 {
     int status = reason_status(r);
     const char *text = proxy_http_status_text(status);
     char body[160];
     int blen = detailed ? snprintf(body, sizeof body, "%d %s: %s\n", status, text, reason_name(r))
                         : snprintf(body, sizeof body, "%d %s\n", status, text);
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                        "Cache-Control: no-store\r\n%sConnection: close\r\n\r\n",
-                        status, text, blen,
-                        status == 503 ? "Retry-After: 30\r\n" : "");
+    int rc = evbuffer_add_printf(out,
+                                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: "
+                                 "%d\r\nCache-Control: no-store\r\n%sConnection: close\r\n\r\n",
+                                 status, text, blen, status == 503 ? "Retry-After: 30\r\n" : "") < 0
+                 ? -1
+                 : 0;
     if (!head_only)
-        evbuffer_add(out, body, (size_t)blen);
+        rc |= evbuffer_add(out, body, (size_t)blen);
+    return rc;
 }
 
 /* ---- the path a location policy is decided on ----------------------------- */

@@ -66,17 +66,20 @@ struct http_forward {
 
 /* Writes the request head to send upstream into <out>: request line, the
  * client's end-to-end headers (hop-by-hop, identity and forwarding headers
- * removed), then X-Forwarded-For/-Proto and the identity headers. */
-void proxy_http_request_head(const struct http_forward *f, struct evbuffer *out);
+ * removed), then X-Forwarded-For/-Proto and the identity headers. 0, or -1
+ * when memory ran out (<out> then holds part of it: not to be sent). */
+int proxy_http_request_head(const struct http_forward *f, struct evbuffer *out);
 
 /* Writes the response head for the client: status line and end-to-end headers
- * of the upstream response <hd> with <status>, plus framing and Connection. */
-void proxy_http_response_head(const struct proxy_head *hd, int status, bool chunked,
-                              bool keep_alive, const char *content_length, struct evbuffer *out);
+ * of the upstream response <hd> with <status>, plus framing and Connection.
+ * 0, or -1 when memory ran out (<out> then holds part of it). */
+int proxy_http_response_head(const struct proxy_head *hd, int status, bool chunked, bool keep_alive,
+                             const char *content_length, struct evbuffer *out);
 
 /* Writes a complete error response for <r> (status, reason phrase, body with the
- * reason code when <detailed>), always with Connection: close. */
-void proxy_http_error(struct evbuffer *out, enum reason r, bool detailed, bool head_only);
+ * reason code when <detailed>), always with Connection: close. 0, or -1 when
+ * memory ran out (<out> then holds part of it). */
+int proxy_http_error(struct evbuffer *out, enum reason r, bool detailed, bool head_only);
 
 /* The decoded, dot-segment-free path of request target <url> (length <len>), for
  * location matching. Returns a new string, or NULL for a target that cannot be

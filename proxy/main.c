@@ -312,6 +312,7 @@ static struct proxy_shared *reload(struct worker *ws, struct proxy_shared *cur,
     }
     cm_log_set_level((enum log_level)sh->conf->log_level);
     proxy_workers_commit(ws, now->workers, true);
+    proxy_workers_set_limit(ws, sh->conf);
     sh->older = cur;
     struct metrics_targets mt;
     metrics_targets_of(sh->conf, sh->backend, &mt);

@@ -57,6 +57,10 @@ int proxy_workers_offer(struct worker *ws, unsigned n, struct proxy_shared *sh, 
  * <commit> false drops the offered parts instead. */
 void proxy_workers_commit(struct worker *ws, unsigned n, bool commit);
 
+/* The bound on client connections of <c> ([server] max_connections), for
+ * every worker; connections over a lowered bound stay until they end. */
+void proxy_workers_set_limit(struct worker *ws, const struct conf *c);
+
 /* Starts the worker threads; each runs its own event_base until stopped. */
 int proxy_workers_start(struct worker *ws, unsigned n);
 

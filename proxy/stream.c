@@ -73,6 +73,7 @@ enum stream_stage {
 #define SF_TOKEN_SENT 0x80000u     /* this request carries a fresh Kerberos token */
 #define SF_AUTH_RETRIED 0x100000u  /* sent once more with a fresh token after a 401 */
 #define SF_DISCARD 0x200000u       /* the backend's answer is not relayed (refused token) */
+#define SF_OOM 0x400000u           /* memory ran out in a parser callback */
 
 struct stream {
     struct stream_client *sc;
@@ -198,7 +199,8 @@ static void stream_end(struct stream *st, enum stream_end how, bool log)
     st->sc->ops->done(st->sc->arg, how);
 }
 
-/* Answers the request with the error for <r>; the connection closes after it. */
+/* Answers the request with the error for <r>; the connection closes after it
+ * (at once, without an answer, when there is no memory for one). */
 static void stream_refuse(struct stream *st, enum reason r)
 {
     struct stream_client *sc = st->sc;
@@ -206,13 +208,27 @@ static void stream_refuse(struct stream *st, enum reason r)
     st->reason = r;
     st->status = reason_status(r);
     struct evbuffer *out = evbuffer_new();
-    if (out != NULL) {
-        proxy_http_error(out, r, sc->conf->detailed_errors, st->flags & SF_HEAD_METHOD);
+    if (out != NULL &&
+        proxy_http_error(out, r, sc->conf->detailed_errors, st->flags & SF_HEAD_METHOD) == 0) {
         st->bytes_out += evbuffer_get_length(out);
         io_write_buffer(sc->io, out);
-        evbuffer_free(out);
     }
+    if (out != NULL)
+        evbuffer_free(out);
     stream_end(st, STREAM_CLOSE, true);
+}
+
+/* Memory ran out in the middle of <what>: no answer can be trusted to be
+ * whole, so the request ends with its connection (logged as 500). Inside an
+ * upstream callback the upstream connection may not be released (the
+ * upstream is still on the stack): it stays bound, unheard (the callbacks
+ * check SS_DONE), until stream_free(). */
+static void stream_oom(struct stream *st, const char *what)
+{
+    log_warn("#%llu.%u %s: out of memory (%s): connection closed",
+             (unsigned long long)st->sc->conn_id, st->req_no, st->sc->peer, what);
+    st->status = 500;
+    stream_end(st, STREAM_ABORT, true);
 }
 
 void stream_free(struct stream *st)
@@ -370,7 +386,10 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
         /* IIS's uploadReadAheadSize: the body waits in memory for the certificate. */
         if (evbuffer_get_length(st->readahead) + len > st->sc->conf->upload_read_ahead_size)
             return head_fail(st, R_READ_AHEAD_EXCEEDED);
-        evbuffer_add(st->readahead, at, len);
+        if (evbuffer_add(st->readahead, at, len) < 0) {
+            st->flags |= SF_OOM;
+            return -1;
+        }
         return 0;
     }
     if (st->up != NULL)
@@ -494,6 +513,8 @@ static void up_head(void *arg, const struct upstream_response *r)
 {
     struct stream *st = arg;
     struct stream_client *sc = st->sc;
+    if (st->stage == SS_DONE)
+        return;
     now(&st->t_upstream_done);
     if (sc->krb != NULL && !delegation_answer(st, r))
         return;
@@ -516,15 +537,23 @@ static void up_head(void *arg, const struct upstream_response *r)
     if (keep_alive)
         st->flags |= SF_RESP_KEEP;
     struct evbuffer *head = evbuffer_new();
-    if (head != NULL) {
-        proxy_http_response_head(r->head, r->status, st->flags & SF_CHUNKED_OUT, keep_alive,
-                                 content_length, head);
-        size_t len = evbuffer_get_length(head);
-        /* Copied, not moved: the body that follows then shares its buffer
-         * chain, and head and body leave in one TLS record and one write(2). */
-        client_write(st, evbuffer_pullup(head, (ev_ssize_t)len), len);
-        evbuffer_free(head);
+    const unsigned char *bytes = NULL;
+    size_t len = 0;
+    if (head != NULL && proxy_http_response_head(r->head, r->status, st->flags & SF_CHUNKED_OUT,
+                                                 keep_alive, content_length, head) == 0) {
+        len = evbuffer_get_length(head);
+        bytes = evbuffer_pullup(head, (ev_ssize_t)len);
     }
+    if (bytes == NULL) {
+        if (head != NULL)
+            evbuffer_free(head);
+        stream_oom(st, "response head"); /* no head: the body must not go out alone */
+        return;
+    }
+    /* Copied, not moved: the body that follows then shares its buffer chain,
+     * and head and body leave in one TLS record and one write(2). */
+    client_write(st, bytes, len);
+    evbuffer_free(head);
     st->flags |= SF_RESP_STARTED;
     if (st->upstream_head != NULL) {
         evbuffer_free(st->upstream_head);
@@ -535,7 +564,7 @@ static void up_head(void *arg, const struct upstream_response *r)
 static void up_body(void *arg, const char *data, size_t len)
 {
     struct stream *st = arg;
-    if (st->flags & SF_DISCARD)
+    if ((st->flags & SF_DISCARD) || st->stage == SS_DONE)
         return;
     if (st->flags & SF_CHUNKED_OUT) {
         char hdr[24];
@@ -553,6 +582,8 @@ static void up_body(void *arg, const char *data, size_t len)
 static void up_done(void *arg, bool reusable)
 {
     struct stream *st = arg;
+    if (st->stage == SS_DONE)
+        return; /* ended already (out of memory for the head) */
     if (st->flags & SF_DISCARD) {
         /* The token was refused: the connection proved nothing, and is not kept. */
         stream_unbind(st, false);
@@ -604,6 +635,8 @@ static bool stream_retry(struct stream *st)
 static void up_error(void *arg, enum reason r, bool stale)
 {
     struct stream *st = arg;
+    if (st->stage == SS_DONE)
+        return; /* ended already (stream_oom): released by stream_free() */
     if (stale && stream_retry(st))
         return;
     if (st->flags & SF_RESP_STARTED) {
@@ -621,7 +654,7 @@ static void up_error(void *arg, enum reason r, bool stale)
 static void up_writable(void *arg)
 {
     struct stream *st = arg;
-    if (!(st->flags & SF_BLOCKED))
+    if (!(st->flags & SF_BLOCKED) || st->stage == SS_DONE)
         return;
     st->flags &= ~SF_BLOCKED;
     st->sc->ops->more(st->sc->arg);
@@ -682,15 +715,25 @@ static void stream_send_head(struct stream *st, struct evbuffer *head)
     }
     if (head == NULL) {
         /* A retry: the kept head once more. */
-        upstream_write(st->up, evbuffer_pullup(st->upstream_head, -1),
-                       evbuffer_get_length(st->upstream_head));
+        const unsigned char *kept = evbuffer_pullup(st->upstream_head, -1);
+        if (kept == NULL) {
+            stream_oom(st, "request head");
+            return;
+        }
+        upstream_write(st->up, kept, evbuffer_get_length(st->upstream_head));
         return;
     }
     if ((st->flags & SF_IDEMPOTENT) && !(st->flags & SF_HAS_BODY) && st->sc->krb == NULL) {
         /* Kept until the response starts: a pooled connection that the backend
          * had closed gets this request once more on a new connection. With
          * delegation, a new connection gets a new token instead. */
-        upstream_write(st->up, evbuffer_pullup(head, -1), evbuffer_get_length(head));
+        const unsigned char *bytes = evbuffer_pullup(head, -1);
+        if (bytes == NULL) {
+            evbuffer_free(head);
+            stream_oom(st, "request head");
+            return;
+        }
+        upstream_write(st->up, bytes, evbuffer_get_length(head));
         st->upstream_head = head;
     } else {
         if ((st->flags & SF_IDEMPOTENT) && !(st->flags & SF_HAS_BODY) &&
@@ -731,7 +774,11 @@ static void stream_send(struct stream *st)
                                                                           : NULL,
         .drop_authorization = sc->krb != NULL,
     };
-    proxy_http_request_head(&f, head);
+    if (proxy_http_request_head(&f, head) < 0) {
+        evbuffer_free(head); /* a head with a piece missing is never sent */
+        stream_oom(st, "request head");
+        return;
+    }
     stream_send_head(st, head);
     if (st->stage == SS_DONE)
         return; /* refused: no backend connection */
@@ -1051,6 +1098,10 @@ size_t stream_feed(struct stream *st, const char *data, size_t len)
             llhttp_resume_after_upgrade(&st->parser);
             kick = true;
             continue;
+        }
+        if (st->flags & SF_OOM) {
+            stream_oom(st, "request body");
+            break;
         }
         enum reason why = st->reason != R_NONE ? st->reason : R_BAD_REQUEST;
         log_debug("#%llu.%u %s: bad request: %s (%s)", (unsigned long long)st->sc->conn_id,

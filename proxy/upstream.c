@@ -284,7 +284,13 @@ static int up_dial(struct upstream *u, unsigned idx)
         return -1;
     }
     if (u->io != NULL) {
-        io_move_output(u->io, io); /* it never connected: nothing of it was sent */
+        /* It never connected: nothing of it was sent. Unless it lost some of
+         * it for want of memory: then the request cannot go anywhere. */
+        if (io_move_output(u->io, io) < 0) {
+            log_warn("backend %s: out of memory for the request", ba->text[idx]);
+            io_free(io);
+            return -1;
+        }
         io_free(u->io);
     }
     u->io = io;

@@ -23,6 +23,7 @@
 #include "mapping/mapping.h"
 #include "metrics/metrics.h"
 #include "proxy/conn.h"
+#include "proxy/limit.h"
 #include "proxy/proxy.h"
 #include "shcache/shcache.h"
 
@@ -70,6 +71,10 @@ struct worker {
     struct event *resume_ev;
     uint32_t pause_ms;
     int spare_fd;
+    /* [server] max_connections, shared by all workers (limit.h): <limit_ev>
+     * wakes this worker when the bound is reached or has room again. */
+    struct conn_limit *limit;
+    struct event *limit_ev;
     pthread_t thread;
     /* Work handed over from other threads (a lookup finished elsewhere). */
     struct event *post_ev;
@@ -113,6 +118,17 @@ fail:
     return -1;
 }
 
+static void listeners_enable(struct worker *w, bool on)
+{
+    for (size_t i = 0; i < w->n_listeners; i++)
+        if (w->listeners[i] != NULL) {
+            if (on)
+                evconnlistener_enable(w->listeners[i]);
+            else
+                evconnlistener_disable(w->listeners[i]);
+        }
+}
+
 static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
@@ -122,11 +138,33 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
         close(fd);
         return;
     }
+    bool taken = conn_limit_take(w->limit);
+    if (conn_limit_full(w->limit))
+        listeners_enable(w, false); /* now: libevent's accept loop stops here */
+    if (!taken) {
+        close(fd); /* another worker took the last slot meanwhile (limit.c) */
+        return;
+    }
     const struct conf_listen *l = NULL; /* the one <lev> was made from */
     for (size_t k = 0; k < w->n_listeners; k++)
         if (w->listeners[k] == lev)
             l = &w->cur->env.conf->listen[k];
-    proxy_conn_accept(&w->cur->env, l, fd, sa, (socklen_t)salen);
+    struct conn_env *env = &w->cur->env;
+    unsigned before = env->n_conns;
+    proxy_conn_accept(env, l, fd, sa, (socklen_t)salen);
+    if (env->n_conns == before)
+        conn_limit_release(w->limit); /* not accepted after all */
+}
+
+/* The limit is full, or has room again: listeners off or on (unless a pause
+ * for want of descriptors is running: its timer turns them on). */
+static void limit_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    bool on = !conn_limit_full(w->limit) && !evtimer_pending(w->resume_ev, NULL);
+    log_debug("worker %u: listeners %s (%u of %u connections)", w->id, on ? "on" : "off",
+              conn_limit_count(w->limit), conn_limit_max(w->limit));
+    listeners_enable(w, on);
 }
 
 #define ACCEPT_PAUSE_MIN_MS 100
@@ -148,9 +186,8 @@ static long open_fd_count(void)
 static void resume_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
-    for (size_t i = 0; i < w->n_listeners; i++)
-        if (w->listeners[i] != NULL)
-            evconnlistener_enable(w->listeners[i]);
+    if (!conn_limit_full(w->limit))
+        listeners_enable(w, true);
 }
 
 static void accept_error_cb(struct evconnlistener *lev, void *arg)
@@ -238,6 +275,7 @@ static void worker_conn_gone(void *arg)
 {
     struct wgen *g = arg;
     struct worker *w = g->w;
+    conn_limit_release(w->limit);
     if (w->draining && worker_n_conns(w) == 0)
         event_base_loopexit(w->base, NULL);
     else if (g != w->cur && g->env.n_conns == 0)
@@ -449,6 +487,19 @@ int proxy_workers_offer(struct worker *ws, unsigned n, struct proxy_shared *sh, 
     return rc;
 }
 
+void proxy_workers_set_limit(struct worker *ws, const struct conf *c)
+{
+    struct rlimit rl = {0};
+    bool fits = true;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    unsigned max = conn_limit_resolve(c, (uint64_t)rl.rlim_cur, &fits);
+    if (max == conn_limit_max(ws[0].limit))
+        return;
+    conn_limit_set_max(ws[0].limit, max);
+    log_info("[server] max_connections: now %u client connections%s", max,
+             fits ? "" : " (more than the open-files limit can hold)");
+}
+
 void proxy_workers_commit(struct worker *ws, unsigned n, bool commit)
 {
     for (unsigned i = 0; i < n; i++) {
@@ -463,7 +514,9 @@ struct worker *proxy_workers_bind(unsigned n, struct proxy_shared *sh, char *err
 {
     const struct conf *c = sh->conf;
     struct worker *ws = calloc(n, sizeof *ws);
-    if (ws == NULL) {
+    struct conn_limit *limit = ws != NULL ? conn_limit_new_for(c, n) : NULL;
+    if (limit == NULL) {
+        free(ws);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
@@ -471,6 +524,7 @@ struct worker *proxy_workers_bind(unsigned n, struct proxy_shared *sh, char *err
         struct worker *w = &ws[i];
         w->id = i;
         w->spare_fd = -1;
+        w->limit = limit;
         /* The change list batches the EV_WRITE adds and deletes that a
          * write which found the socket full causes, into one epoll_ctl per
          * descriptor and loop turn. */
@@ -490,12 +544,14 @@ struct worker *proxy_workers_bind(unsigned n, struct proxy_shared *sh, char *err
         w->reap_ev = event_new(w->base, -1, 0, reap_cb, w);
         w->offer_ev = event_new(w->base, -1, 0, offer_cb, w);
         w->commit_ev = event_new(w->base, -1, 0, commit_cb, w);
+        w->limit_ev = event_new(w->base, -1, 0, limit_cb, w);
+        conn_limit_set_waker(limit, i, w->limit_ev);
         w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         pthread_mutex_init(&w->post_lock, NULL);
         w->post_lock_made = true;
         if (w->stop_ev == NULL || w->grace_ev == NULL || w->post_ev == NULL ||
             w->resume_ev == NULL || w->reap_ev == NULL || w->offer_ev == NULL ||
-            w->commit_ev == NULL) {
+            w->commit_ev == NULL || w->limit_ev == NULL) {
             snprintf(err, errlen, "out of memory");
             goto fail;
         }
@@ -532,8 +588,12 @@ void proxy_workers_free(struct worker *ws, unsigned n)
 {
     if (ws == NULL)
         return;
+    /* A connection closed below must not wake a worker already purged. */
+    for (unsigned i = 0; i < n; i++)
+        conn_limit_set_waker(ws[0].limit, i, NULL);
     for (unsigned i = 0; i < n; i++)
         worker_purge(&ws[i]);
+    conn_limit_free(ws[0].limit);
     free(ws);
 }
 
@@ -542,7 +602,11 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     if (metrics_thread_attach() < 0)
         log_warn("worker %u: out of memory for its counters: counting globally", w->id);
-    event_base_dispatch(w->base);
+    /* Not event_base_dispatch: a worker whose listeners are off at
+     * max_connections, with no connection of its own, has no event pending,
+     * and dispatch would return and end the thread; stop_cb, grace_cb and
+     * worker_conn_gone end the loop. */
+    event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
     return NULL;
 }
 
@@ -583,8 +647,8 @@ static void worker_purge(struct worker *w)
     }
     if (w->post_lock_made)
         pthread_mutex_destroy(&w->post_lock);
-    struct event *evs[] = {w->stop_ev,  w->grace_ev,  w->resume_ev,
-                           w->reap_ev,  w->offer_ev,  w->commit_ev};
+    struct event *evs[] = {w->stop_ev, w->grace_ev,  w->resume_ev, w->reap_ev,
+                           w->offer_ev, w->commit_ev, w->limit_ev};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
         if (evs[i] != NULL)
             event_free(evs[i]);

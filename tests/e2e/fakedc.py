@@ -82,18 +82,19 @@ class FakeDC:
     bytes to send raw. Bind always succeeds; the base-DN check and the NetBIOS
     lookup get well-formed answers."""
 
-    def __init__(self, cert, key, base_dn, answer):
+    def __init__(self, cert, key, base_dn, answer, port=0):
         self.base_dn = base_dn
         self.answer = answer
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert, key)
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.searches = 0
         self.stopped = False
+        self.conns = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -101,8 +102,14 @@ class FakeDC:
         return f"ldaps://127.0.0.1:{self.port}"
 
     def stop(self):
+        """Closes the listener and every connection (a directory going down)."""
         self.stopped = True
         self.sock.close()
+        for c in list(self.conns):
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _accept(self):
         while not self.stopped:
@@ -117,6 +124,10 @@ class FakeDC:
             conn = self.ctx.wrap_socket(raw, server_side=True)
         except (OSError, ssl.SSLError):
             raw.close()
+            return
+        self.conns.append(conn)
+        if self.stopped:
+            conn.close()
             return
         buf = b""
         try:

@@ -2,8 +2,12 @@
 """Descriptor exhaustion: certmapd under a low open-files limit (prlimit, 64)
 with more client connections than fit. It must not spin on accept (few
 "accept" log lines, little CPU while connections wait in the backlog), and it
-must serve again by itself once the extra connections are gone."""
+must serve again by itself once the extra connections are gone. The
+descriptors run out only when [server] max_connections is set above what the
+limit holds (here on purpose); with its default, derived from the limit,
+certmapd stops accepting before (test_default_bound_keeps_descriptors)."""
 import os
+import re
 import socket
 import time
 
@@ -25,9 +29,11 @@ def accept_lines(d):
 
 def test_exhaustion_is_bounded_and_recovers(env):
     b = env.backend()
-    d = env.certmapd(b, {"server": {"workers": "1", "log_level": "info"}}, start=False)
+    d = env.certmapd(b, {"server": {"workers": "1", "log_level": "info",
+                                    "max_connections": "1000"}}, start=False)
     d.wrapper = ["prlimit", f"--nofile={LIMIT}:{LIMIT}", "--"]
     d.start()
+    check("max_connections = 1000 needs up to" in d.stderr(), "the start-up warning")
     status, _, _ = curl(f"{d.base}/before", cert="good")
     eq(status, 200, "a request before the exhaustion")
 
@@ -58,5 +64,34 @@ def test_exhaustion_is_bounded_and_recovers(env):
     eq(status, 200, "a request once the extra connections are closed")
 
 
+def test_default_bound_keeps_descriptors(env):
+    """max_connections = 0: the bound is what the limit holds (2 descriptors
+    per client beside the fixed ones), so accept never fails for want of one."""
+    b = env.backend()
+    d = env.certmapd(b, {"server": {"workers": "1", "log_level": "info"},
+                         "backend": {"keepalive_connections": "4"}}, start=False)
+    d.wrapper = ["prlimit", f"--nofile={LIMIT}:{LIMIT}", "--"]
+    d.start()
+    m = re.search(r"max_connections: (\d+), from the open-files limit", d.stderr())
+    check(m is not None, "the derived bound is logged")
+    bound = int(m.group(1))
+    check(2 <= bound < LIMIT // 2, f"derived bound {bound} for {LIMIT} open files")
+    socks = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(LIMIT + 40)]
+    time.sleep(1.5)
+    err = d.stderr()
+    check("descriptors open" not in err, "no descriptor exhaustion under the derived bound")
+    check(f"max_connections ({bound}) reached" in err, "the bound is reached and logged")
+    for s in socks:
+        s.close()
+    deadline = time.time() + 10
+    status = None
+    while time.time() < deadline:
+        status, _, _ = curl(f"{d.base}/after", cert="good", timeout=5)
+        if status == 200:
+            break
+        time.sleep(0.2)
+    eq(status, 200, "a request once the extra connections are closed")
+
+
 if __name__ == "__main__":
-    run([test_exhaustion_is_bounded_and_recovers])
+    run([test_exhaustion_is_bounded_and_recovers, test_default_bound_keeps_descriptors])

@@ -1,12 +1,12 @@
 /* The client's bytes through the real request path: proxy/stream.c
  * (stream_new, stream_feed: llhttp with the stream's own settings, the head
  * checks, proxy_http_request_head) against a fake upstream, as
- * tests/unit/proxy/test_stream.c does: this file defines the upstream_*
- * functions, so the linker takes them instead of proxy/upstream.c. Every
- * request head that reaches "the backend" is checked: no identity header from
- * the client, never both Content-Length and Transfer-Encoding, one
- * X-Forwarded-For, and no CR, LF or NUL inside a header line. Pipelined
- * requests are answered 200 one after the other. */
+ * tests/unit/proxy/test_stream.c does (tests/support/fake_upstream.c, linked
+ * in instead of proxy/upstream.c). Every request head that reaches "the
+ * backend" is checked: no identity header from the client, never both
+ * Content-Length and Transfer-Encoding, one X-Forwarded-For, and no CR, LF or
+ * NUL inside a header line. Pipelined requests are answered 200 one after the
+ * other. */
 #include <errno.h>
 #include <stdbool.h>
 #include <string.h>
@@ -24,94 +24,9 @@
 #include "proxy/stream.h"
 #include "proxy/upstream.h"
 #include "tests/fuzz/fuzz.h"
+#include "tests/support/fake_upstream.h"
 
-#define N_FAKES 4
 #define MAX_STREAMS 8
-
-struct upstream {
-    const struct upstream_handler *h;
-    void *arg;
-    struct evbuffer *out;
-    bool released;
-};
-
-static struct upstream fakes[N_FAKES];
-static int n_acquired;
-
-struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream_handler *h,
-                                  void *arg, unsigned flags, const char *identity,
-                                  struct upstream_trail *trail)
-{
-    if (n_acquired >= N_FAKES)
-        return NULL;
-    struct upstream *u = &fakes[n_acquired++];
-    u->h = h;
-    u->arg = arg;
-    u->out = evbuffer_new();
-    u->released = false;
-    trail->addr[trail->n] = 0;
-    trail->how[trail->n] = UP_USED;
-    trail->n++;
-    return u;
-}
-
-void upstream_write(struct upstream *u, const void *data, size_t len)
-{
-    evbuffer_add(u->out, data, len);
-}
-
-void upstream_write_buffer(struct upstream *u, struct evbuffer *buf)
-{
-    evbuffer_add_buffer(u->out, buf);
-}
-
-size_t upstream_output_length(const struct upstream *u)
-{
-    return evbuffer_get_length(u->out);
-}
-
-void upstream_read_pause(struct upstream *u, bool paused)
-{
-}
-
-bool upstream_reused(const struct upstream *u)
-{
-    return false;
-}
-
-bool upstream_connected(const struct upstream *u)
-{
-    return true;
-}
-
-const unsigned char *upstream_binding(const struct upstream *u, size_t *len)
-{
-    *len = 0;
-    return NULL;
-}
-
-void upstream_release(struct upstream *u, bool reusable)
-{
-    u->released = true;
-}
-
-void upstream_purge_siblings(struct upstream *u)
-{
-    (void)u;
-}
-
-const char *upstream_host_header(const struct upstream *u)
-{
-    (void)u;
-    return "eas.test";
-}
-
-const char *upstream_trail_text(const struct upstream_trail *t, const struct backend_set *ba,
-                                char *buf, size_t len)
-{
-    snprintf(buf, len, "fake*%u", t->n);
-    return buf;
-}
 
 /* ---- the connection's side, made once ----------------------------------------- */
 
@@ -273,8 +188,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *p = (const char *)data;
     size_t left = size;
     for (int k = 0; k < MAX_STREAMS; k++) {
-        memset(fakes, 0, sizeof fakes);
-        n_acquired = 0;
+        fake_upstream_reset();
         done = false;
         struct stream *st = stream_new(&sc);
         if (st == NULL)
@@ -288,10 +202,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (used == 0)
                 break;
         }
-        for (int i = 0; i < n_acquired; i++)
-            check_backend_head(&fakes[i]);
-        if (!done && n_acquired > 0 && !fakes[n_acquired - 1].released)
-            respond_200(&fakes[n_acquired - 1]);
+        for (int i = 0; i < fake_n_acquired; i++)
+            check_backend_head(&fake_ups[i]);
+        if (!done && fake_n_acquired > 0 && !fake_ups[fake_n_acquired - 1].released)
+            respond_200(&fake_ups[fake_n_acquired - 1]);
         drain_client();
         /* The answer may let the stream take the rest of a pipelined body. */
         if (!done && left > 0) {
@@ -302,9 +216,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         bool again = done && end == STREAM_KEEP_ALIVE && left > 0;
         stream_free(st);
-        for (int i = 0; i < N_FAKES; i++)
-            if (fakes[i].out != NULL)
-                evbuffer_free(fakes[i].out);
+        fake_upstream_reset();
         drain_client();
         if (!again)
             break;

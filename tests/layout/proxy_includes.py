@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """proxy/'s include graph is a DAG, in the order the design sets:
-main -> worker -> conn -> stream -> {upstream, http, accesslog, mapping};
+main -> worker -> {limit, conn}; conn -> stream -> {upstream, http, accesslog, mapping};
 upstream -> {http, io}; conn -> ppread -> proxyproto (the PROXY protocol). A part may include only parts below it. proxy/ also
 never includes OpenSSL or libevent's bufferevent headers itself: it reaches
 OpenSSL through tls/ and sockets through io/. Run: proxy_includes.py SRC_DIR."""
@@ -12,6 +12,7 @@ import sys
 PART_OF = {
     "main.c": "main",
     "proxy.h": "worker", "worker.c": "worker",
+    "limit.h": "limit", "limit.c": "limit",
     "conn.h": "conn", "conn.c": "conn",
     "stream.h": "stream", "stream.c": "stream",
     "upstream.h": "upstream", "upstream_int.h": "upstream", "upstream.c": "upstream",
@@ -21,7 +22,7 @@ PART_OF = {
     "ppread.h": "ppread", "ppread.c": "ppread",
     "proxyproto.h": "proxyproto", "proxyproto.c": "proxyproto",
 }
-RANK = {"main": 0, "worker": 1, "conn": 2, "stream": 3, "upstream": 4, "http": 5, "accesslog": 5,
+RANK = {"main": 0, "worker": 1, "limit": 2, "conn": 2, "stream": 3, "upstream": 4, "http": 5, "accesslog": 5,
         "ppread": 3, "proxyproto": 4}
 FORBIDDEN = re.compile(r'#include\s*<(openssl/[^>]+|event2/bufferevent[^>]*)>')
 

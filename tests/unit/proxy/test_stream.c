@@ -1,9 +1,9 @@
-/* The stream (proxy/stream.c) driven against a fake upstream: this file
- * defines the upstream_* functions the stream calls, so the linker takes them
- * instead of proxy/upstream.c, and the test plays the backend by calling the
- * stream's upstream callbacks. The client side is a real transport (io/) over
- * a socket pair, read from the other end; the connection's side is a table of
- * ops that records what the stream asked of it. */
+/* The stream (proxy/stream.c) driven against a fake upstream
+ * (tests/support/fake_upstream.c, linked in instead of proxy/upstream.c): the
+ * test plays the backend by calling the stream's upstream callbacks. The
+ * client side is a real transport (io/) over a socket pair, read from the
+ * other end; the connection's side is a table of ops that records what the
+ * stream asked of it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,115 +23,7 @@
 #include "proxy/accesslog.h"
 #include "proxy/stream.h"
 #include "proxy/upstream.h"
-
-/* ---- the fake upstream --------------------------------------------------------- */
-
-struct upstream {
-    const struct upstream_handler *h;
-    void *arg;
-    struct evbuffer *out; /* what the stream sent to "the backend" */
-    bool reused, released, reusable, paused;
-};
-
-static struct upstream fakes[4];
-static int n_acquired;
-static bool refuse_acquire;   /* upstream_acquire fails (no backend) */
-static bool first_is_pooled;  /* the first connection comes from the pool */
-static size_t fake_out_len;   /* what upstream_output_length says, when not 0 */
-static int n_purged;
-
-struct upstream *upstream_acquire(struct upstream_pool *p, const struct upstream_handler *h,
-                                  void *arg, unsigned flags, const char *identity,
-                                  struct upstream_trail *trail)
-{
-    (void)p;
-    (void)flags;
-    (void)identity;
-    if (refuse_acquire || n_acquired >= 4)
-        return NULL;
-    struct upstream *u = &fakes[n_acquired];
-    u->h = h;
-    u->arg = arg;
-    u->out = evbuffer_new();
-    u->reused = n_acquired == 0 && first_is_pooled;
-    n_acquired++;
-    trail->addr[trail->n] = 0;
-    trail->how[trail->n] = UP_USED;
-    trail->n++;
-    return u;
-}
-
-void upstream_write(struct upstream *u, const void *data, size_t len)
-{
-    evbuffer_add(u->out, data, len);
-}
-
-void upstream_write_buffer(struct upstream *u, struct evbuffer *buf)
-{
-    evbuffer_add_buffer(u->out, buf);
-}
-
-size_t upstream_output_length(const struct upstream *u)
-{
-    return fake_out_len ? fake_out_len : evbuffer_get_length(u->out);
-}
-
-void upstream_read_pause(struct upstream *u, bool paused)
-{
-    u->paused = paused;
-}
-
-bool upstream_reused(const struct upstream *u)
-{
-    return u->reused;
-}
-
-bool upstream_connected(const struct upstream *u)
-{
-    return true;
-}
-
-const unsigned char *upstream_binding(const struct upstream *u, size_t *len)
-{
-    *len = 0;
-    return NULL;
-}
-
-void upstream_release(struct upstream *u, bool reusable)
-{
-    u->released = true;
-    u->reusable = reusable;
-}
-
-void upstream_purge_siblings(struct upstream *u)
-{
-    (void)u;
-    n_purged++;
-}
-
-const char *upstream_host_header(const struct upstream *u)
-{
-    (void)u;
-    return "eas.test"; /* the fixture's one server */
-}
-
-const char *upstream_trail_text(const struct upstream_trail *t, const struct backend_set *ba,
-                                char *buf, size_t len)
-{
-    (void)ba;
-    snprintf(buf, len, "fake*%u", t->n);
-    return buf;
-}
-
-/* What the backend sent to the fake: a NUL-terminated copy. */
-static char *sent(struct upstream *u)
-{
-    size_t n = evbuffer_get_length(u->out);
-    char *s = malloc(n + 1);
-    evbuffer_copyout(u->out, s, n);
-    s[n] = '\0';
-    return s;
-}
+#include "tests/support/fake_upstream.h"
 
 /* ---- the connection's side ---------------------------------------------------- */
 
@@ -212,10 +104,7 @@ static int setup(void **state)
                                     .cert_asked = true,
                                     .ops = &ops,
                                     .arg = fx};
-    memset(fakes, 0, sizeof fakes);
-    n_acquired = n_purged = 0;
-    refuse_acquire = first_is_pooled = false;
-    fake_out_len = 0;
+    fake_upstream_reset();
     *state = fx;
     return 0;
 }
@@ -223,9 +112,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *fx = *state;
-    for (int i = 0; i < 4; i++)
-        if (fakes[i].out != NULL)
-            evbuffer_free(fakes[i].out);
+    fake_upstream_reset();
     io_free(fx->io);
     close(fx->peer_fd);
     accesslog_close(fx->alog);
@@ -286,16 +173,16 @@ static void test_get_keep_alive(void **state)
     const char *req = "GET /Microsoft-Server-ActiveSync?Cmd=Ping HTTP/1.1\r\nHost: x\r\n"
                       "X-Remote-User: forged\r\n\r\n";
     assert_int_equal(feed(st, req), strlen(req));
-    assert_int_equal(n_acquired, 1);
-    char *up = sent(&fakes[0]);
+    assert_int_equal(fake_n_acquired, 1);
+    char *up = fake_upstream_sent(&fake_ups[0]);
     assert_non_null(strstr(up, "GET /Microsoft-Server-ActiveSync?Cmd=Ping HTTP/1.1\r\n"));
     assert_non_null(strstr(up, "X-Forwarded-For: 127.0.0.9\r\n"));
     assert_null(strstr(up, "forged")); /* identity headers from the client never pass */
     free(up);
-    respond(&fakes[0], 200, "ok");
+    respond(&fake_ups[0], 200, "ok");
     assert_int_equal(fx->n_done, 1);
     assert_int_equal(fx->end, STREAM_KEEP_ALIVE);
-    assert_true(fakes[0].released && fakes[0].reusable);
+    assert_true(fake_ups[0].released && fake_ups[0].reusable);
     char *got = client_got(fx);
     assert_non_null(strstr(got, "HTTP/1.1 200 "));
     assert_non_null(strstr(got, "Content-Length: 2\r\n"));
@@ -315,7 +202,7 @@ static void test_pipelined_takes_one_request(void **state)
     char two[256];
     snprintf(two, sizeof two, "%sGET /two HTTP/1.1\r\nHost: x\r\n\r\n", one);
     assert_int_equal(feed(st, two), strlen(one)); /* the second waits for its own stream */
-    assert_int_equal(n_acquired, 1);
+    assert_int_equal(fake_n_acquired, 1);
     stream_free(st);
 }
 
@@ -326,7 +213,7 @@ static void test_chunked_body_rechunked(void **state)
     const char *req = "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                       "3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n";
     assert_int_equal(feed(st, req), strlen(req));
-    char *up = sent(&fakes[0]);
+    char *up = fake_upstream_sent(&fake_ups[0]);
     assert_non_null(strstr(up, "Transfer-Encoding: chunked\r\n"));
     assert_non_null(strstr(up, "\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"));
     free(up);
@@ -337,17 +224,17 @@ static void test_chunked_body_rechunked(void **state)
 static void test_stale_pooled_connection_retried(void **state)
 {
     struct fixture *fx = *state;
-    first_is_pooled = true;
+    fake_first_pooled = true;
     struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /r HTTP/1.1\r\nHost: x\r\n\r\n");
-    fakes[0].h->error(fakes[0].arg, R_BACKEND_UNAVAILABLE, true);
-    assert_int_equal(n_acquired, 2);
-    assert_int_equal(n_purged, 1); /* the stale connection's siblings go too */
-    char *a = sent(&fakes[0]), *b = sent(&fakes[1]);
+    fake_ups[0].h->error(fake_ups[0].arg, R_BACKEND_UNAVAILABLE, true);
+    assert_int_equal(fake_n_acquired, 2);
+    assert_int_equal(fake_n_purged, 1); /* the stale connection's siblings go too */
+    char *a = fake_upstream_sent(&fake_ups[0]), *b = fake_upstream_sent(&fake_ups[1]);
     assert_string_equal(a, b); /* the same head, once more */
     free(a);
     free(b);
-    respond(&fakes[1], 200, "");
+    respond(&fake_ups[1], 200, "");
     assert_int_equal(fx->end, STREAM_KEEP_ALIVE);
     stream_free(st);
 }
@@ -355,11 +242,11 @@ static void test_stale_pooled_connection_retried(void **state)
 static void test_post_never_retried(void **state)
 {
     struct fixture *fx = *state;
-    first_is_pooled = true;
+    fake_first_pooled = true;
     struct stream *st = stream_new(&fx->sc);
     feed(st, "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
-    fakes[0].h->error(fakes[0].arg, R_BACKEND_UNAVAILABLE, true);
-    assert_int_equal(n_acquired, 1);
+    fake_ups[0].h->error(fake_ups[0].arg, R_BACKEND_UNAVAILABLE, true);
+    assert_int_equal(fake_n_acquired, 1);
     assert_int_equal(fx->end, STREAM_CLOSE);
     assert_non_null(strstr(client_got(fx), "HTTP/1.1 502 "));
     stream_free(st);
@@ -375,18 +262,18 @@ static void test_backend_lost_mid_response(void **state)
     memset(&head, 0, sizeof head);
     struct upstream_response r = {.status = 200, .head = &head, .has_length = true,
                                   .content_length = 100};
-    fakes[0].h->head(fakes[0].arg, &r);
-    fakes[0].h->body(fakes[0].arg, "partial", 7);
-    fakes[0].h->error(fakes[0].arg, R_BACKEND_UNAVAILABLE, false);
+    fake_ups[0].h->head(fake_ups[0].arg, &r);
+    fake_ups[0].h->body(fake_ups[0].arg, "partial", 7);
+    fake_ups[0].h->error(fake_ups[0].arg, R_BACKEND_UNAVAILABLE, false);
     assert_int_equal(fx->end, STREAM_ABORT); /* the client learns it by the close */
-    assert_true(fakes[0].released && !fakes[0].reusable);
+    assert_true(fake_ups[0].released && !fake_ups[0].reusable);
     stream_free(st);
 }
 
 static void test_no_backend_502(void **state)
 {
     struct fixture *fx = *state;
-    refuse_acquire = true;
+    fake_refuse_acquire = true;
     struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_int_equal(fx->n_done, 1);
@@ -401,7 +288,7 @@ static void test_certificate_required(void **state)
     fx->conf.cert_mode = CERT_REQUIRE;
     struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_int_equal(n_acquired, 0); /* nothing denied reaches the backend */
+    assert_int_equal(fake_n_acquired, 0); /* nothing denied reaches the backend */
     assert_int_equal(fx->n_ask, 0);  /* the handshake asked already */
     assert_non_null(strstr(client_got(fx), "HTTP/1.1 403 "));
     stream_free(st);
@@ -418,13 +305,13 @@ static void test_late_certificate(void **state)
     feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_int_equal(fx->n_ask, 1);
     assert_true(stream_awaits_cert(st));
-    assert_int_equal(n_acquired, 0);
+    assert_int_equal(fake_n_acquired, 0);
     struct cert_facts facts = {.subject = "CN=alice", .issuer = "CN=CA", .serial_hex = "0A"};
     fx->sc.facts = &facts;
     fx->sc.cert_asked = true;
     stream_cert_answered(st);
-    assert_int_equal(n_acquired, 1);
-    char *up = sent(&fakes[0]);
+    assert_int_equal(fake_n_acquired, 1);
+    char *up = fake_upstream_sent(&fake_ups[0]);
     assert_non_null(strstr(up, "X-Client-Cert-Subject: CN=alice\r\n"));
     free(up);
     assert_true(fx->n_more >= 1); /* fed again: the rest of the request may follow */
@@ -440,7 +327,7 @@ static void test_backpressure_on_the_body(void **state)
     fake_out_len = 1 << 20; /* the backend is not reading */
     assert_int_equal(feed(st, "01234"), 0);
     fake_out_len = 0;
-    fakes[0].h->writable(fakes[0].arg);
+    fake_ups[0].h->writable(fake_ups[0].arg);
     assert_int_equal(fx->n_more, 1);
     assert_int_equal(feed(st, "0123456789"), 10);
     stream_free(st);

@@ -1,0 +1,543 @@
+/* Allocation failure on every allocation site of one request. The stream
+ * (proxy/stream.c, with proxy/http.c, io/ and the access log) runs a whole
+ * request against the fake upstream (tests/support/fake_upstream.c) over a
+ * real transport on a socket pair; every allocation it makes goes through the
+ * hooks below: malloc, calloc, realloc, strdup, strndup and free of the
+ * project's own code by -Wl,--wrap (tests/CMakeLists.txt), libevent's through
+ * event_set_mem_functions. The request path reaches no OpenSSL (a plain
+ * transport) and llhttp allocates nothing.
+ *
+ * Each scenario runs once to count its allocations, then once for every N in
+ * 1..count with the Nth failing, and must then fail cleanly: no crash, no hang
+ * (the stream ended, or the transport reported the error that closes the
+ * connection), nothing half-formed reaching the backend or the client, and no
+ * leak: every allocation made while the request ran is freed by the end (the
+ * hooks' own count of live blocks; LeakSanitizer as well in the ASan build). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "conf/conf.h"
+#include "io/io.h"
+#include "proxy/accesslog.h"
+#include "proxy/http.h"
+#include "proxy/stream.h"
+#include "proxy/upstream.h"
+#include "tests/support/fake_upstream.h"
+
+/* ---- the allocator hooks ---------------------------------------------------------- */
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+void *__real_realloc(void *p, size_t n);
+void __real_free(void *p);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_realloc(void *p, size_t n);
+void __wrap_free(void *p);
+char *__wrap_strdup(const char *s);
+char *__wrap_strndup(const char *s, size_t n);
+
+static bool armed;    /* counting: the request runs */
+static long n_allocs; /* allocations while armed */
+static long fail_at;  /* the one that fails; 0: none */
+static long n_failed; /* how many were failed (0 or 1) */
+
+/* Blocks allocated while armed and not yet freed: an open-addressing set. */
+#define LIVE_SLOTS 65536
+static void *live[LIVE_SLOTS];
+static long n_live;
+#define TOMB ((void *)1)
+
+static size_t slot_of(const void *p)
+{
+    return (size_t)(((uintptr_t)p >> 4) * 2654435761u) % LIVE_SLOTS;
+}
+
+static void live_add(void *p)
+{
+    size_t i = slot_of(p);
+    while (live[i] != NULL && live[i] != TOMB)
+        i = (i + 1) % LIVE_SLOTS;
+    live[i] = p;
+    n_live++;
+}
+
+/* Forgets <p>; whether it was counted. */
+static bool live_del(void *p)
+{
+    if (p == NULL || n_live == 0)
+        return false;
+    for (size_t i = slot_of(p), k = 0; live[i] != NULL && k < LIVE_SLOTS;
+         i = (i + 1) % LIVE_SLOTS, k++) {
+        if (live[i] == p) {
+            live[i] = TOMB;
+            n_live--;
+            return true;
+        }
+    }
+    return false;
+}
+
+static void live_reset(void)
+{
+    memset(live, 0, sizeof live);
+    n_live = 0;
+}
+
+/* Whether this allocation is the one to fail. */
+static bool fail_now(void)
+{
+    if (!armed)
+        return false;
+    n_allocs++;
+    if (n_allocs == fail_at) {
+        n_failed++;
+        return true;
+    }
+    return false;
+}
+
+void *__wrap_malloc(size_t n)
+{
+    if (fail_now())
+        return NULL;
+    void *p = __real_malloc(n);
+    if (p != NULL && armed)
+        live_add(p);
+    return p;
+}
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+    if (fail_now())
+        return NULL;
+    void *p = __real_calloc(n, size);
+    if (p != NULL && armed)
+        live_add(p);
+    return p;
+}
+
+void *__wrap_realloc(void *old, size_t n)
+{
+    if (fail_now())
+        return NULL; /* <old> stays as it was */
+    void *p = __real_realloc(old, n);
+    if (p != NULL) {
+        bool was_live = live_del(old);
+        if (armed || was_live)
+            live_add(p);
+    }
+    return p;
+}
+
+void __wrap_free(void *p)
+{
+    live_del(p);
+    __real_free(p);
+}
+
+char *__wrap_strdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = __wrap_malloc(n);
+    if (p != NULL)
+        memcpy(p, s, n);
+    return p;
+}
+
+char *__wrap_strndup(const char *s, size_t n)
+{
+    size_t len = strnlen(s, n);
+    char *p = __wrap_malloc(len + 1);
+    if (p != NULL) {
+        memcpy(p, s, len);
+        p[len] = '\0';
+    }
+    return p;
+}
+
+/* ---- the connection's side ------------------------------------------------------- */
+
+struct fixture {
+    struct event_base *base;
+    struct io *io;
+    int peer_fd;
+    struct conf conf;
+    struct upstream_pool pool;
+    struct backend_set ba;
+    struct accesslog *alog;
+    char log_path[64];
+    struct stream_client sc;
+    struct cert_facts facts;
+    struct proxy_head resp; /* the backend's answer head, made before the request */
+    int n_done, n_ask, n_io_errors;
+    enum stream_end end;
+};
+
+static bool ops_ask_cert(void *arg)
+{
+    struct fixture *fx = arg;
+    fx->n_ask++;
+    return true;
+}
+
+static void ops_more(void *arg)
+{
+}
+
+static void ops_done(void *arg, enum stream_end how)
+{
+    struct fixture *fx = arg;
+    fx->n_done++;
+    fx->end = how;
+}
+
+static const struct stream_client_ops ops = {
+    .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
+
+static void io_nop_read(void *arg)
+{
+}
+
+static void io_event(void *arg, enum io_event ev)
+{
+    struct fixture *fx = arg;
+    if (ev == IO_EV_ERROR)
+        fx->n_io_errors++; /* the connection would close now */
+}
+
+static const struct io_handler client_handler = {.read = io_nop_read, .event = io_event};
+
+static struct fixture *fixture_new(void)
+{
+    struct fixture *fx = calloc(1, sizeof *fx);
+    int sv[2];
+    assert_non_null(fx);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    fx->base = event_base_new();
+    fx->io = io_new(fx->base, &client_handler, fx);
+    assert_non_null(fx->io);
+    assert_int_equal(io_accept(fx->io, sv[0], NULL), 0);
+    fx->peer_fd = sv[1];
+    fx->conf.max_request_head = 32 * 1024;
+    fx->conf.header_timeout_ms = 30000;
+    fx->conf.body_timeout_ms = 60000;
+    fx->conf.upload_read_ahead_size = 48 * 1024;
+    fx->conf.cert_mode = CERT_IGNORE;
+    fx->conf.backend.host_header = "eas.test";
+    fx->pool.backend = &fx->ba;
+    snprintf(fx->log_path, sizeof fx->log_path, "/tmp/certmapd-stream-alloc-XXXXXX");
+    close(mkstemp(fx->log_path));
+    char err[256];
+    fx->alog = accesslog_open(fx->log_path, err, sizeof err);
+    assert_non_null(fx->alog);
+    fx->sc = (struct stream_client){.io = fx->io,
+                                    .conf = &fx->conf,
+                                    .alog = fx->alog,
+                                    .pool = &fx->pool,
+                                    .peer = "127.0.0.9",
+                                    .conn_id = 7,
+                                    .n_requests = 1,
+                                    .cert_asked = true,
+                                    .ops = &ops,
+                                    .arg = fx};
+    fx->facts = (struct cert_facts){
+        .subject = "CN=alice\x01", .issuer = "CN=CA", .serial_hex = "0A", .sha256 = "ab"};
+    proxy_head_reset(&fx->resp, 4096);
+    static const char *const hdrs[][2] = {{"Content-Type", "application/vnd.ms-sync"},
+                                          {"X-Backend", "1"}};
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(proxy_head_field(&fx->resp, hdrs[i][0], strlen(hdrs[i][0])), 0);
+        assert_int_equal(proxy_head_value(&fx->resp, hdrs[i][1], strlen(hdrs[i][1])), 0);
+    }
+    fake_upstream_reset();
+    return fx;
+}
+
+static void fixture_free(struct fixture *fx)
+{
+    fake_upstream_reset();
+    io_free(fx->io);
+    close(fx->peer_fd);
+    accesslog_close(fx->alog);
+    unlink(fx->log_path);
+    proxy_head_purge(&fx->resp);
+    event_base_free(fx->base);
+    free(fx);
+}
+
+static void settle(struct fixture *fx)
+{
+    for (int i = 0; i < 10; i++)
+        event_base_loop(fx->base, EVLOOP_NONBLOCK);
+}
+
+/* What the client was sent (the loop runs until the transport wrote it). */
+static size_t client_got(struct fixture *fx, char *buf, size_t cap)
+{
+    settle(fx);
+    size_t n = 0;
+    ssize_t r;
+    while (n + 1 < cap && (r = read(fx->peer_fd, buf + n, cap - 1 - n)) > 0)
+        n += (size_t)r;
+    buf[n] = '\0';
+    return n;
+}
+
+/* A fake whose write found no memory reports it as the real upstream's
+ * transport would, from the loop: an error. */
+static void report_failed_upstreams(struct fixture *fx)
+{
+    for (int i = 0; i < fake_n_acquired && fx->n_done == 0; i++)
+        if (fake_ups[i].failed && !fake_ups[i].released)
+            fake_ups[i].h->error(fake_ups[i].arg, R_BACKEND_UNAVAILABLE, false);
+}
+
+/* The backend answers on the last connection, unless the stream ended. */
+static void respond(struct fixture *fx, bool chunked, const char *body)
+{
+    report_failed_upstreams(fx);
+    if (fx->n_done > 0 || fake_n_acquired == 0)
+        return;
+    struct upstream *u = &fake_ups[fake_n_acquired - 1];
+    if (u->released)
+        return;
+    struct upstream_response r = {
+        .status = 200, .head = &fx->resp, .has_length = !chunked, .content_length = strlen(body)};
+    u->h->head(u->arg, &r);
+    size_t len = strlen(body);
+    for (size_t off = 0; off < len && fx->n_done == 0 && !u->released; off += 5)
+        u->h->body(u->arg, body + off, len - off < 5 ? len - off : 5);
+    if (fx->n_done == 0 && !u->released)
+        u->h->done(u->arg, true);
+}
+
+/* ---- the scenarios ------------------------------------------------------------------ */
+
+struct outcome {
+    bool no_stream; /* stream_new failed: the connection closes */
+    char client[8192];
+    size_t client_len;
+    char *backend; /* what the last fake upstream got, or NULL */
+};
+
+typedef void (*scenario_fn)(struct fixture *fx, struct outcome *o);
+
+#define BODY "hello world, this is the answer"
+
+static void scenario_get(struct fixture *fx, struct outcome *o)
+{
+    struct stream *st = stream_new(&fx->sc);
+    if (st == NULL) {
+        o->no_stream = true;
+        return;
+    }
+    const char *req = "GET /Microsoft-Server-ActiveSync?Cmd=Ping HTTP/1.1\r\nHost: x\r\n"
+                      "User-Agent: t\r\nX-Remote-User: forged\r\n\r\n";
+    stream_feed(st, req, strlen(req));
+    respond(fx, false, BODY);
+    stream_free(st);
+}
+
+static void scenario_chunked_post(struct fixture *fx, struct outcome *o)
+{
+    fx->sc.facts = &fx->facts;
+    fx->conf.cert_mode = CERT_ACCEPT;
+    struct stream *st = stream_new(&fx->sc);
+    if (st == NULL) {
+        o->no_stream = true;
+        return;
+    }
+    const char *req = "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    stream_feed(st, req, strlen(req));
+    respond(fx, true, BODY);
+    stream_free(st);
+}
+
+static void scenario_late_cert_readahead(struct fixture *fx, struct outcome *o)
+{
+    fx->conf.cert_mode = CERT_REQUIRE;
+    fx->sc.cert_asked = false;
+    struct stream *st = stream_new(&fx->sc);
+    if (st == NULL) {
+        o->no_stream = true;
+        return;
+    }
+    const char *req = "PUT /item HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789";
+    stream_feed(st, req, strlen(req));
+    if (fx->n_done == 0 && stream_awaits_cert(st)) {
+        fx->sc.facts = &fx->facts;
+        fx->sc.cert_asked = true;
+        stream_cert_answered(st);
+    }
+    respond(fx, false, BODY);
+    stream_free(st);
+}
+
+static void scenario_refused(struct fixture *fx, struct outcome *o)
+{
+    fx->conf.cert_mode = CERT_REQUIRE; /* none sent: 403 */
+    struct stream *st = stream_new(&fx->sc);
+    if (st == NULL) {
+        o->no_stream = true;
+        return;
+    }
+    const char *req = "GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream_feed(st, req, strlen(req));
+    stream_free(st);
+}
+
+/* Runs <fn> once with allocation <fail> failing (0: none); returns how many
+ * allocations it made, after checking that it failed cleanly. */
+/* The payload of a chunked body at <b>, into <out>; false when malformed or
+ * unfinished. */
+static bool dechunk(const char *b, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (;;) {
+        char *end;
+        unsigned long len = strtoul(b, &end, 16);
+        if (end == b || strncmp(end, "\r\n", 2) != 0)
+            return false;
+        b = end + 2;
+        if (len == 0)
+            return strcmp(b, "\r\n") == 0 && (out[n] = '\0', true);
+        if (strlen(b) < len + 2 || n + len >= cap || strncmp(b + len, "\r\n", 2) != 0)
+            return false;
+        memcpy(out + n, b, len);
+        n += len;
+        b += len + 2;
+    }
+}
+
+static long run_once(scenario_fn fn, long fail, const char *expect_backend, bool expect_200)
+{
+    struct fixture *fx = fixture_new();
+    struct outcome *o = calloc(1, sizeof *o);
+    assert_non_null(o);
+    live_reset();
+    n_allocs = n_failed = 0;
+    fail_at = fail;
+    armed = true;
+    fn(fx, o);
+    settle(fx);
+    armed = false;
+    long count = n_allocs;
+
+    o->client_len = client_got(fx, o->client, sizeof o->client);
+    if (fake_n_acquired > 0)
+        o->backend = fake_upstream_sent(&fake_ups[fake_n_acquired - 1]);
+    bool io_failed = fx->n_io_errors > 0;
+    bool upstream_failed = fake_n_acquired > 0 && fake_ups[fake_n_acquired - 1].failed;
+
+    /* No hang: the stream ended, or there was none, or the transport failed
+     * (its owner closes the connection). */
+    if (!o->no_stream && fx->n_done != 1 && !io_failed)
+        fail_msg("allocation %ld of %ld failed: the stream neither ended (%d) nor failed its "
+                 "transport",
+                 fail, count, fx->n_done);
+    /* Nothing half-formed upstream: a head that went out is whole, with its
+     * forwarding header and never the client's identity header. */
+    if (o->backend != NULL && o->backend[0] != '\0' && !upstream_failed) {
+        const char *end = strstr(o->backend, "\r\n\r\n");
+        if (end == NULL || strstr(o->backend, "X-Forwarded-For: 127.0.0.9\r\n") == NULL ||
+            strstr(o->backend, "forged") != NULL)
+            fail_msg("allocation %ld failed: the backend got a broken head:\n%s", fail, o->backend);
+        if (expect_backend != NULL && fx->n_done == 1 && fx->end == STREAM_KEEP_ALIVE &&
+            strstr(o->backend, expect_backend) == NULL)
+            fail_msg("allocation %ld failed: request completed but the backend got:\n%s", fail,
+                     o->backend);
+    }
+    /* Nothing half-formed to the client: an answer is a whole HTTP response,
+     * and a request that ended well got the whole body. */
+    if (o->client_len > 0 && strncmp(o->client, "HTTP/1.1 ", 9) != 0)
+        fail_msg("allocation %ld failed: the client got no status line first:\n%s", fail,
+                 o->client);
+    if (!io_failed && !o->no_stream && fx->n_done == 1 && fx->end == STREAM_KEEP_ALIVE) {
+        if (!expect_200 || strstr(o->client, "HTTP/1.1 200 ") == NULL)
+            fail_msg("allocation %ld failed: a kept-alive answer that is not the 200:\n%s", fail,
+                     o->client);
+        const char *b = strstr(o->client, "\r\n\r\n");
+        char payload[256];
+        bool whole = b != NULL &&
+                     (strstr(o->client, "Transfer-Encoding: chunked\r\n") != NULL
+                          ? dechunk(b + 4, payload, sizeof payload) && strcmp(payload, BODY) == 0
+                          : strcmp(b + 4, BODY) == 0);
+        if (!whole)
+            fail_msg("allocation %ld failed: a 200 without its whole body:\n%s", fail, o->client);
+    }
+    if (fail == 0) {
+        /* The count run is the request as it should go. */
+        assert_int_equal(n_failed, 0);
+        if (expect_200)
+            assert_non_null(strstr(o->client, "HTTP/1.1 200 "));
+        else
+            assert_non_null(strstr(o->client, "HTTP/1.1 403 "));
+    }
+    free(o->backend);
+    free(o);
+    fixture_free(fx);
+    /* Every block the request allocated is freed, by the request or by the
+     * teardown of what it belonged to. */
+    if (n_live != 0)
+        fail_msg("allocation %ld of %ld failed: %ld block(s) allocated by the request leaked", fail,
+                 count, n_live);
+    return count;
+}
+
+static void run_scenario(scenario_fn fn, const char *name, const char *expect_backend,
+                         bool expect_200)
+{
+    long count = run_once(fn, 0, expect_backend, expect_200);
+    assert_true(count > 5); /* the hooks see the request's allocations */
+    for (long n = 1; n <= count; n++)
+        run_once(fn, n, expect_backend, expect_200);
+    print_message("%s: %ld allocations, each failed in turn\n", name, count);
+}
+
+static void test_get_every_allocation_fails(void **state)
+{
+    run_scenario(scenario_get, "GET keep-alive", "GET /Microsoft-Server-ActiveSync?Cmd=Ping", true);
+}
+
+static void test_chunked_post_every_allocation_fails(void **state)
+{
+    run_scenario(scenario_chunked_post, "chunked POST, chunked answer",
+                 "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", true);
+}
+
+static void test_late_cert_every_allocation_fails(void **state)
+{
+    run_scenario(scenario_late_cert_readahead, "late certificate, body read ahead",
+                 "\r\n\r\n0123456789", true);
+}
+
+static void test_refusal_every_allocation_fails(void **state)
+{
+    run_scenario(scenario_refused, "403 refusal", NULL, false);
+}
+
+int main(void)
+{
+    /* Before libevent allocates anything: its memory goes through the hooks too. */
+    event_set_mem_functions(__wrap_malloc, __wrap_realloc, __wrap_free);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_get_every_allocation_fails),
+        cmocka_unit_test(test_chunked_post_every_allocation_fails),
+        cmocka_unit_test(test_late_cert_every_allocation_fails),
+        cmocka_unit_test(test_refusal_every_allocation_fails),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
