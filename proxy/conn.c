@@ -478,14 +478,14 @@ static void conn_pp_cb(void *arg, enum pp_read_end end, const struct pp_result *
     conn_start_tls(c, fd);
 }
 
-void proxy_conn_accept(struct conn_env *env, const struct conf_listen *l, int fd,
+bool proxy_conn_accept(struct conn_env *env, const struct conf_listen *l, int fd,
                        const struct sockaddr *sa, socklen_t salen)
 {
     struct proxy_conn *c = calloc(1, sizeof *c);
     if (c == NULL) {
         log_warn("cannot accept a connection: out of resources");
         close(fd);
-        return;
+        return false;
     }
     c->env = env;
     c->fd = -1;
@@ -513,7 +513,7 @@ void proxy_conn_accept(struct conn_env *env, const struct conf_listen *l, int fd
     timer_arm(c, env->conf->header_timeout_ms); /* PROXY header, handshake and first head */
     if (l == NULL || !l->proxy_protocol) {
         conn_start_tls(c, fd);
-        return;
+        return true;
     }
     conn_state_set(c, CONN_PROXY_HEADER);
     c->fd = fd;
@@ -521,13 +521,14 @@ void proxy_conn_accept(struct conn_env *env, const struct conf_listen *l, int fd
         log_info("#%llu %s: refused: not in [server] proxy_protocol_from",
                  (unsigned long long)c->sc.conn_id, c->peer);
         conn_close(c);
-        return;
+        return true;
     }
     c->pp = pp_read_new(env->base, fd, conn_pp_cb, c);
     if (c->pp == NULL) {
         log_warn("cannot accept a connection: out of resources");
         conn_close(c);
     }
+    return true;
 }
 
 void proxy_conn_drain(struct conn_env *env)

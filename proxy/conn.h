@@ -42,8 +42,10 @@ struct conn_env {
 
 /* Accepts <fd> (from <sa>) on listener <l> (NULL: a plain one) into <env>:
  * the TLS handshake starts, after a PROXY header when <l> has proxy_protocol.
- * Closes <fd> on failure. */
-void proxy_conn_accept(struct conn_env *env, const struct conf_listen *l, int fd,
+ * True when a connection was made: env->gone is called when it ends, which
+ * may be before this returns (a peer refused at once). False when none could
+ * be (out of memory): <fd> is closed and env->gone is not called. */
+bool proxy_conn_accept(struct conn_env *env, const struct conf_listen *l, int fd,
                        const struct sockaddr *sa, socklen_t salen);
 
 /* The first step of a shutdown (env->draining set): connections that are idle

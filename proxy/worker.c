@@ -149,11 +149,10 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     for (size_t k = 0; k < w->n_listeners; k++)
         if (w->listeners[k] == lev)
             l = &w->cur->env.conf->listen[k];
-    struct conn_env *env = &w->cur->env;
-    unsigned before = env->n_conns;
-    proxy_conn_accept(env, l, fd, sa, (socklen_t)salen);
-    if (env->n_conns == before)
-        conn_limit_release(w->limit); /* not accepted after all */
+    /* Once a connection exists, its end (worker_conn_gone) gives the slot
+     * back, even when that end comes before proxy_conn_accept returns. */
+    if (!proxy_conn_accept(&w->cur->env, l, fd, sa, (socklen_t)salen))
+        conn_limit_release(w->limit); /* none was made */
 }
 
 /* The limit is full, or has room again: listeners off or on (unless a pause
