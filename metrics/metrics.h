@@ -136,7 +136,7 @@ void metrics_shutdown(void);
 struct metrics_targets {
     struct sockaddr_storage backend[METRICS_MAX_BACKEND]; /* tried in order */
     socklen_t backend_len[METRICS_MAX_BACKEND];
-    char backend_text[METRICS_MAX_BACKEND][64];
+    char backend_text[METRICS_MAX_BACKEND][320]; /* as the backend set writes them */
     size_t n_backend;
     bool need_directory;     /* [mapping] with source = ldap */
     uint64_t timeout_ms;     /* for each backend connect */
