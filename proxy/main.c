@@ -362,6 +362,7 @@ static int serve(struct proxy_shared *sh)
     ws = proxy_workers_bind(n_workers, sh, err, sizeof err);
     if (ws == NULL) {
         log_error("%s", err);
+        gen_free(sh);
         return 1;
     }
     /* Bound before privileges go, like the listeners. */
@@ -372,11 +373,13 @@ static int serve(struct proxy_shared *sh)
     if (ms == NULL && err[0] != '\0') {
         log_error("%s", err);
         proxy_workers_free(ws, n_workers);
+        gen_free(sh);
         return 1;
     }
     if (c->user != NULL && drop_privileges(c->user) < 0) {
         metrics_server_free(ms);
         proxy_workers_free(ws, n_workers);
+        gen_free(sh);
         return 1;
     }
 

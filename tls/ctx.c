@@ -480,6 +480,7 @@ void tls_ctx_free(struct tls_ctx *t)
     if (t == NULL)
         return;
     SSL_CTX_free(t->ssl);
+    tls_tickets_free(t);
     tls_rev_free(t->rev); /* first: its thread reads the anchors and issuers */
     X509_STORE_free(t->store);
     sk_X509_pop_free(t->anchors, X509_free);

@@ -5,6 +5,7 @@
  * event_base, bounded in time and size, follows no redirect. Workers only
  * ask (tls_conn_crl_pending), under the revocation state's lock, and wake
  * the thread. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -338,7 +339,13 @@ static void fetch_parse(struct fetch *f)
         fetch_done(f, NULL, "not an HTTP answer");
         return;
     }
-    int status = atoi((const char *)all + 9);
+    /* "HTTP/1.x NNN": three digits, read from the buffer, which has no NUL. */
+    int status = 0;
+    if (all[8] != ' ' || !isdigit(all[9]) || !isdigit(all[10]) || !isdigit(all[11])) {
+        fetch_done(f, NULL, "not an HTTP status line");
+        return;
+    }
+    status = (all[9] - '0') * 100 + (all[10] - '0') * 10 + (all[11] - '0');
     if (status != 200) {
         snprintf(why, sizeof why, "HTTP status %d%s", status,
                  status >= 300 && status < 400 ? " (redirects are not followed)" : "");
@@ -346,19 +353,35 @@ static void fetch_parse(struct fetch *f)
         return;
     }
     /* HTTP/1.0 was asked: a chunked answer is a broken server. */
-    char *head = strndup((const char *)all, (size_t)end.pos);
+    char *head = malloc((size_t)end.pos + 1);
+    if (head != NULL) {
+        memcpy(head, all, (size_t)end.pos);
+        head[end.pos] = '\0';
+    }
     bool chunked = false;
     long long clen = -1;
     for (char *line = head != NULL ? strchr(head, '\n') : NULL; line != NULL;
          line = strchr(line + 1, '\n')) {
         if (strncasecmp(line + 1, "transfer-encoding:", 18) == 0)
             chunked = true;
-        if (strncasecmp(line + 1, "content-length:", 15) == 0)
-            clen = atoll(line + 16);
+        if (strncasecmp(line + 1, "content-length:", 15) == 0) {
+            /* Digits only (after blanks), at most 18 of them: else a broken server. */
+            const char *v = line + 16;
+            char *stop = NULL;
+            v += strspn(v, " \t");
+            errno = 0;
+            clen = isdigit((unsigned char)*v) ? strtoll(v, &stop, 10) : -2;
+            if (clen != -2 && (errno != 0 || strchr("\r\n \t", *stop) == NULL))
+                clen = -2;
+        }
     }
     free(head);
     const unsigned char *body = all + end.pos + 4;
     size_t blen = len - (size_t)end.pos - 4;
+    if (clen == -2) {
+        fetch_done(f, NULL, "a malformed Content-Length");
+        return;
+    }
     if (chunked || (clen >= 0 && (size_t)clen != blen)) {
         fetch_done(f, NULL,
                    chunked ? "a chunked answer to HTTP/1.0"
