@@ -33,7 +33,10 @@ struct cred {
     bool enterprise;
     gss_cred_id_t gss;   /* GSS_C_NO_CREDENTIAL while being acquired */
     time_t expires;
-    bool acquiring;      /* a pool thread is asking the KDC for it */
+    bool acquiring;      /* a pool thread is asking the KDC for it (S4U2Self, then the
+                          * first token's S4U2Proxy: GSSAPI locks the credential
+                          * while it does, so others wait as jobs, not as threads) */
+    struct krb_job *waiters; /* jobs for the same user, queued again once it is done */
     unsigned refs;       /* pool threads using <gss> now */
     struct cred *prev, *next; /* least recently used first */
 };
@@ -48,7 +51,7 @@ struct krb_job {
     void *post_arg;
     krb_done_cb cb;
     void *arg;
-    bool cancelled;      /* read and written on the asking worker's thread only */
+    _Atomic bool cancelled; /* set on the asking worker's thread, read by the pool too */
     struct krb_token *result;
     struct krb_job *qnext;
 };
@@ -59,8 +62,9 @@ struct krb {
     gss_name_t target;
     char realm[256];
     char ccache[96];     /* the service's own memory ccache */
-    pthread_mutex_t lock;
-    pthread_cond_t work, acquired;
+    pthread_mutex_t lock; /* taken by the workers' event loops: never held across a KDC exchange */
+    pthread_mutex_t svc_lock; /* pool threads only: one acquires the service credential */
+    pthread_cond_t work;
     struct krb_job *qhead, *qtail;
     bool stopping;
     pthread_t threads[KRB_THREADS];
@@ -112,12 +116,21 @@ static void gss_text(OM_uint32 major, OM_uint32 minor, char *buf, size_t len)
     } while (ctx != 0);
 }
 
-/* What a failed exchange means for the request: the KDC did not answer
- * (503, retried later), or it answered no (403). */
+/* What a failed exchange means for the request: the KDC did not answer, or
+ * sent what is no Kerberos answer (503, retried later), or it answered no
+ * (403). */
 static enum reason reason_of(OM_uint32 minor)
 {
     krb5_error_code e = (krb5_error_code)minor;
+    /* Bytes that do not decode as a Kerberos message (a proxy or a broken
+     * server on the KDC's address): no answer from a KDC, not a refusal. */
+    if (e >= ERROR_TABLE_BASE_asn1 && e < ERROR_TABLE_BASE_asn1 + 256)
+        return R_KDC_UNAVAILABLE;
     switch (e) {
+    case KRB5KRB_AP_ERR_MSG_TYPE:
+    case KRB5_BADMSGTYPE:
+    case KRB5_KDCREP_MODIFIED:
+    case KRB5_BAD_MSIZE:
     case KRB5_KDC_UNREACH:
     case KRB5_REALM_CANT_RESOLVE:
     case KRB5_REALM_UNKNOWN:
@@ -298,12 +311,17 @@ static void cred_put(struct krb *k, struct cred *c, bool in_cache)
 
 /* The service account's credential, acquired the first time it is needed
  * (a KDC that does not answer at start-up does not stop certmapd) and kept:
- * GSSAPI refreshes its TGT from the keytab before it expires. */
+ * GSSAPI refreshes its TGT from the keytab before it expires. Acquiring it
+ * may ask the KDC for that TGT: under svc_lock, not k->lock, which the
+ * workers' event loops take to queue a job. */
 static OM_uint32 service_cred(struct krb *k, gss_cred_id_t *out, OM_uint32 *minor)
 {
     OM_uint32 maj = GSS_S_COMPLETE, min;
+    pthread_mutex_lock(&k->svc_lock);
     pthread_mutex_lock(&k->lock);
-    if (k->svc == GSS_C_NO_CREDENTIAL) {
+    gss_cred_id_t svc = k->svc; /* only set here, under svc_lock; retired ones are kept */
+    pthread_mutex_unlock(&k->lock);
+    if (svc == GSS_C_NO_CREDENTIAL) {
         gss_name_t name = GSS_C_NO_NAME;
         gss_buffer_desc nb = text_buffer(k->conf->deleg_principal);
         maj = gss_import_name(minor, &nb, GSS_KRB5_NT_PRINCIPAL_NAME, &name);
@@ -312,12 +330,17 @@ static OM_uint32 service_cred(struct krb *k, gss_cred_id_t *out, OM_uint32 *mino
                                                {"ccache", k->ccache}};
             gss_key_value_set_desc store = {2, el};
             maj = gss_acquire_cred_from(minor, name, GSS_C_INDEFINITE, &krb5_set,
-                                        GSS_C_INITIATE, &store, &k->svc, NULL, NULL);
+                                        GSS_C_INITIATE, &store, &svc, NULL, NULL);
         }
         gss_release_name(&min, &name);
+        if (!GSS_ERROR(maj)) {
+            pthread_mutex_lock(&k->lock);
+            k->svc = svc;
+            pthread_mutex_unlock(&k->lock);
+        }
     }
-    *out = k->svc;
-    pthread_mutex_unlock(&k->lock);
+    *out = svc;
+    pthread_mutex_unlock(&k->svc_lock);
     return maj;
 }
 
@@ -363,19 +386,42 @@ static OM_uint32 impersonate(struct krb *k, const char *user, bool enterprise, g
     return maj;
 }
 
+/* The exchange for <c> is over (lock held): the jobs that waited for it go
+ * first in the queue. They find the credential cached, or (it failed) ask
+ * again; cancelled ones are not run. */
+static void cred_acquired(struct krb *k, struct cred *c)
+{
+    c->acquiring = false;
+    while (c->waiters != NULL) {
+        struct krb_job *w = c->waiters;
+        c->waiters = w->qnext;
+        w->qnext = k->qhead;
+        k->qhead = w;
+        if (k->qtail == NULL)
+            k->qtail = w;
+        pthread_cond_signal(&k->work);
+    }
+}
+
 /* The user's credential, from the cache or the KDC (one exchange however many
  * threads ask at once). On success, a reference the caller puts back. */
-static struct cred *cred_get(struct krb *k, const char *user, bool enterprise, bool *cached,
+static struct cred *cred_get(struct krb *k, struct krb_job *j, bool *cached, bool *parked,
                              OM_uint32 *major, OM_uint32 *minor)
 {
+    const char *user = j->user;
+    bool enterprise = j->enterprise;
     time_t now = time(NULL);
     pthread_mutex_lock(&k->lock);
-    struct cred *c;
-    for (;;) {
-        c = cred_find(k, user, enterprise);
-        if (c == NULL || !c->acquiring)
-            break;
-        pthread_cond_wait(&k->acquired, &k->lock); /* another thread asks the KDC */
+    struct cred *c = cred_find(k, user, enterprise);
+    if (c != NULL && c->acquiring) {
+        /* Another thread asks the KDC for this user: the job waits with the
+         * credential, not on this thread, which a slow KDC would otherwise
+         * hold from every other user's job (a cached one's too). */
+        j->qnext = c->waiters;
+        c->waiters = j;
+        pthread_mutex_unlock(&k->lock);
+        *parked = true;
+        return NULL;
     }
     if (c != NULL && c->expires - KRB_MARGIN_S > now) {
         lru_unlink(k, c);
@@ -421,32 +467,36 @@ static struct cred *cred_get(struct krb *k, const char *user, bool enterprise, b
                                                          : MT_KDC_REFUSED);
 
     pthread_mutex_lock(&k->lock);
-    c->acquiring = false;
     bool in_cache = c->prev != NULL || c->next != NULL || k->lru_head == c;
     if (GSS_ERROR(*major)) {
+        cred_acquired(k, c);
         if (in_cache)
             cred_drop(k, c); /* refused ones are not cached: the next request asks again */
         cred_put(k, c, false);
         c = NULL;
     } else {
         c->gss = g;
-        c->expires = expires;
+        c->expires = expires; /* still acquiring: make_token ends that */
     }
-    pthread_cond_broadcast(&k->acquired);
     pthread_mutex_unlock(&k->lock);
     *cached = false;
     return c;
 }
 
-/* One token for <j>'s user, on a pool thread. */
-static struct krb_token *make_token(struct krb *k, struct krb_job *j)
+/* One token for <j>'s user, on a pool thread. NULL with <parked> set: <j>
+ * waits for another thread's exchange for the same user (cred_get). */
+static struct krb_token *make_token(struct krb *k, struct krb_job *j, bool *parked)
 {
     struct krb_token *t = calloc(1, sizeof *t);
     if (t == NULL)
         return NULL;
     OM_uint32 maj = GSS_S_COMPLETE, min = 0, m2;
     char why[1024];
-    struct cred *c = cred_get(k, j->user, j->enterprise, &t->cached, &maj, &min);
+    struct cred *c = cred_get(k, j, &t->cached, parked, &maj, &min);
+    if (c == NULL && *parked) {
+        free(t);
+        return NULL;
+    }
     if (c == NULL) {
         gss_text(maj, min, why, sizeof why);
         t->reason = reason_of(min);
@@ -497,6 +547,8 @@ static struct krb_token *make_token(struct krb *k, struct krb_job *j)
     if (ctx != GSS_C_NO_CONTEXT)
         gss_delete_sec_context(&m2, &ctx, GSS_C_NO_BUFFER);
     pthread_mutex_lock(&k->lock);
+    if (!t->cached)
+        cred_acquired(k, c); /* its first S4U2Proxy is done */
     bool in_cache = c->prev != NULL || c->next != NULL || k->lru_head == c;
     if (t->reason != R_NONE && in_cache)
         cred_drop(k, c); /* a credential that cannot delegate is not kept */
@@ -547,8 +599,13 @@ static void *pool_main(void *arg)
         if (k->qhead == NULL)
             k->qtail = NULL;
         pthread_mutex_unlock(&k->lock);
-        j->result = make_token(k, j);
-        j->post(j->post_arg, job_complete, j);
+        /* A job whose request already had its answer (the timeout) is not
+         * run: the queue a slow KDC built up is not worked through after. */
+        bool parked = false;
+        if (!atomic_load(&j->cancelled))
+            j->result = make_token(k, j, &parked);
+        if (!parked)
+            j->post(j->post_arg, job_complete, j);
         pthread_mutex_lock(&k->lock);
     }
     pthread_mutex_unlock(&k->lock);
@@ -592,8 +649,9 @@ struct krb_job *krb_token_start(struct krb *k, const char *user, bool enterprise
 
 void krb_job_cancel(struct krb_job *j)
 {
-    if (j != NULL)
-        j->cancelled = true;
+    if (j == NULL)
+        return;
+    atomic_store(&j->cancelled, true);
 }
 
 void krb_counters(struct krb *k, uint64_t *exchanges, uint64_t *cache_hits)
@@ -617,8 +675,8 @@ struct krb *krb_new(const struct conf *c, char *err, size_t errlen)
     k->svc = GSS_C_NO_CREDENTIAL;
     k->target = GSS_C_NO_NAME;
     pthread_mutex_init(&k->lock, NULL);
+    pthread_mutex_init(&k->svc_lock, NULL);
     pthread_cond_init(&k->work, NULL);
-    pthread_cond_init(&k->acquired, NULL);
     const char *at = strrchr(c->deleg_principal, '@');
     snprintf(k->realm, sizeof k->realm, "%s", at != NULL ? at + 1 : "");
     snprintf(k->ccache, sizeof k->ccache, "MEMORY:certmapd-svc-%ld", (long)getpid());
@@ -683,8 +741,8 @@ void krb_free(struct krb *k)
     if (k->target != GSS_C_NO_NAME)
         gss_release_name(&min, &k->target);
     pthread_cond_destroy(&k->work);
-    pthread_cond_destroy(&k->acquired);
     pthread_mutex_destroy(&k->lock);
+    pthread_mutex_destroy(&k->svc_lock);
     free(k);
 }
 

@@ -76,7 +76,9 @@ struct krb_job *krb_token_start(struct krb *k, const char *user, bool enterprise
                                 krb_post_fn post, void *post_arg, krb_done_cb cb, void *arg);
 
 /* Abandons <j>: its callback is never called (the exchange, if running,
- * finishes and its credential is still cached). From the worker's loop only. */
+ * finishes and its credential is still cached; a job still queued is not
+ * run, and one waiting for another job's exchange for the same user stops
+ * waiting). From the worker's loop only. */
 void krb_job_cancel(struct krb_job *j);
 
 /* KDC exchanges made (S4U2Self) and tokens made from a cached credential. */
