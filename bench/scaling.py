@@ -9,8 +9,12 @@
       side of a contended lock or a condition wait), OpenSSL's
       CRYPTO_THREAD_* wrappers; each split by who took the lock (the first
       frame on the stack, from the lock function outwards, that belongs to a
-      known owner: mapping/cache.c's shards, metrics/, tls/vcache.c, libevent,
-      the allocator, OpenSSL, certmapd elsewhere).
+      known owner: mapping/cache.c's shards, metrics/, tls/vcache.c,
+      tls/tickets.c, libevent, the allocator, OpenSSL, certmapd elsewhere).
+
+  scaling.py --callers SCRIPT|- [--title T]
+      SCRIPT is `perf script -F event,ip,sym,dso` of uprobe samples at libc's
+      lock functions recorded with stacks: for each, who took the lock.
 
   scaling.py --report TSV --load FILE --machine M --sizes S [--profiles DIR]
       TSV has lines RUN FRONT WORKERS PHASE FIGURE VALUE (bench/scaling.sh).
@@ -56,6 +60,8 @@ def owner_of(frames, start):
             return "metrics", sym
         if sym.startswith("tls_vcache_"):
             return "chain-verify cache (tls/vcache.c)", sym
+        if sym.startswith("keyset_") or sym == "ticket_cb":
+            return "session-ticket keys (tls/tickets.c)", sym
         if sym.startswith("CRYPTO_THREAD_"):
             continue
         if dso.startswith("libcrypto") or dso.startswith("libssl"):
@@ -123,6 +129,52 @@ def locks(args):
         print(f"  {pct(v):6.2f} %  {owner}: {caller}")
 
 
+def callers(args):
+    """Uprobe samples at the lock functions: who took them, per lock call."""
+    by = collections.defaultdict(collections.Counter)  # event -> (owner, caller) -> samples
+    event, frames = None, []
+    path = "/dev/stdin" if args.callers == "-" else args.callers
+
+    def flush():
+        if event is None:
+            return
+        fr = fix_inlined(frames)
+        i = 0
+        while i < len(fr) and (LOCK_FN.match(fr[i][0]) or CRYPTO_LOCK.match(fr[i][0])):
+            i += 1
+        by[event][owner_of(fr, i)] += 1
+
+    with open(path, errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                flush()
+                event, frames = None, []
+                continue
+            if not line[0].isspace():
+                flush()
+                event, frames = line.split()[0].rstrip(":").replace("probe_libc:", ""), []
+                continue
+            parts = line.strip().split(" ", 1)
+            if len(parts) < 2:
+                continue
+            m = re.match(r"(.*) \((.*)\)$", parts[1])
+            sym, dso = (m.group(1), m.group(2)) if m else (parts[1], "")
+            frames.append((re.sub(r"\+0x[0-9a-f]+$", "", sym), dso.rsplit("/", 1)[-1]))
+    flush()
+    print(f"# {args.title or args.callers}")
+    for ev, c in sorted(by.items()):
+        n = sum(c.values())
+        print(f"\n{ev}: {n} samples; by owner:")
+        owners = collections.Counter()
+        for (owner, _), v in c.items():
+            owners[owner] += v
+        for owner, v in owners.most_common():
+            print(f"  {100.0 * v / n:6.1f} %  {owner}")
+        print("  top callers:")
+        for (owner, caller), v in c.most_common(12):
+            print(f"  {100.0 * v / n:6.1f} %  {owner}: {caller}")
+
+
 def median(v):
     return statistics.median(v) if v else None
 
@@ -136,9 +188,12 @@ def fmt(v, d=1):
 def report(args):
     data = collections.defaultdict(dict)  # (front, w, phase, figure) -> {run: value}
     runs = set()
+    lockcalls = collections.defaultdict(dict)  # (front, phase) -> {event: per request}
     with open(args.report) as f:
         for line in f:
             p = line.rstrip("\n").split("\t")
+            if len(p) == 6 and p[0] == "lockcalls":
+                lockcalls[(p[1], p[3])][p[4]] = p[5]
             if len(p) != 6 or not p[0].isdigit():
                 continue
             runs.add(int(p[0]))
@@ -215,6 +270,20 @@ def report(args):
         "every request of every worker looks up the same key in the same shard of the identity "
         "cache.")
     say("")
+    if lockcalls:
+        say("## Lock acquisitions per request (uprobes on libc, 2 workers)")
+        say("")
+        say("Calls per request in the front's threads, counted by `perf stat` on uprobes at "
+            "libc's `pthread_mutex_lock`, `pthread_rwlock_rdlock` and `pthread_rwlock_wrlock` "
+            "(OpenSSL 3.0's `CRYPTO_THREAD_read_lock`/`write_lock` are one rwlock call each); "
+            "a separate run, the probes slow the front.")
+        say("")
+        say("| front | phase | mutex lock | rwlock read | rwlock write |")
+        say("|---|---|---|---|---|")
+        for (front, phase), ev in sorted(lockcalls.items()):
+            say(f"| {front} | {phase} | {ev.get('pthread_mutex_lock', '—')} | "
+                f"{ev.get('pthread_rwlock_rdlock', '—')} | {ev.get('pthread_rwlock_wrlock', '—')} |")
+        say("")
     if args.profiles:
         files = sorted(f for f in os.listdir(args.profiles)
                        if f.startswith("scaling-locks-") or f.startswith("scaling-perflock-"))
@@ -239,6 +308,7 @@ def report(args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--locks")
+    ap.add_argument("--callers")
     ap.add_argument("--title")
     ap.add_argument("--report")
     ap.add_argument("--load")
@@ -249,6 +319,8 @@ def main():
     if args.locks:
         args.script = args.locks
         locks(args)
+    elif args.callers:
+        callers(args)
     elif args.report:
         report(args)
     else:

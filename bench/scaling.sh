@@ -243,6 +243,7 @@ sc_profile() {
             --sort dso,symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60 \
             >"$OUT/scaling-profile-$front-$phase.txt" || true
     done
+    sc_lockcalls "$front" "$pid" "$pids" "$port" "$@"
     # Kernel lock contention in certmapd's threads (spinlocks, mutexes, rwsems:
     # the lock:contention_* tracepoints; a futex wait shows here only as the
     # kernel's own locks around it).
@@ -257,6 +258,69 @@ sc_profile() {
         perf lock contention -i "$W/sc-lock-$front.data" -E 15 \
             >"$OUT/scaling-perflock-$front-ka.txt" 2>&1 || true
     fi
+}
+
+# sc_lockcalls FRONT PID PIDS PORT HS-ARGS...: how many pthread mutex and
+# read-write lock acquisitions a request makes (uprobes on libc's
+# pthread_mutex_lock, pthread_rwlock_rdlock and _wrlock, counted by perf stat
+# in the front's threads only; OpenSSL 3.0's CRYPTO_THREAD_read_lock/write_lock
+# are one rwlock call each), for a handshake and a keep-alive request. The
+# probes are removed afterwards.
+sc_lockcalls() {
+    local front=$1 pid=$2 pids=$3 port=$4 libc phase spid ev f n
+    shift 4
+    libc=$(ldconfig -p | awk '/libc\.so\.6 .*x86-64/ {print $NF; exit}')
+    [ -n "$libc" ] || return 0
+    perf probe -q -d 'probe_libc:pthread_*' >/dev/null 2>&1 || true
+    if ! perf probe -q -x "$libc" -a pthread_mutex_lock -a pthread_rwlock_rdlock \
+        -a pthread_rwlock_wrlock >"$W/sc-probe.log" 2>&1; then
+        echo "bench/run --scaling: perf probe failed: no lock counts ($W/sc-probe.log)" >&2
+        return 0
+    fi
+    for phase in hs ka; do
+        f=$W/sc-stat-$front-$phase.csv
+        perf stat -x, -e probe_libc:pthread_mutex_lock,probe_libc:pthread_rwlock_rdlock,probe_libc:pthread_rwlock_wrlock \
+            -p "$pid" -o "$f" &
+        spid=$!
+        sleep 0.5
+        if [ $phase = hs ]; then
+            sc_measure lockcalls "$front" "$SC_MAXW" hs "$pids" -- handshake --port "$port" "$@" \
+                --requests "$HS_N" --connections "$HS_C" --max-time 300
+        else
+            sc_measure lockcalls "$front" "$SC_MAXW" ka "$pids" -- keepalive --port "$port" "${CLIENT[@]}" \
+                --requests "$KA_N" --connections "$KA_C" --max-time 300
+        fi
+        kill -INT "$spid" 2>/dev/null || true
+        wait "$spid" 2>/dev/null || true
+        # Who takes them, for handshakes: the same probes recorded with their
+        # stacks over 50 handshakes (every call is a sample, and DWARF stacks
+        # make large files; the keep-alive profile's owners are in
+        # scaling-locks-*-ka.txt).
+        if [ $phase = hs ]; then
+            perf record -q -e probe_libc:pthread_rwlock_rdlock -e probe_libc:pthread_rwlock_wrlock \
+                -e probe_libc:pthread_mutex_lock --call-graph dwarf,4096 -p "$pid" \
+                -o "$W/sc-probe-$front-$phase.data" 2>>"$W/sc-probe.log" &
+            spid=$!
+            sleep 0.5
+            taskset -c "$LOAD_CPU" "$LOADGEN" handshake --port "$port" "$@" --requests 50 \
+                --connections "$HS_C" --max-time 120 >/dev/null 2>>"$W/loadgen.log" || true
+            kill -INT "$spid" 2>/dev/null || true
+            wait "$spid" 2>/dev/null || true
+            perf script -i "$W/sc-probe-$front-$phase.data" -F event,ip,sym,dso 2>/dev/null |
+                python3 "$SRC/bench/scaling.py" --callers - \
+                    --title "$front, $SC_MAXW workers, $phase: who takes pthread locks (uprobe samples)" \
+                    >"$OUT/scaling-lockcallers-$front-$phase.txt" ||
+                echo "bench/run --scaling: lock callers failed" >&2
+            rm -f "$W/sc-probe-$front-$phase.data"
+        fi
+        n=$(awk -F'\t' -v f="$front" -v p="$phase" '$1 == "lockcalls" && $2 == f && $4 == p &&
+            $5 == "requests" {v = $6} END {print v + 0}' "$SC_TSV")
+        for ev in pthread_mutex_lock pthread_rwlock_rdlock pthread_rwlock_wrlock; do
+            sc_put lockcalls "$front" "$SC_MAXW" "$phase" "$ev" "$(awk -F, -v e="probe_libc:$ev" -v n="$n" \
+                '$3 == e && n > 0 {printf "%.2f", $1 / n}' "$f")"
+        done
+    done
+    perf probe -q -d 'probe_libc:pthread_*' >/dev/null 2>&1 || true
 }
 
 # scaling_main: the whole --scaling run.
