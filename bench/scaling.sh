@@ -269,7 +269,8 @@ sc_profile() {
 sc_lockcalls() {
     local front=$1 pid=$2 pids=$3 port=$4 libc phase spid ev f n
     shift 4
-    libc=$(ldconfig -p | awk '/libc\.so\.6 .*x86-64/ {print $NF; exit}')
+    # (awk reads to the end: an early exit would SIGPIPE ldconfig, fatal under pipefail)
+    libc=$(ldconfig -p | awk '/libc\.so\.6 .*x86-64/ && !v {v = $NF} END {print v}')
     [ -n "$libc" ] || return 0
     perf probe -q -d 'probe_libc:pthread_*' >/dev/null 2>&1 || true
     if ! perf probe -q -x "$libc" -a pthread_mutex_lock -a pthread_rwlock_rdlock \
