@@ -42,7 +42,8 @@ sc_thread_ticks() {
 
 # sc_measure RUN FRONT WORKERS PHASE PIDS -- LOADGEN ARGS: WORKERS loadgens
 # at once (each with the given --connections: the same load per worker), on the
-# load cores; the front's CPU from /proc over the wall time of the phase.
+# load cores; the front's CPU from /proc over the wall time of the phase. "{i}"
+# in an argument becomes the loadgen's number (0, 1, ...): its own leaves.
 sc_measure() {
     local run=$1 front=$2 w=$3 phase=$4 pids=$5 i u0 k0 u1 k1 t0 t1 n=0 e=0 rc=0 js rps=0
     local lp=()
@@ -51,7 +52,7 @@ sc_measure() {
     read -r u0 k0 <<<"$(cpu_ticks $pids)"
     t0=$(now_s)
     for ((i = 0; i < w; i++)); do
-        taskset -c "$LOAD_CPU" "$LOADGEN" "$@" >"$W/sc-lg$i.json" 2>>"$W/loadgen.log" &
+        taskset -c "$LOAD_CPU" "$LOADGEN" "${@//\{i\}/$i}" >"$W/sc-lg$i.json" 2>>"$W/loadgen.log" &
         lp+=($!)
     done
     for i in "${lp[@]}"; do wait "$i" || rc=$?; done
@@ -134,13 +135,18 @@ sc_ab() {
 # good.crt's UPN (alice, as bench/mapping.sh) and one for each of SC_LEAVES
 # leaves from mkleaves, so that handshakes with --cert-list put and get many
 # distinct keys in mapping/cache.c's shards, and keep-alive requests with one
-# certificate get the same key (one shard) from every worker.
-SC_LEAVES=2000
+# certificate get the same key (one shard) from every worker. Each loadgen has
+# its own 2 000 leaves (list.0, list.1), so that with 1 or 2 workers alike half
+# the handshakes are a first sight (an identity-cache miss, and a chain the
+# chain-verify cache has not seen) and half a second one.
+SC_LEAVES=4000
 sc_ldif() {
     local d=$W/scmap
     mkdir -p "$d/leaves"
     "$BUILD/bench/mkleaves" "$PKI/issuing-ca.crt" "$PKI/issuing-ca.key" "$d/leaves" "$SC_LEAVES" bench \
         2>"$d/mkleaves.log" || die "mkleaves failed: $(cat "$d/mkleaves.log")"
+    head -n $((SC_LEAVES / 2)) "$d/leaves/list" >"$d/leaves/list.0"
+    tail -n +$((SC_LEAVES / 2 + 1)) "$d/leaves/list" | head -n $((SC_LEAVES / 2)) >"$d/leaves/list.1"
     python3 - "$d/accounts.ldif" "$SC_LEAVES" <<'EOF'
 import base64, struct, sys
 base = "DC=corp,DC=example,DC=test"
@@ -195,7 +201,7 @@ sc_front() {
             --key "$PKI/good.key" "https://127.0.0.1:$port/whoami" || true)
         [ "$js" = alice@corp.example.test ] ||
             { FAILED=1; echo "bench/run --scaling: certmapd_ldif does not map (got '$js')" >&2; }
-        hs_args=(--cert-list "$W/scmap/leaves/list" --cafile "$PKI/root-ca.crt")
+        hs_args=(--cert-list "$W/scmap/leaves/list.{i}" --cafile "$PKI/root-ca.crt")
     fi
     if [ "$run" = prof ]; then
         sc_profile "$front" "$pid" "$pids" "$port" "${hs_args[@]}"
@@ -305,7 +311,7 @@ sc_lockcalls() {
                 -o "$W/sc-probe-$front-$phase.data" 2>>"$W/sc-probe.log" &
             spid=$!
             sleep 0.5
-            taskset -c "$LOAD_CPU" "$LOADGEN" handshake --port "$port" "$@" --requests 50 \
+            taskset -c "$LOAD_CPU" "$LOADGEN" handshake --port "$port" "${@//\{i\}/0}" --requests 50 \
                 --connections "$HS_C" --max-time 120 >/dev/null 2>>"$W/loadgen.log" || true
             kill -INT "$spid" 2>/dev/null || true
             wait "$spid" 2>/dev/null || true
