@@ -272,9 +272,10 @@ def report(args):
                     f"{fmt(median(nums(front, w, phase, 'sys_us')), 2)}) | "
                     f"{fmt(median(busy), 2)} | {fmt(1e6 / median(cpu), 0)} | {ratio} | {uratio} | {th} |")
         say("")
-    say("certmapd_ldif is certmapd with `[mapping] source = ldif` (2 001 accounts, `methods = upn`): "
-        "its handshake phase presents 2 000 distinct leaves from bench/mkleaves in turn (a cache "
-        "miss the first time, a hit after), its keep-alive phases one certificate (good.crt), so "
+    say("certmapd_ldif is certmapd with `[mapping] source = ldif` (4 001 accounts, `methods = upn`): "
+        "in its handshake phase each loadgen presents its own 2 000 leaves from bench/mkleaves in "
+        "turn (a cache miss the first time, a hit after: half and half with 1 and 2 workers "
+        "alike), its keep-alive phases one certificate (good.crt), so "
         "every request of every worker looks up the same key in the same shard of the identity "
         "cache.")
     say("")
