@@ -37,6 +37,8 @@ PACKAGES=(
   clang libclang-rt-14-dev
   # benchmarks
   gnuplot-nox apache2-utils strace
+  # benchmarks: perf for bench/run --profile and --scaling --profile (uprobes, perf lock)
+  linux-perf
 )
 
 missing=()
