@@ -268,20 +268,28 @@ static int kp_file(const struct conf_key *k, const char *val, void *base, char *
 }
 
 /* A file holding a secret (a password): readable now, and its content one
- * that start-up will accept (not empty, not too long, no NUL). */
+ * that start-up will accept (not empty, not too long, no NUL); its length in
+ * <*len> (0 when unset). */
+static int secret_file_check(const struct conf_key *k, const char *val, void *base, char *msg,
+                             size_t n, size_t *len)
+{
+    char *secret;
+
+    *len = 0;
+    if (kp_file(k, val, base, msg, n) < 0 || *val == '\0')
+        return *val == '\0' ? 0 : -1;
+    secret = conf_secret_read(val, len, msg, n);
+    if (secret == NULL)
+        return -1;
+    conf_secret_free(secret, *len);
+    return 0;
+}
+
 static int kp_secret_file(const struct conf_key *k, const char *val, void *base, char *msg,
                           size_t n)
 {
     size_t len;
-    char *secret;
-
-    if (kp_file(k, val, base, msg, n) < 0 || *val == '\0')
-        return *val == '\0' ? 0 : -1;
-    secret = conf_secret_read(val, &len, msg, n);
-    if (secret == NULL)
-        return -1;
-    conf_secret_free(secret, len);
-    return 0;
+    return secret_file_check(k, val, base, msg, n, &len);
 }
 
 static int kp_user(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
@@ -1113,15 +1121,10 @@ bad:
 static int kp_key_file(const struct conf_key *k, const char *val, void *base, char *msg, size_t n)
 {
     size_t len;
-    char *secret;
 
-    if (kp_file(k, val, base, msg, n) < 0 || *val == '\0')
-        return *val == '\0' ? 0 : -1;
-    secret = conf_secret_read(val, &len, msg, n);
-    if (secret == NULL)
+    if (secret_file_check(k, val, base, msg, n, &len) < 0)
         return -1;
-    conf_secret_free(secret, len);
-    if (len < 32) {
+    if (*val != '\0' && len < 32) {
         snprintf(msg, n, "the key in \"%s\" is %zu bytes: at least 32 are needed "
                          "(e.g. openssl rand -hex 32)", val, len);
         return -1;
