@@ -7,6 +7,7 @@ is in CERTMAPD_TEST_PKI). Everything listens on 127.0.0.1 only.
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -417,6 +418,52 @@ def request_bytes(method, target, headers=(), body=b""):
         lines.append("Host: localhost")
     lines += [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def send_while_reading(sock, data, timeout=20.0):
+    """Writes <data> to the TLS socket <sock> while reading what comes back, in
+    one thread (OpenSSL forbids reading and writing one connection from two at
+    once), until the peer ends the connection or stops reading (a refused
+    upload). Returns (what was read, bytes written)."""
+    sock.setblocking(False)
+    got, sent, end = bytearray(), 0, time.time() + timeout
+    writing = True
+    while time.time() < end:
+        want_w = writing and sent < len(data)
+        r, w, _ = select.select([sock], [sock] if want_w else [], [], 0.5)
+        if r or sock.pending():
+            try:
+                chunk = sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                chunk = None
+            except (ssl.SSLEOFError, ConnectionResetError):
+                chunk = b""
+            if chunk == b"":
+                break
+            if chunk:
+                got += chunk
+        if w and want_w:
+            try:
+                sent += sock.send(data[sent:sent + 256 * 1024])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            except OSError:
+                writing = False  # the peer closed after answering: expected
+    else:
+        raise AssertionError(f"no end of the connection within {timeout}s ({len(got)} bytes read)")
+    sock.setblocking(True)
+    return bytes(got), sent
+
+
+class BytesSock:
+    """What Reader reads from when the bytes were already received."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def recv(self, n):
+        out, self.data = self.data[:n], self.data[n:]
+        return out
 
 
 def fd_count(pid):

@@ -6,10 +6,9 @@ connection while the body is still being written to it, an https backend
 verified against [backend] ca_file and its name, and a backend name with
 several addresses, tried in order (a hosts file the test controls)."""
 import socket
-import threading
 import time
 
-from harness import Reader, check, curl, eq, free_port, pki, request_bytes, run, tls_connect
+from harness import BytesSock, Reader, check, curl, eq, free_port, pki, request_bytes, run, send_while_reading, tls_connect
 
 # What a new Debian machine's /etc/hosts says of localhost: ::1 as well as
 # 127.0.0.1, and the resolver puts ::1 first.
@@ -55,18 +54,10 @@ def upload_to_failing_backend(env, target):
     d = env.certmapd(b, {"server": {"workers": "1"}})
     body = b"u" * (8 * 1024 * 1024)
     s = tls_connect(d.port, timeout=20)
-    s.sendall(request_bytes("POST", target, [("Content-Length", str(len(body)))]))
-
-    def upload():
-        try:
-            s.sendall(body)
-        except OSError:
-            pass  # certmapd closed after answering: expected
-
-    t = threading.Thread(target=upload, daemon=True)
-    t.start()
-    r = Reader(s).response()
-    t.join(20)
+    head = request_bytes("POST", target, [("Content-Length", str(len(body)))])
+    got, _ = send_while_reading(s, head + body)
+    s.close()
+    r = Reader(BytesSock(got)).response()
     log = d.wait_access(1)
     eq(len(log), 1, "access log lines")
     eq(log[0]["status"], str(r.status), "access log status")
