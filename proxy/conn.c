@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <netdb.h>
@@ -62,6 +63,7 @@ struct proxy_conn {
     enum conn_state state;
     unsigned flags;
     unsigned crl_polls; /* CF_CRL_WAIT: how often <later> looked */
+    time_t checked;     /* when the accepted certificate was last judged (conn_recheck) */
     enum stream_end end;
     char peer[64];      /* the client: the L4 peer, or the PROXY header's source */
     char via[64];       /* the L4 peer when a PROXY header named the client, else "" */
@@ -139,11 +141,35 @@ static const char *conn_judge_certificate(struct proxy_conn *c, const char *none
     c->facts = NULL;
     c->sc.cert_reason = tls_conn_verdict(c->env->tls, ssl, CERT_ACCEPT, &c->facts);
     c->sc.facts = c->facts;
+    c->checked = time(NULL);
     c->sc.cert_asked = tls_conn_cert_asked(c->env->tls, ssl);
     tls_conn_drop_chain(ssl);
     return c->facts        ? c->facts->subject
            : c->sc.cert_reason ? reason_name(c->sc.cert_reason)
                                 : none;
+}
+
+/* Before a later request on the connection: the accepted certificate judged
+ * again (at most once a second), so that a CRL or OCSP answer that revokes it,
+ * or its expiry, refuses the connection's next request rather than only its
+ * next connection (an EAS device keeps one for hours). A request in flight,
+ * a held Ping, is not cut: it was admitted. */
+static void conn_recheck(struct proxy_conn *c)
+{
+    time_t now = time(NULL);
+    if (c->facts == NULL || now == c->checked)
+        return;
+    c->checked = now;
+    enum reason r = tls_conn_recheck(c->env->tls, io_ssl(c->io));
+    if (r == R_NONE)
+        return;
+    log_info("#%llu %s: the client certificate %s no longer holds (%s): refused from the "
+             "connection's next request on",
+             (unsigned long long)c->sc.conn_id, c->peer, c->facts->subject, reason_name(r));
+    c->sc.cert_reason = r;
+    c->sc.facts = NULL;
+    tls_facts_free(c->facts);
+    c->facts = NULL;
 }
 
 /* Whether the verdict on the certificate just received waits a little for
@@ -317,6 +343,8 @@ static void conn_feed(struct proxy_conn *c)
         if (c->st == NULL) {
             if (evbuffer_get_length(in) == 0)
                 return;
+            if (c->sc.n_requests > 0)
+                conn_recheck(c);
             c->sc.n_requests++;
             c->st = stream_new(&c->sc);
             if (c->st == NULL) {

@@ -42,6 +42,13 @@ SSL *tls_conn_new(struct tls_ctx *t);
 enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
                              struct cert_facts **facts);
 
+/* Before each later request on a connection whose certificate was accepted:
+ * whether it still holds. R_NONE, or the refusal (cert_expired, cert_revoked)
+ * when it has expired since, or a CRL or OCSP answer that came since revokes
+ * it. A status that has become unknown (a CRL that lapsed) does not undo
+ * the verdict made on a known one: revocation_unknown governs admission. */
+enum reason tls_conn_recheck(struct tls_ctx *t, SSL *ssl);
+
 /* ---- revocation (tls/revoke.c) ---- */
 
 /* One CRL in use, as tls_crl_ages() reports it. Strings live for the call only. */

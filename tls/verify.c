@@ -229,6 +229,23 @@ enum reason tls_conn_verdict(struct tls_ctx *t, SSL *ssl, enum cert_mode mode,
     return verdict_now(t, leaf, facts);
 }
 
+enum reason tls_conn_recheck(struct tls_ctx *t, SSL *ssl)
+{
+    X509 *leaf = SSL_get0_peer_certificate(ssl);
+    if (leaf == NULL)
+        return R_NONE;
+    int code = check_validity_now(leaf);
+    if (code == X509_V_OK && t->crl_check) {
+        code = tls_rev_status(t, leaf);
+        if (is_crl_problem(code))
+            code = X509_V_OK; /* admitted on a known status; said once per CA */
+    }
+    if (code == X509_V_OK)
+        return R_NONE;
+    log_refusal(leaf, code, X509_verify_cert_error_string(code));
+    return tls_reason_from_verify(code);
+}
+
 void tls_conn_drop_chain(SSL *ssl)
 {
     /* The server side's peer chain excludes the leaf (SSL_get_peer_cert_chain(3)).

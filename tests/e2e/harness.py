@@ -545,6 +545,12 @@ class Env:
 def run(tests):
     """Runs each test(env) with a fresh Env; prints a ctest-readable summary."""
     ensure_pki()
+    main = sys.modules["__main__"]
+    unlisted = sorted(n for n, f in vars(main).items()
+                      if n.startswith("test_") and callable(f) and f not in tests)
+    if unlisted:
+        print(f"defined but not in run([...]): {', '.join(unlisted)}")
+        sys.exit(1)
     only = sys.argv[1:]
     passed = failed = 0
     for t in tests:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Revocation that stays fresh, end to end: crl_file replaced (by rename) and
 rewritten in place while certmapd runs, without any reload: a certificate the
-new CRL revokes is refused within crl_refresh, open connections are not cut;
+new CRL revokes is refused within crl_refresh, on new connections and at the
+next request of open ones, while a request in flight is not cut;
 a new file that does not parse, is not signed by its CA or is older than the
 one in use is not used (the old one stays) and that is logged once; a CRL
 that expires while in use makes its CA's certificates "revocation unknown",
@@ -67,10 +68,10 @@ class CA:
         """The number the next CRL will have (the database's crlnumber, hex)."""
         return int(open(os.path.join(self.dir, "db", "crlnumber")).read(), 16)
 
-    def issue(self, name, cdp=None, aia=None):
+    def issue(self, name, cdp=None, aia=None, lifetime=None):
         """A client leaf NAME (key, cert, chain in this CA's directory) naming the
         distribution point <cdp> (URI:... entries, comma separated) and the OCSP
-        responder URL <aia>."""
+        responder URL <aia>, valid for <lifetime> seconds more (default: the CA's days)."""
         d = self.dir
         key, csr, crt = (os.path.join(d, f"{name}.{x}") for x in ("key", "csr", "crt"))
         subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
@@ -87,7 +88,7 @@ class CA:
                     + (f"crlDistributionPoints = {cdp}\n" if cdp else "")
                     + (f"authorityInfoAccess = OCSP;URI:{aia}\n" if aia else ""))
         self.ca("-preserveDN", "-in", csr, "-out", crt, "-extfile", ext, "-extensions", "leaf",
-                "-startdate", utc(-3600))
+                "-startdate", utc(-3600), *(["-enddate", utc(lifetime)] if lifetime else []))
         with open(os.path.join(d, f"{name}.chain.pem"), "w") as f:
             f.write(open(crt).read() + open(pki("issuing-ca.crt")).read())
         return crt
@@ -160,6 +161,9 @@ def rotated(env, write):
     eq(status_of(d, "sid"), 200, "sid before its revocation")
     eq(status_of(d, "revoked"), 403, "revoked before")
     s, r = held_connection(d, "sid")
+    # A long poll in flight on that connection while the CRL changes.
+    s.sendall(request_bytes("GET", "/held-poll?delay=1.5"))
+    t_poll = time.time()
     ca.revoke("sid")
     write(path, crl_file_text(ca.crl()))
     took = wait_status(d, "sid", 403, timeout=5)
@@ -170,12 +174,23 @@ def rotated(env, write):
     eq(log[-1]["reason"], "cert_revoked", "reason once the new CRL is in use")
     eq(status_of(d, "good"), 200, "good, not in the new CRL")
     eq(status_of(d, "revoked"), 403, "revoked stays revoked")
-    # The connection made before: not cut, and its verdict was made then.
+    # The request in flight was admitted before: it is not cut.
+    eq(r.response().status, 200, "the long poll in flight when the CRL changed")
+    check(time.time() - t_poll >= 1.4, "the long poll was held to its end")
+    # The connection's next request is judged with the new CRL, and the
+    # connection stays usable for the answer.
     s.sendall(request_bytes("GET", "/held-again"))
-    eq(r.response().status, 200, "held connection after the CRL changed")
+    resp = r.response()
+    eq(resp.status, 403, "the next request on the connection made before the CRL changed")
     s.close()
+    log = d.wait_access(len(log) + 4)
+    eq([(x["path"], x["status"], x["reason"]) for x in log if x["path"].startswith("/held")],
+       [("/held", "200", "-"), ("/held-poll?delay=1.5", "200", "-"),
+        ("/held-again", "403", "cert_revoked")], "the held connection's requests")
+    check(b.requests()[-1]["target"] != "/held-again", "the refused request never reached the backend")
     err = d.stderr()
     eq(count(err, ", 4 CRLs:"), 1, "reload log lines")
+    eq(count(err, "no longer holds (cert_revoked)"), 1, "the connection's refusal, logged once")
     if write is replace_by_rename:
         # (in place, a check may see the file empty between truncate and write)
         eq(count(err, "not used"), 0, "refused files")
@@ -187,6 +202,26 @@ def test_crl_file_replaced_by_rename(env):
 
 def test_crl_file_rewritten_in_place(env):
     rotated(env, rewrite_in_place)
+
+
+def test_certificate_expiring_on_an_open_connection(env):
+    """A certificate that expires while its keep-alive connection is open: the
+    connection's next request is refused (cert_expired), not served on the
+    verdict of the handshake."""
+    ca = CA(env.dir)
+    ca.issue("brief", lifetime=4)
+    b, d, path = start(env, crl_file_text(ca.crl()))
+    s, r = held_connection_ca(d, ca, "brief")  # one 200 while the certificate is valid
+    notafter = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in",
+                               os.path.join(ca.dir, "brief.crt")],
+                              capture_output=True, text=True, check=True).stdout
+    end = ssl.cert_time_to_seconds(notafter.strip().split("=", 1)[1])
+    time.sleep(max(0.0, end - time.time()) + 1.2)
+    s.sendall(request_bytes("GET", "/held-after-expiry"))
+    eq(r.response().status, 403, "the same connection once the certificate expired")
+    s.close()
+    eq(d.wait_access(2)[-1]["reason"], "cert_expired", "reason")
+    eq([x["target"] for x in b.requests()], ["/held"], "what reached the backend")
 
 
 def test_bad_new_files_keep_the_old_crl(env):
@@ -494,7 +529,7 @@ def test_fetch_refreshed_before_next_update(env):
     print(f"  rotated CRL in use {took:.1f} s after it was published")
     eq(srv.hits.get("/CertEnroll/ca.crl"), 2, "fetched twice: first use, then the refresh")
     s.sendall(request_bytes("GET", "/held-again"))
-    eq(r.response().status, 200, "the held connection is not cut")
+    eq(r.response().status, 403, "the next request on the connection made before")
     s.close()
 
 
@@ -752,6 +787,7 @@ if __name__ == "__main__":
     run([
         test_crl_file_replaced_by_rename,
         test_crl_file_rewritten_in_place,
+        test_certificate_expiring_on_an_open_connection,
         test_bad_new_files_keep_the_old_crl,
         test_crl_expiring_in_use_is_unknown,
         test_revocation_unknown_allow,
