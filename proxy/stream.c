@@ -516,7 +516,7 @@ static void up_head(void *arg, const struct upstream_response *r)
     if (st->stage == SS_DONE)
         return;
     now(&st->t_upstream_done);
-    if (sc->krb != NULL && !delegation_answer(st, r))
+    if (st->deleg_user != NULL && !delegation_answer(st, r))
         return;
     st->status = r->status;
     bool client_11 = st->http_major == 1 && st->http_minor >= 1;
@@ -621,7 +621,7 @@ static bool stream_retry(struct stream *st)
     log_debug("#%llu.%u %s: retrying %s on a new backend connection",
               (unsigned long long)st->sc->conn_id, st->req_no, st->sc->peer,
               llhttp_method_name((llhttp_method_t)st->method));
-    if (st->sc->krb != NULL) {
+    if (st->deleg_user != NULL) {
         /* A new connection needs a token of its own (one is never replayed). */
         evbuffer_free(st->upstream_head);
         st->upstream_head = NULL;
@@ -723,7 +723,7 @@ static void stream_send_head(struct stream *st, struct evbuffer *head)
         upstream_write(st->up, kept, evbuffer_get_length(st->upstream_head));
         return;
     }
-    if ((st->flags & SF_IDEMPOTENT) && !(st->flags & SF_HAS_BODY) && st->sc->krb == NULL) {
+    if ((st->flags & SF_IDEMPOTENT) && !(st->flags & SF_HAS_BODY) && st->deleg_user == NULL) {
         /* Kept until the response starts: a pooled connection that the backend
          * had closed gets this request once more on a new connection. With
          * delegation, a new connection gets a new token instead. */
@@ -789,7 +789,7 @@ static void stream_send(struct stream *st)
     }
     /* Sent: only the target stays, for the access log (with delegation the
      * whole head stays: a refused token is retried with a head built anew). */
-    if (sc->krb == NULL)
+    if (st->deleg_user == NULL)
         proxy_head_shrink_to_url(&st->head);
     if (st->flags & SF_BODY_DONE) {
         /* Read ahead whole: the parser stays paused at the message's end. */
@@ -888,15 +888,18 @@ static void stream_forward(struct stream *st)
             st->flags &= ~SF_HAS_BODY;
     }
     now(&st->t_upstream);
-    if (st->sc->krb != NULL && (st->flags & SF_MAPPED) && st->ident.reason == R_NONE) {
+    if (st->sc->krb != NULL && (st->flags & SF_MAPPED)) {
+        if (st->ident.reason != R_NONE) {
+            stream_refuse(st, R_DELEGATION_REFUSED); /* never reached: refused when mapped */
+            return;
+        }
         stream_delegate(st, false);
         return;
     }
-    if (st->sc->krb != NULL) {
-        /* Delegation needs an account: without a mapping nothing is forwarded. */
-        stream_refuse(st, R_DELEGATION_REFUSED);
-        return;
-    }
+    /* No account (a location with mapping = off, or no certificate where one
+     * is optional): forwarded as nobody, as without delegation, on backend
+     * connections of nobody's own (a connection a user's token authenticated
+     * is never shared) and with no Authorization; the backend decides. */
     stream_send(st);
 }
 

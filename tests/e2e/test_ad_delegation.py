@@ -216,6 +216,38 @@ def test_two_users_never_share_a_backend_connection(env):
     eq(exchanges(d)[0], 2, "one KDC exchange per user")
 
 
+def test_path_without_mapping_forwarded_as_nobody(env):
+    """A location with mapping = off has no account to delegate as: its
+    requests go to the backend with no token and no Authorization (the client's
+    is removed), on a backend connection of nobody's own, never on one a
+    user's token authenticated (Apache, connection-bound, would take it as that
+    user's). Here Apache answers 401 itself, and certmapd relays it."""
+    name, leaf = mapped_user(env)
+    a = apache(env, connection_bound=True)
+    s = sections(a.url)
+    s["location /public/"] = {"mapping": "off"}
+    d = env.certmapd(sections=s)
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "the mapped user first")
+    status, _, hdrs = curl(d.base + "/public/x", args=leaf.curl_args() + [
+        "-H", "Authorization: Negotiate bm90IGEgdG9rZW4="])
+    eq(status, 401, "the path without mapping: the backend's own answer")
+    check("www-authenticate: negotiate" in hdrs.lower(), f"the backend's challenge relayed: {hdrs}")
+    eq(curl(d.base + PATH, args=leaf.curl_args())[0], 200, "the mapped user again")
+    log = d.wait_access(3)
+    eq([(l["status"], l["reason"], l["user"]) for l in log],
+       [("200", "-", f"{name}@{REALM}"), ("401", "-", "-"), ("200", "-", f"{name}@{REALM}")],
+       "access log")
+    deadline = time.time() + 5
+    while len(a.access()) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    by_path = [(r["request"].split()[1].split("?")[0], r["user"], r["conn"]) for r in a.access()]
+    public = [x for x in by_path if x[0] == "/public/x"]
+    users = {x[2] for x in by_path if x[1] != "-"}
+    eq([(p, u) for p, u, _ in public], [("/public/x", "-")], "at the backend: nobody")
+    check(public[0][2] not in users, f"nobody's request on a user's connection: {by_path}")
+    eq(exchanges(d)[0], 1, "one KDC exchange, for the user only")
+
+
 def test_send_always(env):
     name, leaf = mapped_user(env)
     a = apache(env)
