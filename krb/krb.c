@@ -19,8 +19,13 @@
 #include "krb/krb.h"
 #include "metrics/metrics.h"
 
-/* Pool threads: KDC exchanges are rare (cached per user) and short. */
+/* Pool threads for jobs that may reach the KDC: exchanges are rare (cached
+ * per user) and short, but a slow KDC holds these for as long as it takes. */
 #define KRB_THREADS 2
+/* ... and one more for the tokens of users whose credential is cached, which
+ * need no KDC (S4U2Proxy's ticket is in the credential): a slow KDC that
+ * holds the others up does not hold these. */
+#define KRB_FAST_THREADS 1
 /* A cached credential is not used this close to its end time. */
 #define KRB_MARGIN_S 300
 
@@ -65,9 +70,10 @@ struct krb {
     pthread_mutex_t lock; /* taken by the workers' event loops: never held across a KDC exchange */
     pthread_mutex_t svc_lock; /* pool threads only: one acquires the service credential */
     pthread_cond_t work;
-    struct krb_job *qhead, *qtail;
+    struct krb_job *qhead, *qtail; /* jobs that may need the KDC */
+    struct krb_job *fhead, *ftail; /* jobs whose user's credential was cached when queued */
     bool stopping;
-    pthread_t threads[KRB_THREADS];
+    pthread_t threads[KRB_THREADS + KRB_FAST_THREADS];
     unsigned n_threads;
     struct cred *lru_head, *lru_tail; /* head: least recently used */
     size_t n_creds;
@@ -399,19 +405,56 @@ static void cred_acquired(struct krb *k, struct cred *c)
         k->qhead = w;
         if (k->qtail == NULL)
             k->qtail = w;
-        pthread_cond_signal(&k->work);
+        pthread_cond_broadcast(&k->work);
     }
+}
+
+static void queue_push(struct krb_job **head, struct krb_job **tail, struct krb_job *j)
+{
+    j->qnext = NULL;
+    if (*tail != NULL)
+        (*tail)->qnext = j;
+    else
+        *head = j;
+    *tail = j;
+}
+
+static struct krb_job *queue_pop(struct krb_job **head, struct krb_job **tail)
+{
+    struct krb_job *j = *head;
+    if (j != NULL) {
+        *head = j->qnext;
+        if (*head == NULL)
+            *tail = NULL;
+    }
+    return j;
+}
+
+/* Whether the credential of <user> is cached and usable now. Under k->lock. */
+static bool cred_usable(struct krb *k, const char *user, bool enterprise, time_t now)
+{
+    struct cred *c = cred_find(k, user, enterprise);
+    return c != NULL && !c->acquiring && c->expires - KRB_MARGIN_S > now;
 }
 
 /* The user's credential, from the cache or the KDC (one exchange however many
  * threads ask at once). On success, a reference the caller puts back. */
-static struct cred *cred_get(struct krb *k, struct krb_job *j, bool *cached, bool *parked,
-                             OM_uint32 *major, OM_uint32 *minor)
+static struct cred *cred_get(struct krb *k, struct krb_job *j, bool fast, bool *cached,
+                             bool *parked, OM_uint32 *major, OM_uint32 *minor)
 {
     const char *user = j->user;
     bool enterprise = j->enterprise;
     time_t now = time(NULL);
     pthread_mutex_lock(&k->lock);
+    if (fast && !cred_usable(k, user, enterprise, now)) {
+        /* dropped or expired since it was queued: to the threads that may
+         * wait for the KDC, never this one */
+        queue_push(&k->qhead, &k->qtail, j);
+        pthread_cond_broadcast(&k->work);
+        pthread_mutex_unlock(&k->lock);
+        *parked = true;
+        return NULL;
+    }
     struct cred *c = cred_find(k, user, enterprise);
     if (c != NULL && c->acquiring) {
         /* Another thread asks the KDC for this user: the job waits with the
@@ -483,16 +526,17 @@ static struct cred *cred_get(struct krb *k, struct krb_job *j, bool *cached, boo
     return c;
 }
 
-/* One token for <j>'s user, on a pool thread. NULL with <parked> set: <j>
- * waits for another thread's exchange for the same user (cred_get). */
-static struct krb_token *make_token(struct krb *k, struct krb_job *j, bool *parked)
+/* One token for <j>'s user, on a pool thread (<fast>: one that must not wait
+ * for the KDC). NULL with <parked> set: <j> waits for another thread's
+ * exchange for the same user, or was handed to the KDC lane (cred_get). */
+static struct krb_token *make_token(struct krb *k, struct krb_job *j, bool fast, bool *parked)
 {
     struct krb_token *t = calloc(1, sizeof *t);
     if (t == NULL)
         return NULL;
     OM_uint32 maj = GSS_S_COMPLETE, min = 0, m2;
     char why[1024];
-    struct cred *c = cred_get(k, j, &t->cached, parked, &maj, &min);
+    struct cred *c = cred_get(k, j, fast, &t->cached, parked, &maj, &min);
     if (c == NULL && *parked) {
         free(t);
         return NULL;
@@ -585,30 +629,41 @@ static void job_complete(void *arg)
     job_free(j);
 }
 
-static void *pool_main(void *arg)
+/* A pool thread. The KDC lane's threads take cached users' jobs first (they
+ * are quick), then the others; the fast lane's thread takes only those. */
+static void pool_loop(struct krb *k, bool fast)
 {
-    struct krb *k = arg;
     pthread_mutex_lock(&k->lock);
     for (;;) {
-        while (k->qhead == NULL && !k->stopping)
+        while (k->fhead == NULL && (fast || k->qhead == NULL) && !k->stopping)
             pthread_cond_wait(&k->work, &k->lock);
         if (k->stopping)
             break;
-        struct krb_job *j = k->qhead;
-        k->qhead = j->qnext;
-        if (k->qhead == NULL)
-            k->qtail = NULL;
+        bool from_fast = k->fhead != NULL;
+        struct krb_job *j = from_fast ? queue_pop(&k->fhead, &k->ftail)
+                                      : queue_pop(&k->qhead, &k->qtail);
         pthread_mutex_unlock(&k->lock);
         /* A job whose request already had its answer (the timeout) is not
          * run: the queue a slow KDC built up is not worked through after. */
         bool parked = false;
         if (!atomic_load(&j->cancelled))
-            j->result = make_token(k, j, &parked);
+            j->result = make_token(k, j, fast, &parked);
         if (!parked)
             j->post(j->post_arg, job_complete, j);
         pthread_mutex_lock(&k->lock);
     }
     pthread_mutex_unlock(&k->lock);
+}
+
+static void *pool_main(void *arg)
+{
+    pool_loop(arg, false);
+    return NULL;
+}
+
+static void *fast_main(void *arg)
+{
+    pool_loop(arg, true);
     return NULL;
 }
 
@@ -637,12 +692,11 @@ struct krb_job *krb_token_start(struct krb *k, const char *user, bool enterprise
     j->cb = cb;
     j->arg = arg;
     pthread_mutex_lock(&k->lock);
-    if (k->qtail != NULL)
-        k->qtail->qnext = j;
+    if (cred_usable(k, j->user, j->enterprise, time(NULL)))
+        queue_push(&k->fhead, &k->ftail, j);
     else
-        k->qhead = j;
-    k->qtail = j;
-    pthread_cond_signal(&k->work);
+        queue_push(&k->qhead, &k->qtail, j);
+    pthread_cond_broadcast(&k->work); /* either lane's thread may be the one to take it */
     pthread_mutex_unlock(&k->lock);
     return j;
 }
@@ -694,8 +748,8 @@ struct krb *krb_new(const struct conf *c, char *err, size_t errlen)
                  conf_where(c, "delegation", "target_spn", where, sizeof where), why);
         goto fail;
     }
-    for (unsigned i = 0; i < KRB_THREADS; i++) {
-        if (pthread_create(&k->threads[i], NULL, pool_main, k) != 0) {
+    for (unsigned i = 0; i < KRB_THREADS + KRB_FAST_THREADS; i++) {
+        if (pthread_create(&k->threads[i], NULL, i < KRB_THREADS ? pool_main : fast_main, k) != 0) {
             snprintf(err, errlen, "delegation: cannot start a thread");
             goto fail;
         }
@@ -726,11 +780,10 @@ void krb_free(struct krb *k)
         return;
     krb_stop(k);
     /* Jobs still queued were never run: their workers are gone too. */
-    while (k->qhead != NULL) {
-        struct krb_job *j = k->qhead;
-        k->qhead = j->qnext;
+    struct krb_job *j;
+    while ((j = queue_pop(&k->qhead, &k->qtail)) != NULL ||
+           (j = queue_pop(&k->fhead, &k->ftail)) != NULL)
         job_free(j);
-    }
     while (k->lru_head != NULL)
         cred_drop(k, k->lru_head);
     OM_uint32 min;

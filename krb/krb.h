@@ -3,8 +3,10 @@
  * account a certificate was mapped to, a ticket to the backend's SPN:
  * protocol transition (S4U2Self), then constrained delegation (S4U2Proxy),
  * and writes the Negotiate token for `Authorization: Negotiate`. Every call
- * that may reach the KDC runs on a small pool of threads of its own; results
- * come back to the asking worker's loop through its post function. Per user,
+ * that may reach the KDC runs on a small pool of threads of its own, and the
+ * tokens of users whose credential is cached on one more, which a slow KDC
+ * does not hold up; results come back to the asking worker's loop through
+ * its post function. Per user,
  * the delegated credential is cached until its end time less a margin
  * (bounded, least recently used first, one KDC exchange for many requests of
  * one new user). Knows nothing of HTTP. */

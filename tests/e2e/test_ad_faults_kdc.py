@@ -200,7 +200,7 @@ def timed(d, leaf, path=PATH):
 
 def reasons(d):
     """(status, reason) of the delegated requests (not the path without mapping,
-    which delegation refuses at once: no account to impersonate)."""
+    forwarded as nobody, with no token, which the backend answers itself)."""
     return [(l["status"], l["reason"]) for l in d.access() if not l["path"].startswith(OPEN)]
 
 
@@ -319,17 +319,20 @@ def test_garbage_kdc(env):
 
 
 def test_pool_not_exhausted_by_a_slow_kdc(env):
-    """More users at once than krb/ has threads (2), every KDC answer late: each
-    request has its 503 at the timeout (none waits behind the others' exchanges),
-    paths without delegation are served meanwhile, and the queue that built up
-    does not delay delegation once the KDC is fast."""
+    """More users at once than krb/ has threads for the KDC (2), every KDC answer
+    late: each request has its 503 at the timeout (none waits behind the others'
+    exchanges), paths without delegation and a user whose credential is cached
+    are served meanwhile, and the queue that built up does not delay delegation
+    once the KDC is fast."""
     users = Users(env)
     pid = os.getpid() % 10000
     crowd = [users.add(f"kfp{pid}x{i}") for i in range(8)]   # made up: never answered in time
     late = users.add(f"kfl{pid}", real=True)
+    cached = users.add(f"kfc{pid}", real=True)
     front = KdcFront()
     a, d = start(env, users, front)
     base = tasks(d.pid())
+    eq(timed(d, cached)[0], 200, "a user served while the KDC is fast: its credential cached")
     front.set_mode("relay", delay=6.0)
     results = [None] * len(crowd)
 
@@ -345,6 +348,9 @@ def test_pool_not_exhausted_by_a_slow_kdc(env):
         status, t_open, _ = timed(d, crowd[0], OPEN)
         check(status != 503 and t_open < 1.0,
               f"a path with mapping off meanwhile: {status} in {t_open:.2f} s")
+        status, t_cached, _ = timed(d, cached)
+        check(status == 200 and t_cached < 1.0,
+              f"the cached user meanwhile: {status} in {t_cached:.2f} s")
         for t in ts:
             t.join()
         wall = time.monotonic() - t0
