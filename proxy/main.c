@@ -194,6 +194,12 @@ static int reload_keeps(const struct conf *now, const struct conf *c, char *err,
         sec = "server", key = "user";
     else if (!same_str(now->deleg_krb5_conf, c->deleg_krb5_conf))
         sec = "delegation", key = "krb5_conf";
+    else if (now->has_metrics_listen != c->has_metrics_listen ||
+             (c->has_metrics_listen &&
+              (now->metrics_listen.addrlen != c->metrics_listen.addrlen ||
+               memcmp(&now->metrics_listen.addr, &c->metrics_listen.addr,
+                      c->metrics_listen.addrlen) != 0)))
+        sec = "metrics", key = "listen"; /* its socket is made once, as the server's */
     if (sec == NULL)
         return 0;
     char where[512];

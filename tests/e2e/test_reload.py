@@ -9,8 +9,8 @@ import socket
 import subprocess
 import time
 
-from harness import (BIN, Reader, check, curl, eq, pki, request_bytes, run, tls_connect,
-                     wait_port)
+from harness import (BIN, Reader, check, curl, eq, free_port, pki, request_bytes, run,
+                     tls_connect, wait_port)
 
 HELD = 500
 
@@ -125,6 +125,11 @@ def test_broken_file_changes_nothing(env):
         f.write(good.replace("workers = 2", "workers = 3"))
     text = d.reload(r"still serving generation 1")
     check("[server] workers: changed, and a reload cannot change it" in text, text)
+    # Nor [metrics] listen: its socket is made once (it was taken silently, and not applied).
+    with open(d.conf_path, "w") as f:
+        f.write(good + f"[metrics]\nlisten = 127.0.0.1:{free_port()}\n")
+    text = d.reload(r"still serving generation 1")
+    check("[metrics] listen: changed, and a reload cannot change it" in text, text)
     # A missing key file: refused as start-up refuses it.
     key = os.path.join(env.dir, "moved.key")
     shutil.copy(pki("server.key"), key)
