@@ -11,7 +11,6 @@
 #include <stdbool.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -25,19 +24,13 @@
 #include "proxy/upstream.h"
 #include "tests/fuzz/fuzz.h"
 #include "tests/support/fake_upstream.h"
+#include "tests/support/stream_fixture.h"
 
 #define MAX_STREAMS 8
 
 /* ---- the connection's side, made once ----------------------------------------- */
 
-static struct event_base *base;
-static struct io *cio;
-static int peer_fd = -1;
-static struct conf conf;
-static struct upstream_pool pool;
-static struct backend_set ba;
-static struct accesslog *alog;
-static struct stream_client sc;
+static struct stream_fixture sf;
 static bool done;
 static enum stream_end end;
 
@@ -59,46 +52,12 @@ static void ops_done(void *arg, enum stream_end how)
 static const struct stream_client_ops ops = {
     .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
 
-static void io_nop_read(void *arg)
-{
-}
-
-static void io_nop_event(void *arg, enum io_event ev)
-{
-}
-
-static const struct io_handler client_handler = {.read = io_nop_read, .event = io_nop_event};
-
 static void setup_once(void)
 {
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0)
-        abort();
-    base = event_base_new();
-    cio = io_new(base, &client_handler, NULL);
-    if (base == NULL || cio == NULL || io_accept(cio, sv[0], NULL) != 0)
-        abort();
-    peer_fd = sv[1];
-    conf.max_request_head = 8 * 1024;
-    conf.header_timeout_ms = 30000;
-    conf.body_timeout_ms = 60000;
-    conf.upload_read_ahead_size = 48 * 1024;
-    conf.cert_mode = CERT_IGNORE;
-    conf.backend.host_header = "eas.test";
-    pool.backend = &ba;
     char err[256];
-    alog = accesslog_open("off", err, sizeof err);
-    if (alog == NULL)
+    if (stream_fixture_open(&sf, NULL, &ops, NULL, NULL, err, sizeof err) != 0)
         abort();
-    sc = (struct stream_client){.io = cio,
-                                .conf = &conf,
-                                .alog = alog,
-                                .pool = &pool,
-                                .peer = "127.0.0.9",
-                                .conn_id = 7,
-                                .n_requests = 1,
-                                .cert_asked = true,
-                                .ops = &ops};
+    sf.conf.max_request_head = 8 * 1024;
 }
 
 /* What the client was sent is read and dropped, so that the stream never
@@ -106,9 +65,9 @@ static void setup_once(void)
 static void drain_client(void)
 {
     for (int i = 0; i < 4; i++)
-        event_base_loop(base, EVLOOP_NONBLOCK);
+        event_base_loop(sf.base, EVLOOP_NONBLOCK);
     char buf[16384];
-    while (read(peer_fd, buf, sizeof buf) > 0)
+    while (read(sf.peer_fd, buf, sizeof buf) > 0)
         ;
 }
 
@@ -183,14 +142,14 @@ static void respond_200(struct upstream *u)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (base == NULL)
+    if (sf.base == NULL)
         setup_once();
     const char *p = (const char *)data;
     size_t left = size;
     for (int k = 0; k < MAX_STREAMS; k++) {
         fake_upstream_reset();
         done = false;
-        struct stream *st = stream_new(&sc);
+        struct stream *st = stream_new(&sf.sc);
         if (st == NULL)
             abort();
         /* The whole input may come in pieces: feed until nothing more is taken. */
@@ -220,8 +179,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         drain_client();
         if (!again)
             break;
-        sc.n_requests++;
+        sf.sc.n_requests++;
     }
-    sc.n_requests = 1;
+    sf.sc.n_requests = 1;
     return 0;
 }

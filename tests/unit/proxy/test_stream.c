@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -24,19 +23,12 @@
 #include "proxy/stream.h"
 #include "proxy/upstream.h"
 #include "tests/support/fake_upstream.h"
+#include "tests/support/stream_fixture.h"
 
 /* ---- the connection's side ---------------------------------------------------- */
 
 struct fixture {
-    struct event_base *base;
-    struct io *io;
-    int peer_fd; /* the client's end of the socket pair */
-    struct conf conf;
-    struct upstream_pool pool;
-    struct backend_set ba;
-    struct accesslog *alog;
-    char log_path[64];
-    struct stream_client sc;
+    struct stream_fixture sf;
     int n_done, n_more, n_ask;
     enum stream_end end;
     bool grant_ask;
@@ -65,45 +57,13 @@ static void ops_done(void *arg, enum stream_end how)
 static const struct stream_client_ops ops = {
     .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
 
-static void io_nop_read(void *arg)
-{
-}
-static void io_nop_event(void *arg, enum io_event ev)
-{
-}
-static const struct io_handler client_handler = {.read = io_nop_read, .event = io_nop_event};
-
 static int setup(void **state)
 {
     struct fixture *fx = calloc(1, sizeof *fx);
-    int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    fx->base = event_base_new();
-    fx->io = io_new(fx->base, &client_handler, fx);
-    assert_int_equal(io_accept(fx->io, sv[0], NULL), 0);
-    fx->peer_fd = sv[1];
-    fx->conf.max_request_head = 32 * 1024;
-    fx->conf.header_timeout_ms = 30000;
-    fx->conf.body_timeout_ms = 60000;
-    fx->conf.upload_read_ahead_size = 48 * 1024;
-    fx->conf.cert_mode = CERT_IGNORE;
-    fx->conf.backend.host_header = "eas.test";
-    fx->pool.backend = &fx->ba;
-    snprintf(fx->log_path, sizeof fx->log_path, "/tmp/certmapd-stream-XXXXXX");
-    close(mkstemp(fx->log_path));
     char err[256];
-    fx->alog = accesslog_open(fx->log_path, err, sizeof err);
-    assert_non_null(fx->alog);
-    fx->sc = (struct stream_client){.io = fx->io,
-                                    .conf = &fx->conf,
-                                    .alog = fx->alog,
-                                    .pool = &fx->pool,
-                                    .peer = "127.0.0.9",
-                                    .conn_id = 7,
-                                    .n_requests = 1,
-                                    .cert_asked = true,
-                                    .ops = &ops,
-                                    .arg = fx};
+    assert_non_null(fx);
+    if (stream_fixture_open(&fx->sf, NULL, &ops, fx, "certmapd-stream", err, sizeof err) != 0)
+        fail_msg("the stream's fixture: %s", err);
     fake_upstream_reset();
     *state = fx;
     return 0;
@@ -113,11 +73,7 @@ static int teardown(void **state)
 {
     struct fixture *fx = *state;
     fake_upstream_reset();
-    io_free(fx->io);
-    close(fx->peer_fd);
-    accesslog_close(fx->alog);
-    unlink(fx->log_path);
-    event_base_free(fx->base);
+    stream_fixture_close(&fx->sf);
     free(fx);
     return 0;
 }
@@ -126,9 +82,9 @@ static int teardown(void **state)
 static char *client_got(struct fixture *fx)
 {
     for (int i = 0; i < 10; i++)
-        event_base_loop(fx->base, EVLOOP_NONBLOCK);
+        event_base_loop(fx->sf.base, EVLOOP_NONBLOCK);
     static char buf[65536];
-    ssize_t n = read(fx->peer_fd, buf, sizeof buf - 1);
+    ssize_t n = read(fx->sf.peer_fd, buf, sizeof buf - 1);
     buf[n > 0 ? n : 0] = '\0';
     return buf;
 }
@@ -136,7 +92,7 @@ static char *client_got(struct fixture *fx)
 static char *access_line(struct fixture *fx)
 {
     static char buf[4096];
-    FILE *f = fopen(fx->log_path, "r");
+    FILE *f = fopen(fx->sf.log_path, "r");
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
@@ -169,7 +125,7 @@ static void respond(struct upstream *u, int status, const char *body)
 static void test_get_keep_alive(void **state)
 {
     struct fixture *fx = *state;
-    struct stream *st = stream_new(&fx->sc);
+    struct stream *st = stream_new(&fx->sf.sc);
     const char *req = "GET /Microsoft-Server-ActiveSync?Cmd=Ping HTTP/1.1\r\nHost: x\r\n"
                       "X-Remote-User: forged\r\n\r\n";
     assert_int_equal(feed(st, req), strlen(req));
@@ -197,7 +153,7 @@ static void test_get_keep_alive(void **state)
 static void test_pipelined_takes_one_request(void **state)
 {
     struct fixture *fx = *state;
-    struct stream *st = stream_new(&fx->sc);
+    struct stream *st = stream_new(&fx->sf.sc);
     const char *one = "GET /one HTTP/1.1\r\nHost: x\r\n\r\n";
     char two[256];
     snprintf(two, sizeof two, "%sGET /two HTTP/1.1\r\nHost: x\r\n\r\n", one);
@@ -209,7 +165,7 @@ static void test_pipelined_takes_one_request(void **state)
 static void test_chunked_body_rechunked(void **state)
 {
     struct fixture *fx = *state;
-    struct stream *st = stream_new(&fx->sc);
+    struct stream *st = stream_new(&fx->sf.sc);
     const char *req = "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                       "3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n";
     assert_int_equal(feed(st, req), strlen(req));
@@ -225,7 +181,7 @@ static void test_stale_pooled_connection_retried(void **state)
 {
     struct fixture *fx = *state;
     fake_first_pooled = true;
-    struct stream *st = stream_new(&fx->sc);
+    struct stream *st = stream_new(&fx->sf.sc);
     feed(st, "GET /r HTTP/1.1\r\nHost: x\r\n\r\n");
     fake_ups[0].h->error(fake_ups[0].arg, R_BACKEND_UNAVAILABLE, true);
     assert_int_equal(fake_n_acquired, 2);
@@ -243,7 +199,7 @@ static void test_post_never_retried(void **state)
 {
     struct fixture *fx = *state;
     fake_first_pooled = true;
-    struct stream *st = stream_new(&fx->sc);
+    struct stream *st = stream_new(&fx->sf.sc);
     feed(st, "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
     fake_ups[0].h->error(fake_ups[0].arg, R_BACKEND_UNAVAILABLE, true);
     assert_int_equal(fake_n_acquired, 1);
@@ -256,7 +212,7 @@ static void test_post_never_retried(void **state)
 static void test_backend_lost_mid_response(void **state)
 {
     struct fixture *fx = *state;
-    struct stream *st = stream_new(&fx->sc);
+    struct stream *st = stream_new(&fx->sf.sc);
     feed(st, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
     struct proxy_head head;
     memset(&head, 0, sizeof head);
@@ -274,7 +230,7 @@ static void test_no_backend_502(void **state)
 {
     struct fixture *fx = *state;
     fake_refuse_acquire = true;
-    struct stream *st = stream_new(&fx->sc);
+    struct stream *st = stream_new(&fx->sf.sc);
     feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_int_equal(fx->n_done, 1);
     assert_int_equal(fx->end, STREAM_CLOSE);
@@ -285,8 +241,8 @@ static void test_no_backend_502(void **state)
 static void test_certificate_required(void **state)
 {
     struct fixture *fx = *state;
-    fx->conf.cert_mode = CERT_REQUIRE;
-    struct stream *st = stream_new(&fx->sc);
+    fx->sf.conf.cert_mode = CERT_REQUIRE;
+    struct stream *st = stream_new(&fx->sf.sc);
     feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_int_equal(fake_n_acquired, 0); /* nothing denied reaches the backend */
     assert_int_equal(fx->n_ask, 0);  /* the handshake asked already */
@@ -298,17 +254,17 @@ static void test_certificate_required(void **state)
 static void test_late_certificate(void **state)
 {
     struct fixture *fx = *state;
-    fx->conf.cert_mode = CERT_REQUIRE;
-    fx->sc.cert_asked = false;
+    fx->sf.conf.cert_mode = CERT_REQUIRE;
+    fx->sf.sc.cert_asked = false;
     fx->grant_ask = true;
-    struct stream *st = stream_new(&fx->sc);
+    struct stream *st = stream_new(&fx->sf.sc);
     feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_int_equal(fx->n_ask, 1);
     assert_true(stream_awaits_cert(st));
     assert_int_equal(fake_n_acquired, 0);
     struct cert_facts facts = {.subject = "CN=alice", .issuer = "CN=CA", .serial_hex = "0A"};
-    fx->sc.facts = &facts;
-    fx->sc.cert_asked = true;
+    fx->sf.sc.facts = &facts;
+    fx->sf.sc.cert_asked = true;
     stream_cert_answered(st);
     assert_int_equal(fake_n_acquired, 1);
     char *up = fake_upstream_sent(&fake_ups[0]);
@@ -321,7 +277,7 @@ static void test_late_certificate(void **state)
 static void test_backpressure_on_the_body(void **state)
 {
     struct fixture *fx = *state;
-    struct stream *st = stream_new(&fx->sc);
+    struct stream *st = stream_new(&fx->sf.sc);
     const char *head = "PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n";
     assert_int_equal(feed(st, head), strlen(head));
     fake_out_len = 1 << 20; /* the backend is not reading */

@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -34,6 +33,7 @@
 #include "proxy/stream.h"
 #include "proxy/upstream.h"
 #include "tests/support/fake_upstream.h"
+#include "tests/support/stream_fixture.h"
 
 /* ---- the allocator hooks ---------------------------------------------------------- */
 
@@ -170,15 +170,7 @@ char *__wrap_strndup(const char *s, size_t n)
 /* ---- the connection's side ------------------------------------------------------- */
 
 struct fixture {
-    struct event_base *base;
-    struct io *io;
-    int peer_fd;
-    struct conf conf;
-    struct upstream_pool pool;
-    struct backend_set ba;
-    struct accesslog *alog;
-    char log_path[64];
-    struct stream_client sc;
+    struct stream_fixture sf;
     struct cert_facts facts;
     struct proxy_head resp; /* the backend's answer head, made before the request */
     int n_done, n_ask, n_io_errors;
@@ -222,36 +214,11 @@ static const struct io_handler client_handler = {.read = io_nop_read, .event = i
 static struct fixture *fixture_new(void)
 {
     struct fixture *fx = calloc(1, sizeof *fx);
-    int sv[2];
-    assert_non_null(fx);
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    fx->base = event_base_new();
-    fx->io = io_new(fx->base, &client_handler, fx);
-    assert_non_null(fx->io);
-    assert_int_equal(io_accept(fx->io, sv[0], NULL), 0);
-    fx->peer_fd = sv[1];
-    fx->conf.max_request_head = 32 * 1024;
-    fx->conf.header_timeout_ms = 30000;
-    fx->conf.body_timeout_ms = 60000;
-    fx->conf.upload_read_ahead_size = 48 * 1024;
-    fx->conf.cert_mode = CERT_IGNORE;
-    fx->conf.backend.host_header = "eas.test";
-    fx->pool.backend = &fx->ba;
-    snprintf(fx->log_path, sizeof fx->log_path, "/tmp/certmapd-stream-alloc-XXXXXX");
-    close(mkstemp(fx->log_path));
     char err[256];
-    fx->alog = accesslog_open(fx->log_path, err, sizeof err);
-    assert_non_null(fx->alog);
-    fx->sc = (struct stream_client){.io = fx->io,
-                                    .conf = &fx->conf,
-                                    .alog = fx->alog,
-                                    .pool = &fx->pool,
-                                    .peer = "127.0.0.9",
-                                    .conn_id = 7,
-                                    .n_requests = 1,
-                                    .cert_asked = true,
-                                    .ops = &ops,
-                                    .arg = fx};
+    assert_non_null(fx);
+    if (stream_fixture_open(&fx->sf, &client_handler, &ops, fx, "certmapd-stream-alloc", err,
+                            sizeof err) != 0)
+        fail_msg("the stream's fixture: %s", err);
     fx->facts = (struct cert_facts){
         .subject = "CN=alice\x01", .issuer = "CN=CA", .serial_hex = "0A", .sha256 = "ab"};
     proxy_head_reset(&fx->resp, 4096);
@@ -268,19 +235,15 @@ static struct fixture *fixture_new(void)
 static void fixture_free(struct fixture *fx)
 {
     fake_upstream_reset();
-    io_free(fx->io);
-    close(fx->peer_fd);
-    accesslog_close(fx->alog);
-    unlink(fx->log_path);
     proxy_head_purge(&fx->resp);
-    event_base_free(fx->base);
+    stream_fixture_close(&fx->sf);
     free(fx);
 }
 
 static void settle(struct fixture *fx)
 {
     for (int i = 0; i < 10; i++)
-        event_base_loop(fx->base, EVLOOP_NONBLOCK);
+        event_base_loop(fx->sf.base, EVLOOP_NONBLOCK);
 }
 
 /* What the client was sent (the loop runs until the transport wrote it). */
@@ -289,7 +252,7 @@ static size_t client_got(struct fixture *fx, char *buf, size_t cap)
     settle(fx);
     size_t n = 0;
     ssize_t r;
-    while (n + 1 < cap && (r = read(fx->peer_fd, buf + n, cap - 1 - n)) > 0)
+    while (n + 1 < cap && (r = read(fx->sf.peer_fd, buf + n, cap - 1 - n)) > 0)
         n += (size_t)r;
     buf[n] = '\0';
     return n;
@@ -338,7 +301,7 @@ typedef void (*scenario_fn)(struct fixture *fx, struct outcome *o);
 
 static void scenario_get(struct fixture *fx, struct outcome *o)
 {
-    struct stream *st = stream_new(&fx->sc);
+    struct stream *st = stream_new(&fx->sf.sc);
     if (st == NULL) {
         o->no_stream = true;
         return;
@@ -352,9 +315,9 @@ static void scenario_get(struct fixture *fx, struct outcome *o)
 
 static void scenario_chunked_post(struct fixture *fx, struct outcome *o)
 {
-    fx->sc.facts = &fx->facts;
-    fx->conf.cert_mode = CERT_ACCEPT;
-    struct stream *st = stream_new(&fx->sc);
+    fx->sf.sc.facts = &fx->facts;
+    fx->sf.conf.cert_mode = CERT_ACCEPT;
+    struct stream *st = stream_new(&fx->sf.sc);
     if (st == NULL) {
         o->no_stream = true;
         return;
@@ -368,9 +331,9 @@ static void scenario_chunked_post(struct fixture *fx, struct outcome *o)
 
 static void scenario_late_cert_readahead(struct fixture *fx, struct outcome *o)
 {
-    fx->conf.cert_mode = CERT_REQUIRE;
-    fx->sc.cert_asked = false;
-    struct stream *st = stream_new(&fx->sc);
+    fx->sf.conf.cert_mode = CERT_REQUIRE;
+    fx->sf.sc.cert_asked = false;
+    struct stream *st = stream_new(&fx->sf.sc);
     if (st == NULL) {
         o->no_stream = true;
         return;
@@ -378,8 +341,8 @@ static void scenario_late_cert_readahead(struct fixture *fx, struct outcome *o)
     const char *req = "PUT /item HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789";
     stream_feed(st, req, strlen(req));
     if (fx->n_done == 0 && stream_awaits_cert(st)) {
-        fx->sc.facts = &fx->facts;
-        fx->sc.cert_asked = true;
+        fx->sf.sc.facts = &fx->facts;
+        fx->sf.sc.cert_asked = true;
         stream_cert_answered(st);
     }
     respond(fx, false, BODY);
@@ -388,8 +351,8 @@ static void scenario_late_cert_readahead(struct fixture *fx, struct outcome *o)
 
 static void scenario_refused(struct fixture *fx, struct outcome *o)
 {
-    fx->conf.cert_mode = CERT_REQUIRE; /* none sent: 403 */
-    struct stream *st = stream_new(&fx->sc);
+    fx->sf.conf.cert_mode = CERT_REQUIRE; /* none sent: 403 */
+    struct stream *st = stream_new(&fx->sf.sc);
     if (st == NULL) {
         o->no_stream = true;
         return;
