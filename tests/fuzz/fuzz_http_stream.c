@@ -31,31 +31,10 @@
 /* ---- the connection's side, made once ----------------------------------------- */
 
 static struct stream_fixture sf;
-static bool done;
-static enum stream_end end;
-
-static bool ops_ask_cert(void *arg)
-{
-    return false;
-}
-
-static void ops_more(void *arg)
-{
-}
-
-static void ops_done(void *arg, enum stream_end how)
-{
-    done = true;
-    end = how;
-}
-
-static const struct stream_client_ops ops = {
-    .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
-
 static void setup_once(void)
 {
     char err[256];
-    if (stream_fixture_open(&sf, NULL, &ops, NULL, NULL, err, sizeof err) != 0)
+    if (stream_fixture_open(&sf, NULL, NULL, NULL, err, sizeof err) != 0)
         abort();
     sf.conf.max_request_head = 8 * 1024;
 }
@@ -133,9 +112,9 @@ static void respond_200(struct upstream *u)
     struct upstream_response r = {
         .status = 200, .head = &head, .has_length = true, .content_length = 2};
     u->h->head(u->arg, &r);
-    if (!done)
+    if (sf.n_done == 0)
         u->h->body(u->arg, "ok", 2);
-    if (!done)
+    if (sf.n_done == 0)
         u->h->done(u->arg, true);
     proxy_head_purge(&head);
 }
@@ -148,12 +127,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t left = size;
     for (int k = 0; k < MAX_STREAMS; k++) {
         fake_upstream_reset();
-        done = false;
+        sf.n_done = 0;
         struct stream *st = stream_new(&sf.sc);
         if (st == NULL)
             abort();
         /* The whole input may come in pieces: feed until nothing more is taken. */
-        for (int guard = 0; guard < 64 && left > 0 && !done; guard++) {
+        for (int guard = 0; guard < 64 && left > 0 && sf.n_done == 0; guard++) {
             size_t used = stream_feed(st, p, left);
             p += used;
             left -= used;
@@ -163,17 +142,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         for (int i = 0; i < fake_n_acquired; i++)
             check_backend_head(&fake_ups[i]);
-        if (!done && fake_n_acquired > 0 && !fake_ups[fake_n_acquired - 1].released)
+        if (sf.n_done == 0 && fake_n_acquired > 0 && !fake_ups[fake_n_acquired - 1].released)
             respond_200(&fake_ups[fake_n_acquired - 1]);
         drain_client();
         /* The answer may let the stream take the rest of a pipelined body. */
-        if (!done && left > 0) {
+        if (sf.n_done == 0 && left > 0) {
             size_t used = stream_feed(st, p, left);
             p += used;
             left -= used;
             drain_client();
         }
-        bool again = done && end == STREAM_KEEP_ALIVE && left > 0;
+        bool again = sf.n_done > 0 && sf.end == STREAM_KEEP_ALIVE && left > 0;
         stream_free(st);
         fake_upstream_reset();
         drain_client();

@@ -18,9 +18,31 @@ static void io_nop_event(void *arg, enum io_event ev)
 
 static const struct io_handler nop_handler = {.read = io_nop_read, .event = io_nop_event};
 
-int stream_fixture_open(struct stream_fixture *sf, const struct io_handler *h,
-                        const struct stream_client_ops *ops, void *arg, const char *log_name,
-                        char *err, size_t errlen)
+static bool ops_ask_cert(void *arg)
+{
+    struct stream_fixture *sf = arg;
+    sf->n_ask++;
+    return sf->grant_ask;
+}
+
+static void ops_more(void *arg)
+{
+    struct stream_fixture *sf = arg;
+    sf->n_more++;
+}
+
+static void ops_done(void *arg, enum stream_end how)
+{
+    struct stream_fixture *sf = arg;
+    sf->n_done++;
+    sf->end = how;
+}
+
+static const struct stream_client_ops recording_ops = {
+    .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
+
+int stream_fixture_open(struct stream_fixture *sf, const struct io_handler *h, void *arg,
+                        const char *log_name, char *err, size_t errlen)
 {
     int sv[2] = {-1, -1};
     *sf = (struct stream_fixture){.peer_fd = -1};
@@ -77,8 +99,8 @@ int stream_fixture_open(struct stream_fixture *sf, const struct io_handler *h,
                                     .conn_id = 7,
                                     .n_requests = 1,
                                     .cert_asked = true,
-                                    .ops = ops,
-                                    .arg = arg};
+                                    .ops = &recording_ops,
+                                    .arg = sf};
     return 0;
 
 fail:

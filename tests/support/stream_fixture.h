@@ -2,12 +2,14 @@
  * fake upstream, tests/support/fake_upstream.c): a plain transport (io/) over
  * one end of a socket pair, the other end left to the test to read as the
  * client; a conf with the request path's defaults; an access log; and the
- * struct stream_client that stream_new() takes. Shared by
+ * struct stream_client that stream_new() takes, whose ops record what the
+ * stream asked of its connection. Shared by
  * tests/unit/proxy/test_stream*.c and tests/fuzz/fuzz_http_stream.c; link it
  * as a source of the executable, like fake_upstream.c. */
 #ifndef CM_TESTS_STREAM_FIXTURE_H
 #define CM_TESTS_STREAM_FIXTURE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <event2/event.h>
@@ -28,16 +30,19 @@ struct stream_fixture {
     struct accesslog *alog;
     char log_path[64]; /* the access log's file; "" when it is "off" */
     struct stream_client sc;
+    /* What the stream asked through sc's ops. */
+    int n_ask, n_more, n_done;
+    enum stream_end end; /* how it ended, at the last done */
+    bool grant_ask;      /* what ask_cert answers: a late certificate may be asked for */
 };
 
-/* Makes <sf>: the io's events go to <h> (NULL: ignored), the stream's calls
- * to <ops>, both with <arg>. With <log_name>, the access log is a new file
+/* Makes <sf>: the io's events go to <h> with <arg> (NULL: ignored), the
+ * stream's calls to the counters above. With <log_name>, the access log is a new file
  * /tmp/<log_name>-XXXXXX (removed by stream_fixture_close()); with NULL it is
  * "off". Returns 0, or -1 with what failed in <err>, <sf> then holding
  * nothing. */
-int stream_fixture_open(struct stream_fixture *sf, const struct io_handler *h,
-                        const struct stream_client_ops *ops, void *arg, const char *log_name,
-                        char *err, size_t errlen);
+int stream_fixture_open(struct stream_fixture *sf, const struct io_handler *h, void *arg,
+                        const char *log_name, char *err, size_t errlen);
 
 /* Frees what stream_fixture_open() made: the io, the client's end, the access
  * log and its file, the event base. */

@@ -3,7 +3,7 @@
  * test plays the backend by calling the stream's upstream callbacks. The
  * client side is a real transport (io/) over a socket pair, read from the
  * other end; the connection's side is a table of ops that records what the
- * stream asked of it. */
+ * stream asked of it (both in tests/support/stream_fixture.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,42 +27,12 @@
 
 /* ---- the connection's side ---------------------------------------------------- */
 
-struct fixture {
-    struct stream_fixture sf;
-    int n_done, n_more, n_ask;
-    enum stream_end end;
-    bool grant_ask;
-};
-
-static bool ops_ask_cert(void *arg)
-{
-    struct fixture *fx = arg;
-    fx->n_ask++;
-    return fx->grant_ask;
-}
-
-static void ops_more(void *arg)
-{
-    struct fixture *fx = arg;
-    fx->n_more++;
-}
-
-static void ops_done(void *arg, enum stream_end how)
-{
-    struct fixture *fx = arg;
-    fx->n_done++;
-    fx->end = how;
-}
-
-static const struct stream_client_ops ops = {
-    .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
-
 static int setup(void **state)
 {
-    struct fixture *fx = calloc(1, sizeof *fx);
+    struct stream_fixture *fx = calloc(1, sizeof *fx);
     char err[256];
     assert_non_null(fx);
-    if (stream_fixture_open(&fx->sf, NULL, &ops, fx, "certmapd-stream", err, sizeof err) != 0)
+    if (stream_fixture_open(fx, NULL, NULL, "certmapd-stream", err, sizeof err) != 0)
         fail_msg("the stream's fixture: %s", err);
     fake_upstream_reset();
     *state = fx;
@@ -71,28 +41,28 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     fake_upstream_reset();
-    stream_fixture_close(&fx->sf);
+    stream_fixture_close(fx);
     free(fx);
     return 0;
 }
 
 /* What the client has received so far (the loop runs until the io has written). */
-static char *client_got(struct fixture *fx)
+static char *client_got(struct stream_fixture *fx)
 {
     for (int i = 0; i < 10; i++)
-        event_base_loop(fx->sf.base, EVLOOP_NONBLOCK);
+        event_base_loop(fx->base, EVLOOP_NONBLOCK);
     static char buf[65536];
-    ssize_t n = read(fx->sf.peer_fd, buf, sizeof buf - 1);
+    ssize_t n = read(fx->peer_fd, buf, sizeof buf - 1);
     buf[n > 0 ? n : 0] = '\0';
     return buf;
 }
 
-static char *access_line(struct fixture *fx)
+static char *access_line(struct stream_fixture *fx)
 {
     static char buf[4096];
-    FILE *f = fopen(fx->sf.log_path, "r");
+    FILE *f = fopen(fx->log_path, "r");
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
@@ -124,8 +94,8 @@ static void respond(struct upstream *u, int status, const char *body)
 
 static void test_get_keep_alive(void **state)
 {
-    struct fixture *fx = *state;
-    struct stream *st = stream_new(&fx->sf.sc);
+    struct stream_fixture *fx = *state;
+    struct stream *st = stream_new(&fx->sc);
     const char *req = "GET /Microsoft-Server-ActiveSync?Cmd=Ping HTTP/1.1\r\nHost: x\r\n"
                       "X-Remote-User: forged\r\n\r\n";
     assert_int_equal(feed(st, req), strlen(req));
@@ -152,8 +122,8 @@ static void test_get_keep_alive(void **state)
 
 static void test_pipelined_takes_one_request(void **state)
 {
-    struct fixture *fx = *state;
-    struct stream *st = stream_new(&fx->sf.sc);
+    struct stream_fixture *fx = *state;
+    struct stream *st = stream_new(&fx->sc);
     const char *one = "GET /one HTTP/1.1\r\nHost: x\r\n\r\n";
     char two[256];
     snprintf(two, sizeof two, "%sGET /two HTTP/1.1\r\nHost: x\r\n\r\n", one);
@@ -164,8 +134,8 @@ static void test_pipelined_takes_one_request(void **state)
 
 static void test_chunked_body_rechunked(void **state)
 {
-    struct fixture *fx = *state;
-    struct stream *st = stream_new(&fx->sf.sc);
+    struct stream_fixture *fx = *state;
+    struct stream *st = stream_new(&fx->sc);
     const char *req = "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                       "3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n";
     assert_int_equal(feed(st, req), strlen(req));
@@ -179,9 +149,9 @@ static void test_chunked_body_rechunked(void **state)
 
 static void test_stale_pooled_connection_retried(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     fake_first_pooled = true;
-    struct stream *st = stream_new(&fx->sf.sc);
+    struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /r HTTP/1.1\r\nHost: x\r\n\r\n");
     fake_ups[0].h->error(fake_ups[0].arg, R_BACKEND_UNAVAILABLE, true);
     assert_int_equal(fake_n_acquired, 2);
@@ -197,9 +167,9 @@ static void test_stale_pooled_connection_retried(void **state)
 
 static void test_post_never_retried(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     fake_first_pooled = true;
-    struct stream *st = stream_new(&fx->sf.sc);
+    struct stream *st = stream_new(&fx->sc);
     feed(st, "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
     fake_ups[0].h->error(fake_ups[0].arg, R_BACKEND_UNAVAILABLE, true);
     assert_int_equal(fake_n_acquired, 1);
@@ -211,8 +181,8 @@ static void test_post_never_retried(void **state)
 
 static void test_backend_lost_mid_response(void **state)
 {
-    struct fixture *fx = *state;
-    struct stream *st = stream_new(&fx->sf.sc);
+    struct stream_fixture *fx = *state;
+    struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
     struct proxy_head head;
     memset(&head, 0, sizeof head);
@@ -228,9 +198,9 @@ static void test_backend_lost_mid_response(void **state)
 
 static void test_no_backend_502(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     fake_refuse_acquire = true;
-    struct stream *st = stream_new(&fx->sf.sc);
+    struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_int_equal(fx->n_done, 1);
     assert_int_equal(fx->end, STREAM_CLOSE);
@@ -240,9 +210,9 @@ static void test_no_backend_502(void **state)
 
 static void test_certificate_required(void **state)
 {
-    struct fixture *fx = *state;
-    fx->sf.conf.cert_mode = CERT_REQUIRE;
-    struct stream *st = stream_new(&fx->sf.sc);
+    struct stream_fixture *fx = *state;
+    fx->conf.cert_mode = CERT_REQUIRE;
+    struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_int_equal(fake_n_acquired, 0); /* nothing denied reaches the backend */
     assert_int_equal(fx->n_ask, 0);  /* the handshake asked already */
@@ -253,18 +223,18 @@ static void test_certificate_required(void **state)
 
 static void test_late_certificate(void **state)
 {
-    struct fixture *fx = *state;
-    fx->sf.conf.cert_mode = CERT_REQUIRE;
-    fx->sf.sc.cert_asked = false;
+    struct stream_fixture *fx = *state;
+    fx->conf.cert_mode = CERT_REQUIRE;
+    fx->sc.cert_asked = false;
     fx->grant_ask = true;
-    struct stream *st = stream_new(&fx->sf.sc);
+    struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_int_equal(fx->n_ask, 1);
     assert_true(stream_awaits_cert(st));
     assert_int_equal(fake_n_acquired, 0);
     struct cert_facts facts = {.subject = "CN=alice", .issuer = "CN=CA", .serial_hex = "0A"};
-    fx->sf.sc.facts = &facts;
-    fx->sf.sc.cert_asked = true;
+    fx->sc.facts = &facts;
+    fx->sc.cert_asked = true;
     stream_cert_answered(st);
     assert_int_equal(fake_n_acquired, 1);
     char *up = fake_upstream_sent(&fake_ups[0]);
@@ -276,8 +246,8 @@ static void test_late_certificate(void **state)
 
 static void test_backpressure_on_the_body(void **state)
 {
-    struct fixture *fx = *state;
-    struct stream *st = stream_new(&fx->sf.sc);
+    struct stream_fixture *fx = *state;
+    struct stream *st = stream_new(&fx->sc);
     const char *head = "PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n";
     assert_int_equal(feed(st, head), strlen(head));
     fake_out_len = 1 << 20; /* the backend is not reading */

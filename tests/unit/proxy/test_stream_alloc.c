@@ -173,30 +173,8 @@ struct fixture {
     struct stream_fixture sf;
     struct cert_facts facts;
     struct proxy_head resp; /* the backend's answer head, made before the request */
-    int n_done, n_ask, n_io_errors;
-    enum stream_end end;
+    int n_io_errors;
 };
-
-static bool ops_ask_cert(void *arg)
-{
-    struct fixture *fx = arg;
-    fx->n_ask++;
-    return true;
-}
-
-static void ops_more(void *arg)
-{
-}
-
-static void ops_done(void *arg, enum stream_end how)
-{
-    struct fixture *fx = arg;
-    fx->n_done++;
-    fx->end = how;
-}
-
-static const struct stream_client_ops ops = {
-    .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
 
 static void io_nop_read(void *arg)
 {
@@ -216,9 +194,10 @@ static struct fixture *fixture_new(void)
     struct fixture *fx = calloc(1, sizeof *fx);
     char err[256];
     assert_non_null(fx);
-    if (stream_fixture_open(&fx->sf, &client_handler, &ops, fx, "certmapd-stream-alloc", err,
+    if (stream_fixture_open(&fx->sf, &client_handler, fx, "certmapd-stream-alloc", err,
                             sizeof err) != 0)
         fail_msg("the stream's fixture: %s", err);
+    fx->sf.grant_ask = true;
     fx->facts = (struct cert_facts){
         .subject = "CN=alice\x01", .issuer = "CN=CA", .serial_hex = "0A", .sha256 = "ab"};
     proxy_head_reset(&fx->resp, 4096);
@@ -262,7 +241,7 @@ static size_t client_got(struct fixture *fx, char *buf, size_t cap)
  * transport would, from the loop: an error. */
 static void report_failed_upstreams(struct fixture *fx)
 {
-    for (int i = 0; i < fake_n_acquired && fx->n_done == 0; i++)
+    for (int i = 0; i < fake_n_acquired && fx->sf.n_done == 0; i++)
         if (fake_ups[i].failed && !fake_ups[i].released)
             fake_ups[i].h->error(fake_ups[i].arg, R_BACKEND_UNAVAILABLE, false);
 }
@@ -271,7 +250,7 @@ static void report_failed_upstreams(struct fixture *fx)
 static void respond(struct fixture *fx, bool chunked, const char *body)
 {
     report_failed_upstreams(fx);
-    if (fx->n_done > 0 || fake_n_acquired == 0)
+    if (fx->sf.n_done > 0 || fake_n_acquired == 0)
         return;
     struct upstream *u = &fake_ups[fake_n_acquired - 1];
     if (u->released)
@@ -280,9 +259,9 @@ static void respond(struct fixture *fx, bool chunked, const char *body)
         .status = 200, .head = &fx->resp, .has_length = !chunked, .content_length = strlen(body)};
     u->h->head(u->arg, &r);
     size_t len = strlen(body);
-    for (size_t off = 0; off < len && fx->n_done == 0 && !u->released; off += 5)
+    for (size_t off = 0; off < len && fx->sf.n_done == 0 && !u->released; off += 5)
         u->h->body(u->arg, body + off, len - off < 5 ? len - off : 5);
-    if (fx->n_done == 0 && !u->released)
+    if (fx->sf.n_done == 0 && !u->released)
         u->h->done(u->arg, true);
 }
 
@@ -340,7 +319,7 @@ static void scenario_late_cert_readahead(struct fixture *fx, struct outcome *o)
     }
     const char *req = "PUT /item HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789";
     stream_feed(st, req, strlen(req));
-    if (fx->n_done == 0 && stream_awaits_cert(st)) {
+    if (fx->sf.n_done == 0 && stream_awaits_cert(st)) {
         fx->sf.sc.facts = &fx->facts;
         fx->sf.sc.cert_asked = true;
         stream_cert_answered(st);
@@ -407,10 +386,10 @@ static long run_once(scenario_fn fn, long fail, const char *expect_backend, bool
 
     /* No hang: the stream ended, or there was none, or the transport failed
      * (its owner closes the connection). */
-    if (!o->no_stream && fx->n_done != 1 && !io_failed)
+    if (!o->no_stream && fx->sf.n_done != 1 && !io_failed)
         fail_msg("allocation %ld of %ld failed: the stream neither ended (%d) nor failed its "
                  "transport",
-                 fail, count, fx->n_done);
+                 fail, count, fx->sf.n_done);
     /* Nothing half-formed upstream: a head that went out is whole, with its
      * forwarding header and never the client's identity header. */
     if (o->backend != NULL && o->backend[0] != '\0' && !upstream_failed) {
@@ -418,7 +397,7 @@ static long run_once(scenario_fn fn, long fail, const char *expect_backend, bool
         if (end == NULL || strstr(o->backend, "X-Forwarded-For: 127.0.0.9\r\n") == NULL ||
             strstr(o->backend, "forged") != NULL)
             fail_msg("allocation %ld failed: the backend got a broken head:\n%s", fail, o->backend);
-        if (expect_backend != NULL && fx->n_done == 1 && fx->end == STREAM_KEEP_ALIVE &&
+        if (expect_backend != NULL && fx->sf.n_done == 1 && fx->sf.end == STREAM_KEEP_ALIVE &&
             strstr(o->backend, expect_backend) == NULL)
             fail_msg("allocation %ld failed: request completed but the backend got:\n%s", fail,
                      o->backend);
@@ -428,7 +407,7 @@ static long run_once(scenario_fn fn, long fail, const char *expect_backend, bool
     if (o->client_len > 0 && strncmp(o->client, "HTTP/1.1 ", 9) != 0)
         fail_msg("allocation %ld failed: the client got no status line first:\n%s", fail,
                  o->client);
-    if (!io_failed && !o->no_stream && fx->n_done == 1 && fx->end == STREAM_KEEP_ALIVE) {
+    if (!io_failed && !o->no_stream && fx->sf.n_done == 1 && fx->sf.end == STREAM_KEEP_ALIVE) {
         if (!expect_200 || strstr(o->client, "HTTP/1.1 200 ") == NULL)
             fail_msg("allocation %ld failed: a kept-alive answer that is not the 200:\n%s", fail,
                      o->client);
