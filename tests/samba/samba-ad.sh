@@ -337,7 +337,16 @@ do_start() {
         sed -i "/^\[global\]/a\\    rpc server dynamic port range = $RPC_PORTS" "$CONF"
     stop_stale
     make_tls
-    setsid samba -i -M single -s "$CONF" </dev/null >"$D/samba.log" 2>&1 &
+    # The DC outlives this script: it must not inherit the caller's other
+    # descriptors (a `flock /tmp/certmapd-samba.lock ctest` lock held by the
+    # DC would outlast that run and stall every later one).
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"
+        done
+        exec setsid samba -i -M single -s "$CONF" </dev/null >"$D/samba.log" 2>&1
+    ) &
     pid=$!
     echo "$pid" >"$D/samba.pid"
     for ((i = 0; i < START_TIMEOUT * 4; i++)); do
