@@ -92,6 +92,7 @@ struct conf {
     struct conf_cidr pp_from[CONF_MAX_PP_FROM]; /* who may send a PROXY header; none: anyone */
     size_t n_pp_from;
     unsigned max_connections;    /* client connections, all workers; 0 = from the open-files limit */
+    unsigned reclaim_idle;       /* idle client connections closed to make room; 0 = off */
 
     /* [tls] */
     char *certificate;

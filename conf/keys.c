@@ -1208,6 +1208,11 @@ const struct conf_key conf_keys[] = {
      .help = "client connections at once, all workers; at the bound new clients wait in the "
              "listen backlog; 0 = as many as the open-files limit holds (2 descriptors each)",
      .iis = "site limits maxConnections"},
+    {SEC_SERVER, "reclaim_idle", kp_uint, F(reclaim_idle), .min = 0, .max = 1024, .def = "0",
+     .help = "when a new client finds no room (max_connections reached or no descriptor left), "
+             "close up to this many client connections idle between requests, the longest idle "
+             "first, to make room; 0 = off: new clients wait",
+     .iis = "none (http.sys drops idle connections under its own limits)"},
 
     /* [tls] */
     {SEC_TLS, "certificate", kp_file, F(certificate), .flags = CK_REQUIRED,

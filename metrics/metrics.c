@@ -400,6 +400,12 @@ static const struct plain_family plain[] = {
      "Client connections accepted.",
      false,
      {{MT_CONN_ACCEPTED, ""}, {-1, NULL}}},
+    {"certmapd_connections_reclaimed_total",
+     "counter",
+     "Client connections idle between requests closed to make room for new clients "
+     "([server] reclaim_idle).",
+     false,
+     {{MT_CONN_RECLAIMED, ""}, {-1, NULL}}},
     {"certmapd_connections",
      "gauge",
      "Client connections open, by state.",

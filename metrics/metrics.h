@@ -23,6 +23,7 @@
 /* Counters, each one series (family and labels: the table in metrics.c). */
 enum metrics_counter { /* MT_: not MC_, which mapping.h uses */
                        MT_CONN_ACCEPTED = 0,
+                       MT_CONN_RECLAIMED, /* idle connections closed to make room (reclaim_idle) */
                        MT_HS_FULL_OK, /* TLS handshakes: full (a failed first handshake counts as
                                          full) */
                        MT_HS_FULL_FAILED, /* a TLS error: alert, protocol, bytes that are not TLS */

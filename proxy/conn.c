@@ -89,12 +89,18 @@ static int gauge_of(enum conn_state s)
     return s == CONN_PROXY_HEADER ? MG_CONN_HANDSHAKE : MG_CONN_HANDSHAKE + (int)s;
 }
 
-/* Every change of state goes through here: the per-state gauges follow it. */
+/* Every change of state goes through here: the per-state gauges follow it.
+ * A connection that becomes idle goes to the end of the list, so that the
+ * idle ones stand in the order they became idle (proxy_conn_reclaim_idle). */
 static void conn_state_set(struct proxy_conn *c, enum conn_state s)
 {
     metrics_gauge_add(gauge_of(c->state), -1);
     metrics_gauge_add(gauge_of(s), 1);
     c->state = s;
+    if (s == CONN_IDLE) {
+        TAILQ_REMOVE(&c->env->conns, c, link);
+        TAILQ_INSERT_TAIL(&c->env->conns, c, link);
+    }
 }
 
 static void conn_close(struct proxy_conn *c)
@@ -582,6 +588,26 @@ void proxy_conn_retire(struct conn_env *env)
             evbuffer_get_length(io_input(c->io)) == 0)
             conn_close(c);
     }
+}
+
+unsigned proxy_conn_reclaim_idle(struct conn_env *env, unsigned max)
+{
+    unsigned n = 0;
+    struct proxy_conn *c, *next;
+    for (c = TAILQ_FIRST(&env->conns); c != NULL && n < max; c = next) {
+        next = TAILQ_NEXT(c, link);
+        /* Idle after a request, nothing of the next one read: as a keep-alive
+         * timeout would close it (one that has had no request yet is young). */
+        if (c->state == CONN_IDLE && c->sc.n_requests > 0 && c->flags == 0 &&
+            evbuffer_get_length(io_input(c->io)) == 0) {
+            log_debug("#%llu %s: idle connection closed to make room",
+                      (unsigned long long)c->sc.conn_id, c->peer);
+            metrics_inc(MT_CONN_RECLAIMED);
+            conn_close(c);
+            n++;
+        }
+    }
+    return n;
 }
 
 void proxy_conn_close_all(struct conn_env *env)

@@ -57,6 +57,12 @@ void proxy_conn_drain(struct conn_env *env);
  * in their handshake, or with a request in flight, go on until it ends. */
 void proxy_conn_retire(struct conn_env *env);
 
+/* Closes up to <max> of <env>'s client connections that are idle between
+ * requests (keep-alive), the longest idle first, at once and without a word
+ * (as a keep-alive timeout does): room for new clients ([server]
+ * reclaim_idle). Returns how many were closed. */
+unsigned proxy_conn_reclaim_idle(struct conn_env *env, unsigned max);
+
 /* Closes every connection of <env> at once. */
 void proxy_conn_close_all(struct conn_env *env);
 

@@ -71,6 +71,9 @@ struct worker {
     struct event *resume_ev;
     uint32_t pause_ms;
     int spare_fd;
+    /* [server] reclaim_idle: connections closed since the last log line, and when that was. */
+    unsigned reclaimed;
+    time_t reclaim_logged;
     /* [server] max_connections, shared by all workers (limit.h): <limit_ev>
      * wakes this worker when the bound is reached or has room again. */
     struct conn_limit *limit;
@@ -129,6 +132,27 @@ static void listeners_enable(struct worker *w, bool on)
         }
 }
 
+/* [server] reclaim_idle: up to that many of this worker's client connections
+ * idle between requests closed, the longest idle first, to make room. <why>
+ * for the log line, said at most once a second (with the count since). */
+static unsigned worker_reclaim(struct worker *w, const char *why)
+{
+    unsigned max = w->cur != NULL ? w->cur->env.conf->reclaim_idle : 0;
+    if (max == 0 || w->cur == NULL)
+        return 0;
+    unsigned n = proxy_conn_reclaim_idle(&w->cur->env, max);
+    w->reclaimed += n;
+    time_t now = time(NULL);
+    if (w->reclaimed > 0 && now != w->reclaim_logged) {
+        log_warn("worker %u: %s: closed %u idle keep-alive connection(s) to make room "
+                 "(reclaim_idle = %u)",
+                 w->id, why, w->reclaimed, max);
+        w->reclaimed = 0;
+        w->reclaim_logged = now;
+    }
+    return n;
+}
+
 static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
@@ -139,6 +163,8 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
         return;
     }
     bool taken = conn_limit_take(w->limit);
+    if (conn_limit_full(w->limit))
+        worker_reclaim(w, "max_connections reached"); /* room for the next client */
     if (conn_limit_full(w->limit))
         listeners_enable(w, false); /* now: libevent's accept loop stops here */
     if (!taken) {
@@ -197,6 +223,9 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
         log_warn("accept failed: %s", evutil_socket_error_to_string(e));
         return;
     }
+    /* Idle connections given up make room: accepting goes on. */
+    if (worker_reclaim(w, "out of descriptors") > 0)
+        return;
     /* The listener would be readable again at once: retrying now spins. */
     long open_fds = -1;
     if (w->spare_fd >= 0) {

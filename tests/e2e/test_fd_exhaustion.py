@@ -5,13 +5,15 @@ with more client connections than fit. It must not spin on accept (few
 must serve again by itself once the extra connections are gone. The
 descriptors run out only when [server] max_connections is set above what the
 limit holds (here on purpose); with its default, derived from the limit,
-certmapd stops accepting before (test_default_bound_keeps_descriptors)."""
+certmapd stops accepting before (test_default_bound_keeps_descriptors). With
+[server] reclaim_idle, connections idle between requests are closed, the
+longest idle first, to make room instead (at the bound and out of descriptors)."""
 import os
 import re
 import socket
 import time
 
-from harness import check, curl, eq, pki, run
+from harness import Reader, check, curl, eq, pki, request_bytes, run, tls_connect
 
 LIMIT = 64
 
@@ -91,5 +93,57 @@ def test_default_bound_keeps_descriptors(env):
     eq(status_once_closed(d, socks), 200, "a request once the extra connections are closed")
 
 
+def idle_connection(d):
+    """A keep-alive connection that has had one answer: idle between requests."""
+    s = tls_connect(d.port, timeout=5)
+    r = Reader(s)
+    s.sendall(request_bytes("GET", "/idle"))
+    eq(r.response().status, 200, "the request before idling")
+    return s, r
+
+
+def test_reclaim_idle_at_the_bound(env):
+    """max_connections = 6, reclaim_idle = 2: the connection that takes the last
+    slot has the two longest idle closed, so the next client is served at once
+    rather than waiting in the backlog; the others stay usable."""
+    d = env.certmapd(env.backend(), {"server": {"workers": "1", "max_connections": "6",
+                                                "reclaim_idle": "2"}})
+    conns = [idle_connection(d) for _ in range(6)]
+    t0 = time.time()
+    status, _, _ = curl(f"{d.base}/new", cert="good", timeout=5)
+    eq(status, 200, "a new client at the bound")
+    check(time.time() - t0 < 2.0, f"served in {time.time() - t0:.2f} s, not after a wait")
+    eq([r.closed(timeout=2) for _, r in conns[:2]], [True, True], "the two longest idle, closed")
+    for i, (s, r) in enumerate(conns[2:]):
+        s.sendall(request_bytes("GET", f"/again{i}"))
+        eq(r.response().status, 200, f"idle connection {i + 2}, still usable")
+    check("max_connections reached: closed 2 idle keep-alive connection(s) to make room"
+          in d.stderr(), "logged")
+
+
+def test_reclaim_idle_out_of_descriptors(env):
+    """Descriptors run out (max_connections above what the limit holds) with
+    reclaim_idle = 8: each time accept finds no descriptor, idle keep-alive
+    connections are closed and accepting goes on, so more clients than fit are
+    each served in turn, with no accept spin and no pause."""
+    d = limited(env, {"server": {"workers": "1", "log_level": "info", "max_connections": "1000",
+                                 "reclaim_idle": "8"},
+                      "backend": {"keepalive_connections": "0"}})
+    conns = []
+    t0 = time.time()
+    for i in range(LIMIT + 20):
+        conns.append(idle_connection(d))  # fails (a timeout) when a client is left waiting
+    took = time.time() - t0
+    print(f"  {len(conns)} clients under an open-files limit of {LIMIT}: {took:.2f} s")
+    check(took < 15, f"{len(conns)} clients took {took:.1f} s")
+    closed = sum(1 for _, r in conns[:LIMIT] if r.closed(timeout=0.2))
+    check(closed >= 8, f"{closed} of the first {LIMIT} connections closed to make room")
+    err = d.stderr()
+    check("out of descriptors: closed" in err, "the reclaim is logged")
+    check("descriptors open" not in err, "no pause: the reclaimed descriptors were enough")
+    eq(curl(f"{d.base}/after", cert="good", timeout=5)[0], 200, "a request afterwards")
+
+
 if __name__ == "__main__":
-    run([test_exhaustion_is_bounded_and_recovers, test_default_bound_keeps_descriptors])
+    run([test_exhaustion_is_bounded_and_recovers, test_default_bound_keeps_descriptors,
+         test_reclaim_idle_at_the_bound, test_reclaim_idle_out_of_descriptors])
