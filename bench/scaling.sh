@@ -73,6 +73,21 @@ sc_measure() {
         -v n="$n" 'BEGIN {printf "%.1f", n ? t * 1e6 / h / n : 0}') µs CPU each"
 }
 
+# sc_phase RUN FRONT WORKERS PHASE PIDS PORT DIV HS-ARGS...: sc_measure of one
+# phase: hs, full handshakes (HS-ARGS: the client's certificates), or ka,
+# keep-alive requests (bench/run's CLIENT); HS_N or KA_N / DIV requests each.
+sc_phase() {
+    local run=$1 front=$2 w=$3 phase=$4 pids=$5 port=$6 div=$7
+    shift 7
+    if [ "$phase" = hs ]; then
+        sc_measure "$run" "$front" "$w" hs "$pids" -- handshake --port "$port" "$@" \
+            --requests "$((HS_N / div))" --connections "$HS_C" --max-time 300
+    else
+        sc_measure "$run" "$front" "$w" ka "$pids" -- keepalive --port "$port" "${CLIENT[@]}" \
+            --requests "$((KA_N / div))" --connections "$KA_C" --max-time 300
+    fi
+}
+
 # sc_figures RUN FRONT W PHASE N ERRORS RPS T0 T1 U0 K0 U1 K1: requests/s (the
 # sum of the clients' own figures: they run at once, and loadgen's excludes its
 # start-up, which reads 2 000 certificates with --cert-list), CPU µs per request
@@ -208,10 +223,8 @@ sc_front() {
         stop_front "$pid"
         return
     fi
-    sc_measure "$run" "$front" "$w" hs "$pids" -- handshake --port "$port" "${hs_args[@]}" \
-        --requests "$HS_N" --connections "$HS_C" --max-time 300
-    sc_measure "$run" "$front" "$w" ka "$pids" -- keepalive --port "$port" "${CLIENT[@]}" \
-        --requests "$KA_N" --connections "$KA_C" --max-time 300
+    sc_phase "$run" "$front" "$w" hs "$pids" "$port" 1 "${hs_args[@]}"
+    sc_phase "$run" "$front" "$w" ka "$pids" "$port" 1
     sc_ab "$run" "$front" "$w" kab "$pids" "$port"
     stop_front "$pid"
 }
@@ -231,13 +244,7 @@ sc_profile() {
             2>"$W/sc-perf-$front-$phase.log" &
         ppid=$!
         sleep 0.5
-        if [ $phase = hs ]; then
-            sc_measure prof "$front" "$SC_MAXW" hs "$pids" -- handshake --port "$port" "$@" \
-                --requests "$HS_N" --connections "$HS_C" --max-time 300
-        else
-            sc_measure prof "$front" "$SC_MAXW" ka "$pids" -- keepalive --port "$port" "${CLIENT[@]}" \
-                --requests "$KA_N" --connections "$KA_C" --max-time 300
-        fi
+        sc_phase prof "$front" "$SC_MAXW" "$phase" "$pids" "$port" 1 "$@"
         kill -INT "$ppid" 2>/dev/null || true
         wait "$ppid" 2>/dev/null || true
         perf script -i "$W/sc-perf-$front-$phase.data" -F comm,tid,period,ip,sym,dso \
@@ -292,13 +299,7 @@ sc_lockcalls() {
             -p "$pid" -o "$f" &
         spid=$!
         sleep 0.5
-        if [ $phase = hs ]; then
-            sc_measure lockcalls "$front" "$SC_MAXW" hs "$pids" -- handshake --port "$port" "$@" \
-                --requests "$((HS_N / 4))" --connections "$HS_C" --max-time 300
-        else
-            sc_measure lockcalls "$front" "$SC_MAXW" ka "$pids" -- keepalive --port "$port" "${CLIENT[@]}" \
-                --requests "$((KA_N / 4))" --connections "$KA_C" --max-time 300
-        fi
+        sc_phase lockcalls "$front" "$SC_MAXW" "$phase" "$pids" "$port" 4 "$@"
         kill -INT "$spid" 2>/dev/null || true
         wait "$spid" 2>/dev/null || true
         # Who takes them, for handshakes: the same probes recorded with their

@@ -6,10 +6,17 @@ garbage bytes — to show that LDAP answers are treated as hostile input.
 BER is written and read by hand here, for the few messages that matter:
 BindRequest/Response, SearchRequest, SearchResultEntry/Reference/Done,
 Unbind and Abandon (RFC 4511).
+
+certmapd_for() starts certmapd against such directories.
 """
+import os
 import socket
 import ssl
 import threading
+
+from harness import pki
+
+BASE = "DC=corp,DC=example,DC=test"
 
 
 # ---- BER ------------------------------------------------------------------------
@@ -171,3 +178,24 @@ class FakeDC:
         if isinstance(out, bytes):
             return out
         return b"".join(op(msgid) for op in out) + done
+
+
+# ---- certmapd against it ----------------------------------------------------------
+
+def certmapd_for(env, uris, ca=None):
+    """A backend, and certmapd mapping by altSecurityIdentities through the
+    directories <uris> (FakeDCs on BASE: any bind password does), with no
+    identity cache and [ldap] timeout = 2 s; <ca> verifies the directories'
+    certificates (default: the test PKI's root). Returns both."""
+    secret = os.path.join(env.dir, "secret")
+    with open(secret, "w") as f:
+        f.write("any-password")
+    b = env.backend()
+    d = env.certmapd(b, {
+        "mapping": {"source": "ldap", "methods": "altsecid", "cache_ttl": "0",
+                    "negative_cache_ttl": "0"},
+        "ldap": {"uri": " ".join(uris), "base_dn": BASE, "bind_dn": "svc-seg@corp.example.test",
+                 "bind_password_file": secret, "ca_file": ca or pki("root-ca.crt"),
+                 "timeout": "2s"},
+    })
+    return b, d

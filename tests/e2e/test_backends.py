@@ -22,6 +22,21 @@ def servers_seen(backends):
     return [len(b.requests()) for b in backends]
 
 
+def several(env, urls, workers="1", **backend):
+    """certmapd with <workers> worker(s), [backend] url = each of <urls>, and the
+    other [backend] keys <backend>."""
+    return env.certmapd(sections={"server": {"workers": workers},
+                                  "backend": {"url": urls, **backend}})
+
+
+def all_ok(d, prefix, n, when=""):
+    """<n> requests, /<prefix>0 to /<prefix>n-1, each on a new client connection:
+    each must get 200 (<when>: what the failure message adds)."""
+    for i in range(n):
+        status, _, _ = curl(d.base + f"/{prefix}{i}", cert="good")
+        eq(status, 200, f"request {i}" + (f" {when}" if when else ""))
+
+
 class CountingListener:
     """Accepts TCP connections on 127.0.0.1 and closes each at once, counting
     them: to an https client, a server that fails every TLS handshake."""
@@ -62,17 +77,21 @@ class CountingListener:
         self.thread.join(5)
 
 
+def tls_and_failing(env):
+    """An https backend, and a CountingListener (closed when the test ends)."""
+    good = env.backend(tls=True)
+    bad = CountingListener()
+    env.add_cleanup(bad.close)
+    return good, bad
+
+
 def test_round_robin_spreads(env):
     """Three servers, one worker: nine requests on separate client connections
     go three to each, in turn; on one client connection the pool keeps one
     backend connection per server and reuses each for its own server only."""
     bs = [env.backend() for _ in range(3)]
-    d = env.certmapd(sections={"server": {"workers": "1"},
-                               "backend": {"url": [b.url for b in bs]}},
-                     backend_url=bs[0].url)
-    for i in range(9):
-        status, _, _ = curl(d.base + f"/rr{i}", cert="good")
-        eq(status, 200, f"request {i}")
+    d = several(env, [b.url for b in bs])
+    all_ok(d, "rr", 9)
     eq(servers_seen(bs), [3, 3, 3], "requests per server")
     for k, b in enumerate(bs):
         eq([r["target"] for r in b.requests()], [f"/rr{i}" for i in range(k, 9, 3)],
@@ -101,15 +120,10 @@ def test_refused_server_skipped_for_fail_timeout(env):
     fail_timeout, then tried again; once it is back it serves again, and each
     transition is logged once."""
     a, b, c = env.backend(), env.backend(), env.backend()
-    d = env.certmapd(sections={"server": {"workers": "1"},
-                               "backend": {"url": [a.url, b.url, c.url],
-                                           "fail_timeout": "3s"}},
-                     backend_url=a.url)
+    d = several(env, [a.url, b.url, c.url], fail_timeout="3s")
     port_b = b.port
     b.stop()
-    for i in range(6):
-        status, _, _ = curl(d.base + f"/x{i}", cert="good")
-        eq(status, 200, f"request {i} with a server stopped")
+    all_ok(d, "x", 6, "with a server stopped")
     log = d.wait_access(6)
     trails = [l["upstream"] for l in log]
     # Request 0 goes to a; request 1 is b's turn: refused, then c. From then on
@@ -120,9 +134,7 @@ def test_refused_server_skipped_for_fail_timeout(env):
     eq(d.stderr().count(f"backend server {addr(port_b)} is down"), 1, "down logged once")
 
     time.sleep(3.2)  # fail_timeout is over: b is tried again, and is still down
-    for i in range(3):
-        status, _, _ = curl(d.base + f"/y{i}", cert="good")
-        eq(status, 200, f"request {i} after fail_timeout")
+    all_ok(d, "y", 3, "after fail_timeout")
     trails = [l["upstream"] for l in d.wait_access(9)[6:]]
     eq(sum(addr(port_b) + "(error)" in t for t in trails), 1, f"b retried once: {trails}")
     eq(d.stderr().count(f"backend server {addr(port_b)} is down"), 1,
@@ -130,9 +142,7 @@ def test_refused_server_skipped_for_fail_timeout(env):
 
     b.start(port=port_b)
     time.sleep(3.2)
-    for i in range(6):
-        status, _, _ = curl(d.base + f"/z{i}", cert="good")
-        eq(status, 200, f"request {i} with b back")
+    all_ok(d, "z", 6, "with b back")
     eq(len(b.requests()), 2, "b serves its share again")
     eq(d.stderr().count(f"backend server {addr(port_b)} is up again"), 1, "up logged once")
 
@@ -142,28 +152,18 @@ def test_tls_failing_server_attempts_counted(env):
     connection (a failed TLS handshake, as a server whose TLS is broken).
     The attempts at its port are counted: one, then none during
     fail_timeout, then one more once it is over."""
-    good = env.backend(tls=True)
-    bad = CountingListener()
-    env.add_cleanup(bad.close)
-    d = env.certmapd(sections={"server": {"workers": "1"},
-                               "backend": {"url": [f"https://127.0.0.1:{bad.port}",
-                                                   f"https://127.0.0.1:{good.port}"],
-                                           "ca_file": pki("root-ca.crt"),
-                                           "fail_timeout": "3s"}},
-                     backend_url=good.url)
+    good, bad = tls_and_failing(env)
+    d = several(env, [f"https://127.0.0.1:{bad.port}", f"https://127.0.0.1:{good.port}"],
+                ca_file=pki("root-ca.crt"), fail_timeout="3s")
     t0 = time.time()
-    for i in range(8):
-        status, _, _ = curl(d.base + f"/t{i}", cert="good")
-        eq(status, 200, f"request {i}")
+    all_ok(d, "t", 8)
     took = time.time() - t0
     check(took < 3, f"the requests took {took:.2f}s, more than fail_timeout")
     eq(bad.attempts(), 1, "connection attempts at the failing server within fail_timeout")
     eq(len(good.requests()), 8, "the good server served every request")
     eq(d.wait_access(8)[0]["upstream"], f"{addr(bad.port)}(error),{addr(good)}", "trail")
     time.sleep(3.2)
-    for i in range(4):
-        status, _, _ = curl(d.base + f"/u{i}", cert="good")
-        eq(status, 200, f"request {i} after fail_timeout")
+    all_ok(d, "u", 4, "after fail_timeout")
     eq(bad.attempts(), 2, "tried once more after fail_timeout, then skipped again")
     eq(d.stderr().count(f"backend server {addr(bad.port)} is down"), 1, "down logged once")
 
@@ -173,10 +173,7 @@ def test_every_server_down_tried_anyway(env):
     trying), the least recently failed first, then 502 backend_unavailable;
     a server that comes back within fail_timeout serves at once."""
     p1, p2 = free_port(), free_port()
-    d = env.certmapd(sections={"server": {"workers": "1"},
-                               "backend": {"url": [f"http://127.0.0.1:{p1}",
-                                                   f"http://127.0.0.1:{p2}"],
-                                           "fail_timeout": "1m"}})
+    d = several(env, [f"http://127.0.0.1:{p1}", f"http://127.0.0.1:{p2}"], fail_timeout="1m")
     for i in range(3):
         status, _, _ = curl(d.base + f"/d{i}", cert="good")
         eq(status, 502, f"request {i}")
@@ -199,9 +196,7 @@ def test_sent_request_never_replayed_elsewhere(env):
     server; nor does a GET sent on a new connection (only a request that was
     not sent, or a stale pooled connection's, goes again)."""
     a, b = env.backend(), env.backend()
-    d = env.certmapd(sections={"server": {"workers": "1"},
-                               "backend": {"url": [a.url, b.url]}},
-                     backend_url=a.url)
+    d = several(env, [a.url, b.url])
     s = tls_connect(d.port)
     s.sendall(request_bytes("POST", "/Microsoft-Server-ActiveSync?Cmd=Ping&abort=1",
                             [("Content-Length", "5")], b"hello"))
@@ -229,9 +224,7 @@ def test_unsent_post_fails_over(env):
     to the next server, whole, once."""
     a = env.backend()
     dead = free_port()
-    d = env.certmapd(sections={"server": {"workers": "1"},
-                               "backend": {"url": [f"http://127.0.0.1:{dead}", a.url]}},
-                     backend_url=a.url)
+    d = several(env, [f"http://127.0.0.1:{dead}", a.url])
     status, body, _ = curl(d.base + "/post", cert="good", args=["--data-binary", "@-"],
                           data=b"x" * 1000)
     eq(status, 200, "the POST")
@@ -245,9 +238,7 @@ def test_stale_pooled_get_retried_with_several_servers(env):
     servers: a GET whose pooled connection the server had closed goes once
     more on a new connection; a POST does not."""
     a, b = env.backend(), env.backend()
-    d = env.certmapd(sections={"server": {"workers": "1"},
-                               "backend": {"url": [a.url, b.url]}},
-                     backend_url=a.url)
+    d = several(env, [a.url, b.url])
     s = tls_connect(d.port)
     rd = Reader(s)
     s.sendall(request_bytes("GET", "/first?dropnext=1"))  # a, pooled, drops its next
@@ -324,22 +315,16 @@ def test_health_checks_mark_down_and_up(env):
     a, b = env.backend(), env.backend()
     sick = FixedAnswer(503)
     env.add_cleanup(sick.close)
-    d = env.certmapd(sections={"server": {"workers": "2"},
-                               "backend": {"url": [a.url, b.url, f"http://127.0.0.1:{sick.port}"],
-                                           "health_check": "GET /health",
-                                           "health_interval": "300ms",
-                                           "health_timeout": "1s",
-                                           "fail_timeout": "0"}},
-                     backend_url=a.url)
+    d = several(env, [a.url, b.url, f"http://127.0.0.1:{sick.port}"], workers="2",
+                health_check="GET /health", health_interval="300ms", health_timeout="1s",
+                fail_timeout="0")
     down = f"backend server {addr(sick.port)} is down (health check answered 503)"
     wait_for(lambda: down in d.stderr(), 5, "the 503 server marked down")
     wait_for(lambda: any(r["target"] == "/health" for r in b.requests()), 5, "b checked")
     check(all(l == "GET /health HTTP/1.1" for l in sick.lines), f"checks: {sick.lines}")
     hdrs = dict(next(r for r in a.requests() if r["target"] == "/health")["headers"])
     eq(hdrs.get("Host"), addr(a), "the check's Host header")
-    for i in range(6):
-        status, _, _ = curl(d.base + f"/h{i}", cert="good")
-        eq(status, 200, f"request {i}")
+    all_ok(d, "h", 6)
     check(all(l == "GET /health HTTP/1.1" for l in sick.lines), "the sick server got no request")
     traffic = lambda x: [r for r in x.requests() if r["target"] != "/health"]
     eq(len(traffic(a)) + len(traffic(b)), 6, "a and b served every request")
@@ -352,18 +337,14 @@ def test_health_checks_mark_down_and_up(env):
     wait_for(lambda: f"backend server {addr(port_b)} is down (health check:" in d.stderr(), 5,
              "the stopped server marked down by the checks")
     a.clear()
-    for i in range(4):
-        status, _, _ = curl(d.base + f"/s{i}", cert="good")
-        eq(status, 200, f"request {i} with b stopped")
+    all_ok(d, "s", 4, "with b stopped")
     check(all(addr(port_b) not in l["upstream"] for l in d.wait_access(10)[6:]),
           "no request tried the stopped server")
     eq(len(traffic(a)), 4, "a served them")
     b.start(port=port_b)
     wait_for(lambda: f"backend server {addr(port_b)} is up again (health check answered 200)"
              in d.stderr(), 5, "b back up by the checks")
-    for i in range(4):
-        status, _, _ = curl(d.base + f"/t{i}", cert="good")
-        eq(status, 200, f"request {i} with b back")
+    all_ok(d, "t", 4, "with b back")
     check(len(traffic(b)) >= 1, "b serves again")
 
 
@@ -371,24 +352,16 @@ def test_health_checks_over_tls(env):
     """https servers with health checks: the verified one stays up and is
     checked over TLS; one whose TLS handshake fails is marked down by the
     checks and no client request is sent its way."""
-    good = env.backend(tls=True)
-    bad = CountingListener()
-    env.add_cleanup(bad.close)
-    d = env.certmapd(sections={"server": {"workers": "1"},
-                               "backend": {"url": [f"https://127.0.0.1:{bad.port}",
-                                                   f"https://localhost:{good.port}"],
-                                           "ca_file": pki("root-ca.crt"),
-                                           "health_check": "HEAD /healthcheck.htm",
-                                           "health_interval": "200ms"}},
-                     backend_url=good.url)
+    good, bad = tls_and_failing(env)
+    d = several(env, [f"https://127.0.0.1:{bad.port}", f"https://localhost:{good.port}"],
+                ca_file=pki("root-ca.crt"), health_check="HEAD /healthcheck.htm",
+                health_interval="200ms")
     wait_for(lambda: f"backend server {addr(bad.port)} is down (health check:" in d.stderr(), 5,
              "the TLS-failing server marked down by a check")
     wait_for(lambda: any(r["method"] == "HEAD" for r in good.requests()), 5, "good checked")
     check(f"localhost:{good.port} is down" not in d.stderr(), "the good server stays up")
     before, t0 = bad.attempts(), time.time()
-    for i in range(5):
-        status, _, _ = curl(d.base + f"/c{i}", cert="good")
-        eq(status, 200, f"request {i}")
+    all_ok(d, "c", 5)
     rounds = int((time.time() - t0) / 0.2) + 2
     check(all(addr(bad.port) not in l["upstream"] for l in d.wait_access(5)),
           "no request tried the server the checks found down")

@@ -12,24 +12,9 @@ import threading
 import time
 
 import leaves
-from fakedc import FakeDC
+from fakedc import BASE, FakeDC, certmapd_for
 from harness import check, curl, curl_until_recovered, eq, pki, run
-from test_hostile_directory import BASE, PATH, account
-
-
-def certmapd_for(env, uris, ca=None):
-    secret = os.path.join(env.dir, "secret")
-    with open(secret, "w") as f:
-        f.write("any-password")
-    b = env.backend()
-    d = env.certmapd(b, {
-        "mapping": {"source": "ldap", "methods": "altsecid", "cache_ttl": "0",
-                    "negative_cache_ttl": "0"},
-        "ldap": {"uri": " ".join(uris), "base_dn": BASE, "bind_dn": "svc-seg@corp.example.test",
-                 "bind_password_file": secret, "ca_file": ca or pki("root-ca.crt"),
-                 "timeout": "2s"},
-    })
-    return b, d
+from test_hostile_directory import PATH, account
 
 
 def test_slow_directory(env):

@@ -27,12 +27,31 @@ def accept_lines(d):
     return sum(1 for line in d.stderr().splitlines() if "accept" in line)
 
 
-def test_exhaustion_is_bounded_and_recovers(env):
-    b = env.backend()
-    d = env.certmapd(b, {"server": {"workers": "1", "log_level": "info",
-                                    "max_connections": "1000"}}, start=False)
+def limited(env, sections):
+    """certmapd with <sections> and a backend, started under an open-files
+    limit of LIMIT."""
+    d = env.certmapd(env.backend(), sections, start=False)
     d.wrapper = ["prlimit", f"--nofile={LIMIT}:{LIMIT}", "--"]
-    d.start()
+    return d.start()
+
+
+def status_once_closed(d, socks):
+    """Closes <socks>, then asks again for up to 10 s: the last request's status."""
+    for s in socks:
+        s.close()
+    deadline = time.time() + 10
+    status = None
+    while time.time() < deadline:
+        status, _, _ = curl(f"{d.base}/after", cert="good", timeout=5)
+        if status == 200:
+            break
+        time.sleep(0.2)
+    return status
+
+
+def test_exhaustion_is_bounded_and_recovers(env):
+    d = limited(env, {"server": {"workers": "1", "log_level": "info",
+                                 "max_connections": "1000"}})
     check("max_connections = 1000 needs up to" in d.stderr(), "the start-up warning")
     status, _, _ = curl(f"{d.base}/before", cert="good")
     eq(status, 200, "a request before the exhaustion")
@@ -52,26 +71,14 @@ def test_exhaustion_is_bounded_and_recovers(env):
     check(cpu < 0.5, f"{cpu:.2f} s of CPU in 3 s at the descriptor limit")
     check("descriptors open" in d.stderr(), "the exhaustion is logged with the count")
 
-    for s in socks:
-        s.close()
-    deadline = time.time() + 10
-    status = None
-    while time.time() < deadline:
-        status, _, _ = curl(f"{d.base}/after", cert="good", timeout=5)
-        if status == 200:
-            break
-        time.sleep(0.2)
-    eq(status, 200, "a request once the extra connections are closed")
+    eq(status_once_closed(d, socks), 200, "a request once the extra connections are closed")
 
 
 def test_default_bound_keeps_descriptors(env):
     """max_connections = 0: the bound is what the limit holds (2 descriptors
     per client beside the fixed ones), so accept never fails for want of one."""
-    b = env.backend()
-    d = env.certmapd(b, {"server": {"workers": "1", "log_level": "info"},
-                         "backend": {"keepalive_connections": "4"}}, start=False)
-    d.wrapper = ["prlimit", f"--nofile={LIMIT}:{LIMIT}", "--"]
-    d.start()
+    d = limited(env, {"server": {"workers": "1", "log_level": "info"},
+                      "backend": {"keepalive_connections": "4"}})
     m = re.search(r"max_connections: (\d+), from the open-files limit", d.stderr())
     check(m is not None, "the derived bound is logged")
     bound = int(m.group(1))
@@ -81,16 +88,7 @@ def test_default_bound_keeps_descriptors(env):
     err = d.stderr()
     check("descriptors open" not in err, "no descriptor exhaustion under the derived bound")
     check(f"max_connections ({bound}) reached" in err, "the bound is reached and logged")
-    for s in socks:
-        s.close()
-    deadline = time.time() + 10
-    status = None
-    while time.time() < deadline:
-        status, _, _ = curl(f"{d.base}/after", cert="good", timeout=5)
-        if status == 200:
-            break
-        time.sleep(0.2)
-    eq(status, 200, "a request once the extra connections are closed")
+    eq(status_once_closed(d, socks), 200, "a request once the extra connections are closed")
 
 
 if __name__ == "__main__":

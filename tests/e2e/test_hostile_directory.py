@@ -7,12 +7,10 @@ crash and never let anyone in, and recover once the answers are sane again."""
 import os
 
 import leaves
-from fakedc import entry, reference
-from fakedc import FakeDC
+from fakedc import BASE, FakeDC, certmapd_for, entry, reference
 from harness import check, curl, curl_until_recovered, eq, pki, run
 from samba import sid_to_bytes
 
-BASE = "DC=corp,DC=example,DC=test"
 PATH = "/Microsoft-Server-ActiveSync?Cmd=Ping"
 SID = "S-1-5-21-1-2-3-1500"
 
@@ -29,16 +27,7 @@ def start(env, scenario):
     state = {"scenario": scenario}
     dc = FakeDC(pki("server-chain.pem"), pki("server.key"), BASE,
                 lambda base, scope: state["scenario"]())
-    secret = os.path.join(env.dir, "secret")
-    with open(secret, "w") as f:
-        f.write("any-password")
-    b = env.backend()
-    d = env.certmapd(b, {
-        "mapping": {"source": "ldap", "methods": "altsecid", "cache_ttl": "0",
-                     "negative_cache_ttl": "0"},
-        "ldap": {"uri": dc.uri, "base_dn": BASE, "bind_dn": "svc-seg@corp.example.test",
-                 "bind_password_file": secret, "ca_file": pki("root-ca.crt"), "timeout": "2s"},
-    })
+    b, d = certmapd_for(env, [dc.uri])
     return state, dc, b, d
 
 

@@ -324,21 +324,16 @@ def test_revocation_unknown_refuse_missing(env):
 
 # ---- crl_fetch: CRLs from the certificates' distribution points ----------------------------
 
-class CrlServer:
-    """A local HTTP server publishing CRLs (as AD CS does under /CertEnroll/),
-    in this process: <files> maps a path to the bytes served; <mode> makes it
-    misbehave ("garbage", "slow", "redirect", "big"); it can be stopped and
-    started again on its port. Counts the requests per path."""
+class LocalServer:
+    """An HTTP/1.0 server on 127.0.0.1, in this process, that can be stopped and
+    started again on its port: a subclass answers requests of its <method> in
+    answer(handler)."""
+
+    method = "GET"
 
     def __init__(self):
         self.port = free_port()
-        self.files = {}
-        self.mode = "ok"
-        self.hits = {}
         self.httpd = None
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
 
     def start(self):
         srv = self
@@ -349,31 +344,7 @@ class CrlServer:
             def log_message(self, *a):
                 pass
 
-            def do_GET(self):
-                srv.hits[self.path] = srv.hits.get(self.path, 0) + 1
-                if srv.mode == "slow":
-                    time.sleep(4)
-                    self.close_connection = True
-                    return
-                if srv.mode == "redirect":
-                    self.send_response(302)
-                    self.send_header("Location", "http://127.0.0.1:9/x.crl")
-                    self.end_headers()
-                    return
-                body = srv.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                if srv.mode == "garbage":
-                    body = b"<html>this is not a CRL</html>" * 10
-                if srv.mode == "big":
-                    body = body + b"\0" * (2 * 1024 * 1024)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/pkix-crl")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        setattr(Handler, "do_" + self.method, lambda handler: srv.answer(handler))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -386,27 +357,82 @@ class CrlServer:
             self.httpd = None
 
 
+def send_ok(handler, content_type, body):
+    """A 200 with <body> (bytes) of <content_type> through <handler>."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+class CrlServer(LocalServer):
+    """A local HTTP server publishing CRLs (as AD CS does under /CertEnroll/):
+    <files> maps a path to the bytes served; <mode> makes it misbehave
+    ("garbage", "slow", "redirect", "big"). Counts the requests per path."""
+
+    def __init__(self):
+        super().__init__()
+        self.files = {}
+        self.mode = "ok"
+        self.hits = {}
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def answer(self, h):
+        self.hits[h.path] = self.hits.get(h.path, 0) + 1
+        if self.mode == "slow":
+            time.sleep(4)
+            h.close_connection = True
+            return
+        if self.mode == "redirect":
+            h.send_response(302)
+            h.send_header("Location", "http://127.0.0.1:9/x.crl")
+            h.end_headers()
+            return
+        body = self.files.get(h.path)
+        if body is None:
+            h.send_error(404)
+            return
+        if self.mode == "garbage":
+            body = b"<html>this is not a CRL</html>" * 10
+        if self.mode == "big":
+            body = body + b"\0" * (2 * 1024 * 1024)
+        send_ok(h, "application/pkix-crl", body)
+
+
 def der(pem_text):
     return subprocess.run(["openssl", "crl", "-outform", "DER"], input=pem_text.encode(),
                           capture_output=True, check=True).stdout
+
+
+def ca_with(env, server):
+    """A CA copy, and <server> (a LocalServer, not started), stopped when the test ends."""
+    env.add_cleanup(server.stop)
+    return CA(env.dir), server
+
+
+def without_crl_file(env, cc, extra=None, sections=None):
+    """A backend, and certmapd with no crl_file, the [client_certificate] keys
+    <cc> and then <extra>, and the other <sections>. Returns both."""
+    b = env.backend()
+    cc = {"crl_file": None, **cc, **(extra or {})}
+    return b, env.certmapd(b, dict(sections or {}, client_certificate=cc))
 
 
 def fetching(env, extra=None, serve=True, sections=None):
     """A CA copy, a CRL server publishing its CRL at /CertEnroll/ca.crl (DER),
     leaves "cdpgood" and "cdprevoked" (revoked) naming it, and certmapd with
     crl_fetch = on and no crl_file."""
-    ca = CA(env.dir)
-    srv = CrlServer()
-    env.add_cleanup(srv.stop)
+    ca, srv = ca_with(env, CrlServer())
     ca.issue("cdpgood", "URI:" + srv.url("/CertEnroll/ca.crl"))
     ca.revoke(ca.issue("cdprevoked", "URI:" + srv.url("/CertEnroll/ca.crl")))
     srv.files["/CertEnroll/ca.crl"] = der(ca.crl())
     if serve:
         srv.start()
-    b = env.backend()
-    cc = {"crl_file": None, "crl_fetch": "on", "crl_fetch_timeout": "1500ms"}
-    cc.update(extra or {})
-    d = env.certmapd(b, dict(sections or {}, client_certificate=cc))
+    b, d = without_crl_file(env, {"crl_fetch": "on", "crl_fetch_timeout": "1500ms"}, extra,
+                            sections)
     return ca, srv, b, d
 
 
@@ -549,9 +575,7 @@ def test_fetch_delta_crl(env):
     """A base CRL naming its delta (Freshest CRL, as AD CS publishes them): the
     delta is fetched with the base, and a certificate revoked since the base
     (listed only in the delta) is refused; ldap:// points are ignored, logged once."""
-    ca = CA(env.dir)
-    srv = CrlServer()
-    env.add_cleanup(srv.stop)
+    ca, srv = ca_with(env, CrlServer())
     cdp = ("URI:ldap:///CN=Corp%20Issuing%20CA%2CCN=CDP?certificateRevocationList?base,"
            "URI:" + srv.url("/CertEnroll/ca.crl"))
     ca.issue("cdpgood", cdp)
@@ -563,8 +587,7 @@ def test_fetch_delta_crl(env):
     srv.files["/CertEnroll/ca+.crl"] = der(ca.crl(exts=[
         f"2.5.29.27 = critical,ASN1:INTEGER:{base_no}"]))
     srv.start()
-    b = env.backend()
-    d = env.certmapd(b, {"client_certificate": {"crl_file": None, "crl_fetch": "on"}})
+    b, d = without_crl_file(env, {"crl_fetch": "on"})
     eq(status_of(d, "cdplate", ca), 403, "revoked in the delta only")
     eq(d.access()[-1]["reason"], "cert_revoked", "reason")
     eq(status_of(d, "cdpgood", ca), 200, "in neither")
@@ -578,15 +601,12 @@ def test_fetch_delta_crl(env):
 def test_fetch_delta_missing_is_unknown(env):
     """A base that names a delta which cannot be had: status unknown (what the
     delta would say is not known)."""
-    ca = CA(env.dir)
-    srv = CrlServer()
-    env.add_cleanup(srv.stop)
+    ca, srv = ca_with(env, CrlServer())
     ca.issue("cdpgood", "URI:" + srv.url("/CertEnroll/ca.crl"))
     srv.files["/CertEnroll/ca.crl"] = der(ca.crl(exts=[
         "freshestCRL = URI:" + srv.url("/CertEnroll/ca+.crl")]))
     srv.start()
-    b = env.backend()
-    d = env.certmapd(b, {"client_certificate": {"crl_file": None, "crl_fetch": "on"}})
+    b, d = without_crl_file(env, {"crl_fetch": "on"})
     eq(status_of(d, "cdpgood", ca), 403, "no delta")
     check("HTTP status 404" in d.stderr(), "the delta's 404 is logged")
 
@@ -637,17 +657,18 @@ def test_fetch_for_late_certificate(env):
 
 # ---- ocsp: the AD CS Online Responder's part ---------------------------------------------
 
-class OcspResponder:
+class OcspResponder(LocalServer):
     """An OCSP responder for the CA copy, in this process (Python's cryptography):
     answers good, or revoked for the serials in <revoked>, signed by the issuing
     CA, valid <valid_s> seconds; mode "down" (not started), "garbage", "stale"."""
 
+    method = "POST"
+
     def __init__(self):
-        self.port = free_port()
+        super().__init__()
         self.revoked = set()
         self.mode = "ok"
         self.hits = 0
-        self.httpd = None
         self.valid_s = 300
 
     @property
@@ -655,75 +676,58 @@ class OcspResponder:
         return f"http://127.0.0.1:{self.port}/ocsp"
 
     def start(self):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        self.key = serialization.load_pem_private_key(open(pki("issuing-ca.key"), "rb").read(),
+                                                      None)
+        self.cacert = x509.load_pem_x509_certificate(open(pki("issuing-ca.crt"), "rb").read())
+        return super().start()
+
+    def answer(self, h):
         import datetime
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.x509 import ocsp
-        key = serialization.load_pem_private_key(open(pki("issuing-ca.key"), "rb").read(), None)
-        cacert = x509.load_pem_x509_certificate(open(pki("issuing-ca.crt"), "rb").read())
-        srv = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                srv.hits += 1
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if srv.mode == "garbage":
-                    out = b"not an OCSP response"
-                else:
-                    req = ocsp.load_der_ocsp_request(body)
-                    now = datetime.datetime.utcnow()
-                    if srv.mode == "stale":
-                        now -= datetime.timedelta(days=2)
-                    revoked = req.serial_number in srv.revoked
-                    # the builder wants a certificate: one with the asked serial and issuer
-                    fake = (x509.CertificateBuilder().subject_name(cacert.subject)
-                            .issuer_name(cacert.subject).public_key(key.public_key())
-                            .serial_number(req.serial_number)
-                            .not_valid_before(now - datetime.timedelta(days=1))
-                            .not_valid_after(now + datetime.timedelta(days=1))
-                            .sign(key, hashes.SHA256()))
-                    signer, signer_cert = key, cacert
-                    if srv.mode == "wrongkey":
-                        # a look-alike responder: the CA's name, another key
-                        from cryptography.hazmat.primitives.asymmetric import ec
-                        signer = ec.generate_private_key(ec.SECP256R1())
-                        signer_cert = (x509.CertificateBuilder().subject_name(cacert.subject)
-                                       .issuer_name(cacert.subject)
-                                       .public_key(signer.public_key()).serial_number(7)
-                                       .not_valid_before(now - datetime.timedelta(days=1))
-                                       .not_valid_after(now + datetime.timedelta(days=1))
-                                       .sign(signer, hashes.SHA256()))
-                    b = ocsp.OCSPResponseBuilder().add_response(
-                        cert=fake, issuer=cacert, algorithm=hashes.SHA1(),
-                        cert_status=ocsp.OCSPCertStatus.REVOKED if revoked
-                        else ocsp.OCSPCertStatus.GOOD,
-                        this_update=now - datetime.timedelta(seconds=60),
-                        next_update=now + datetime.timedelta(seconds=srv.valid_s),
-                        revocation_time=now - datetime.timedelta(seconds=30) if revoked else None,
-                        revocation_reason=None).responder_id(
-                        ocsp.OCSPResponderEncoding.HASH, signer_cert).certificates([signer_cert])
-                    out = b.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/ocsp-response")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self):
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.httpd = None
+        key, cacert = self.key, self.cacert
+        self.hits += 1
+        body = h.rfile.read(int(h.headers.get("Content-Length", "0")))
+        if self.mode == "garbage":
+            send_ok(h, "application/ocsp-response", b"not an OCSP response")
+            return
+        req = ocsp.load_der_ocsp_request(body)
+        now = datetime.datetime.utcnow()
+        if self.mode == "stale":
+            now -= datetime.timedelta(days=2)
+        revoked = req.serial_number in self.revoked
+        # the builder wants a certificate: one with the asked serial and issuer
+        fake = (x509.CertificateBuilder().subject_name(cacert.subject)
+                .issuer_name(cacert.subject).public_key(key.public_key())
+                .serial_number(req.serial_number)
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .sign(key, hashes.SHA256()))
+        signer, signer_cert = key, cacert
+        if self.mode == "wrongkey":
+            # a look-alike responder: the CA's name, another key
+            from cryptography.hazmat.primitives.asymmetric import ec
+            signer = ec.generate_private_key(ec.SECP256R1())
+            signer_cert = (x509.CertificateBuilder().subject_name(cacert.subject)
+                           .issuer_name(cacert.subject)
+                           .public_key(signer.public_key()).serial_number(7)
+                           .not_valid_before(now - datetime.timedelta(days=1))
+                           .not_valid_after(now + datetime.timedelta(days=1))
+                           .sign(signer, hashes.SHA256()))
+        b = ocsp.OCSPResponseBuilder().add_response(
+            cert=fake, issuer=cacert, algorithm=hashes.SHA1(),
+            cert_status=ocsp.OCSPCertStatus.REVOKED if revoked
+            else ocsp.OCSPCertStatus.GOOD,
+            this_update=now - datetime.timedelta(seconds=60),
+            next_update=now + datetime.timedelta(seconds=self.valid_s),
+            revocation_time=now - datetime.timedelta(seconds=30) if revoked else None,
+            revocation_reason=None).responder_id(
+            ocsp.OCSPResponderEncoding.HASH, signer_cert).certificates([signer_cert])
+        send_ok(h, "application/ocsp-response",
+                b.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
 
 
 def serial_of(path):
@@ -733,18 +737,16 @@ def serial_of(path):
 
 
 def with_ocsp(env, mode="ok", extra=None):
-    ca = CA(env.dir)
-    o = OcspResponder()
-    env.add_cleanup(o.stop)
+    """A CA copy, an OCSP responder in <mode> (see OcspResponder), leaves
+    "ocspgood" and "ocsprevoked" (revoked) naming it, and certmapd with
+    ocsp = on and no crl_file."""
+    ca, o = ca_with(env, OcspResponder())
     ca.issue("ocspgood", aia=o.url)
     o.revoked.add(serial_of(ca.issue("ocsprevoked", aia=o.url)))
     o.mode = mode
     if mode != "down":
         o.start()
-    b = env.backend()
-    cc = {"crl_file": None, "ocsp": "on", "crl_fetch_timeout": "1500ms"}
-    cc.update(extra or {})
-    d = env.certmapd(b, {"client_certificate": cc})
+    b, d = without_crl_file(env, {"ocsp": "on", "crl_fetch_timeout": "1500ms"}, extra)
     return ca, o, b, d
 
 

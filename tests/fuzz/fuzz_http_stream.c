@@ -11,7 +11,6 @@
 #include <stdbool.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -25,80 +24,19 @@
 #include "proxy/upstream.h"
 #include "tests/fuzz/fuzz.h"
 #include "tests/support/fake_upstream.h"
+#include "tests/support/stream_fixture.h"
 
 #define MAX_STREAMS 8
 
 /* ---- the connection's side, made once ----------------------------------------- */
 
-static struct event_base *base;
-static struct io *cio;
-static int peer_fd = -1;
-static struct conf conf;
-static struct upstream_pool pool;
-static struct backend_set ba;
-static struct accesslog *alog;
-static struct stream_client sc;
-static bool done;
-static enum stream_end end;
-
-static bool ops_ask_cert(void *arg)
-{
-    return false;
-}
-
-static void ops_more(void *arg)
-{
-}
-
-static void ops_done(void *arg, enum stream_end how)
-{
-    done = true;
-    end = how;
-}
-
-static const struct stream_client_ops ops = {
-    .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
-
-static void io_nop_read(void *arg)
-{
-}
-
-static void io_nop_event(void *arg, enum io_event ev)
-{
-}
-
-static const struct io_handler client_handler = {.read = io_nop_read, .event = io_nop_event};
-
+static struct stream_fixture sf;
 static void setup_once(void)
 {
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0)
-        abort();
-    base = event_base_new();
-    cio = io_new(base, &client_handler, NULL);
-    if (base == NULL || cio == NULL || io_accept(cio, sv[0], NULL) != 0)
-        abort();
-    peer_fd = sv[1];
-    conf.max_request_head = 8 * 1024;
-    conf.header_timeout_ms = 30000;
-    conf.body_timeout_ms = 60000;
-    conf.upload_read_ahead_size = 48 * 1024;
-    conf.cert_mode = CERT_IGNORE;
-    conf.backend.host_header = "eas.test";
-    pool.backend = &ba;
     char err[256];
-    alog = accesslog_open("off", err, sizeof err);
-    if (alog == NULL)
+    if (stream_fixture_open(&sf, NULL, NULL, NULL, err, sizeof err) != 0)
         abort();
-    sc = (struct stream_client){.io = cio,
-                                .conf = &conf,
-                                .alog = alog,
-                                .pool = &pool,
-                                .peer = "127.0.0.9",
-                                .conn_id = 7,
-                                .n_requests = 1,
-                                .cert_asked = true,
-                                .ops = &ops};
+    sf.conf.max_request_head = 8 * 1024;
 }
 
 /* What the client was sent is read and dropped, so that the stream never
@@ -106,9 +44,9 @@ static void setup_once(void)
 static void drain_client(void)
 {
     for (int i = 0; i < 4; i++)
-        event_base_loop(base, EVLOOP_NONBLOCK);
+        event_base_loop(sf.base, EVLOOP_NONBLOCK);
     char buf[16384];
-    while (read(peer_fd, buf, sizeof buf) > 0)
+    while (read(sf.peer_fd, buf, sizeof buf) > 0)
         ;
 }
 
@@ -174,27 +112,27 @@ static void respond_200(struct upstream *u)
     struct upstream_response r = {
         .status = 200, .head = &head, .has_length = true, .content_length = 2};
     u->h->head(u->arg, &r);
-    if (!done)
+    if (sf.n_done == 0)
         u->h->body(u->arg, "ok", 2);
-    if (!done)
+    if (sf.n_done == 0)
         u->h->done(u->arg, true);
     proxy_head_purge(&head);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (base == NULL)
+    if (sf.base == NULL)
         setup_once();
     const char *p = (const char *)data;
     size_t left = size;
     for (int k = 0; k < MAX_STREAMS; k++) {
         fake_upstream_reset();
-        done = false;
-        struct stream *st = stream_new(&sc);
+        sf.n_done = 0;
+        struct stream *st = stream_new(&sf.sc);
         if (st == NULL)
             abort();
         /* The whole input may come in pieces: feed until nothing more is taken. */
-        for (int guard = 0; guard < 64 && left > 0 && !done; guard++) {
+        for (int guard = 0; guard < 64 && left > 0 && sf.n_done == 0; guard++) {
             size_t used = stream_feed(st, p, left);
             p += used;
             left -= used;
@@ -204,24 +142,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         for (int i = 0; i < fake_n_acquired; i++)
             check_backend_head(&fake_ups[i]);
-        if (!done && fake_n_acquired > 0 && !fake_ups[fake_n_acquired - 1].released)
+        if (sf.n_done == 0 && fake_n_acquired > 0 && !fake_ups[fake_n_acquired - 1].released)
             respond_200(&fake_ups[fake_n_acquired - 1]);
         drain_client();
         /* The answer may let the stream take the rest of a pipelined body. */
-        if (!done && left > 0) {
+        if (sf.n_done == 0 && left > 0) {
             size_t used = stream_feed(st, p, left);
             p += used;
             left -= used;
             drain_client();
         }
-        bool again = done && end == STREAM_KEEP_ALIVE && left > 0;
+        bool again = sf.n_done > 0 && sf.end == STREAM_KEEP_ALIVE && left > 0;
         stream_free(st);
         fake_upstream_reset();
         drain_client();
         if (!again)
             break;
-        sc.n_requests++;
+        sf.sc.n_requests++;
     }
-    sc.n_requests = 1;
+    sf.sc.n_requests = 1;
     return 0;
 }

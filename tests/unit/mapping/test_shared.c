@@ -157,55 +157,52 @@ static void test_tampering(void **state)
     free(v);
 }
 
+/* <r>, encoded with the right key to expire <ahead_ms> after NOW, is refused
+ * when read back; with <want>, for that reason. */
+static void assert_signed_refused(const struct map_result *r, uint64_t ahead_ms, const char *want)
+{
+    struct map_result out;
+    size_t len;
+    uint64_t ttl;
+    const char *why = NULL;
+    char *v = map_shared_encode(r, NOW + ahead_ms, RKEY, KEY, KEYLEN, &len);
+    assert_int_not_equal(decode(v, len, RKEY, &out, &ttl, &why), 0);
+    if (want != NULL)
+        assert_string_equal(why, want);
+    free(v);
+}
+
 /* Values signed with the right key whose content is still not believed: what
  * the directory would not be believed for either. */
 static void test_signed_but_refused(void **state)
 {
-    struct map_result r, out;
-    size_t len;
-    uint64_t ttl;
-    const char *why;
-    char *v;
+    struct map_result r;
 
     (void)state;
     mapped(&r);
     free(r.upn);
     r.upn = strdup("alice@corp.example.test\r\nX-Remote-User: admin"); /* header injection */
-    v = map_shared_encode(&r, NOW + 5000, RKEY, KEY, KEYLEN, &len);
-    assert_int_not_equal(decode(v, len, RKEY, &out, &ttl, &why), 0);
-    assert_string_equal(why, "a field is not directory text");
-    free(v);
+    assert_signed_refused(&r, 5000, "a field is not directory text");
     map_result_purge(&r);
 
     mapped(&r);
     free(r.sid);
     r.sid = strdup("S-1-5-21-01");
-    v = map_shared_encode(&r, NOW + 5000, RKEY, KEY, KEYLEN, &len);
-    assert_int_not_equal(decode(v, len, RKEY, &out, &ttl, &why), 0);
-    assert_string_equal(why, "bad SID");
-    free(v);
+    assert_signed_refused(&r, 5000, "bad SID");
     map_result_purge(&r);
 
     mapped(&r);
     free(r.dn);
     r.dn = NULL;
-    v = map_shared_encode(&r, NOW + 5000, RKEY, KEY, KEYLEN, &len);
-    assert_int_not_equal(decode(v, len, RKEY, &out, &ttl, &why), 0);
-    assert_string_equal(why, "a mapping without its account");
-    free(v);
+    assert_signed_refused(&r, 5000, "a mapping without its account");
     map_result_purge(&r);
 
     refused(&r, R_NO_MAPPING);
     r.dn = strdup("CN=admin");
-    v = map_shared_encode(&r, NOW + 5000, RKEY, KEY, KEYLEN, &len);
-    assert_int_not_equal(decode(v, len, RKEY, &out, &ttl, &why), 0);
-    assert_string_equal(why, "a refusal with an account");
-    free(v);
+    assert_signed_refused(&r, 5000, "a refusal with an account");
 
     /* an expiry a day and more ahead is not one an instance wrote */
-    v = map_shared_encode(&r, NOW + 26ull * 3600 * 1000, RKEY, KEY, KEYLEN, &len);
-    assert_int_not_equal(decode(v, len, RKEY, &out, &ttl, &why), 0);
-    free(v);
+    assert_signed_refused(&r, 26ull * 3600 * 1000, NULL);
     map_result_purge(&r);
 }
 
@@ -333,6 +330,29 @@ static void fake_put(void *ctx, const char *sha256, const struct map_result *r, 
     assert_int_equal(map_result_copy(&f->stored, r), 0);
 }
 
+/* <f>'s loop and event, and the LDIF directory on that loop with conf <c>
+ * (SID, altSecurityIdentities, UPN, full enforcement). */
+static struct map_source *fake_open(struct fake *f, struct conf *c)
+{
+    char err[512];
+    f->base = event_base_new();
+    f->ev = event_new(f->base, -1, 0, fake_answer, f);
+    struct map_source *src =
+        map_ldif_open(data_path("ad-users.ldif"), "CORP", f->base, err, sizeof err);
+    assert_non_null(src);
+    test_conf(c, ENFORCE_FULL, METHOD_SID, METHOD_ALTSECID, METHOD_UPN, METHOD_MAX);
+    return src;
+}
+
+/* Frees what fake_open() made and what <f> stored. */
+static void fake_close(struct fake *f, struct map_source *src)
+{
+    map_result_purge(&f->stored);
+    map_source_close(src);
+    event_free(f->ev);
+    event_base_free(f->base);
+}
+
 /* Maps PKI leaf <leaf> through a fresh mapper (an empty local cache, as on
  * another instance) and tier <f>. */
 static enum reason map_once(struct conf *c, struct map_source *src, struct fake *f,
@@ -370,15 +390,9 @@ static void test_resolver_tier(void **state)
     struct fake f = {0};
     struct conf c;
     struct done d = {0};
-    char err[512];
 
     (void)state;
-    f.base = event_base_new();
-    f.ev = event_new(f.base, -1, 0, fake_answer, &f);
-    struct map_source *src =
-        map_ldif_open(data_path("ad-users.ldif"), "CORP", f.base, err, sizeof err);
-    assert_non_null(src);
-    test_conf(&c, ENFORCE_FULL, METHOD_SID, METHOD_ALTSECID, METHOD_UPN, METHOD_MAX);
+    struct map_source *src = fake_open(&f, &c);
 
     /* not connected: straight to the directory; the answer is offered
      * (the tier drops it while it is not connected) */
@@ -408,10 +422,7 @@ static void test_resolver_tier(void **state)
     assert_int_equal(f.put_ttl, c.negative_cache_ttl_ms);
 
     map_result_purge(&d.r);
-    map_result_purge(&f.stored);
-    map_source_close(src);
-    event_free(f.ev);
-    event_base_free(f.base);
+    fake_close(&f, src);
 }
 
 /* A client gone while its lookup waits for the shared tier: its callback is
@@ -422,16 +433,10 @@ static void test_resolver_tier_cancel(void **state)
     struct fake f = {0};
     struct conf c;
     struct done d = {0};
-    char err[512];
     struct map_result now;
 
     (void)state;
-    f.base = event_base_new();
-    f.ev = event_new(f.base, -1, 0, fake_answer, &f);
-    struct map_source *src =
-        map_ldif_open(data_path("ad-users.ldif"), "CORP", f.base, err, sizeof err);
-    assert_non_null(src);
-    test_conf(&c, ENFORCE_FULL, METHOD_SID, METHOD_ALTSECID, METHOD_UPN, METHOD_MAX);
+    struct map_source *src = fake_open(&f, &c);
     struct map_shared sh = {.ctx = &f, .get = fake_get, .cancel = fake_cancel, .put = fake_put};
     struct map_cache *mc = map_cache_new(100, 60000, 60000);
     struct mapper *m = mapper_new(&c, src, mc);
@@ -463,10 +468,7 @@ static void test_resolver_tier_cancel(void **state)
     assert_int_equal(d.calls, 0);
 
     map_cache_free(mc);
-    map_result_purge(&f.stored);
-    map_source_close(src);
-    event_free(f.ev);
-    event_base_free(f.base);
+    fake_close(&f, src);
 }
 
 int main(void)

@@ -43,19 +43,23 @@ static unsigned next(struct backend_set *bs, unsigned *rr, char *out)
     return order[0];
 }
 
+/* The next new connection's order is <want> (digits). A macro: a failure
+ * names the case's line. */
+#define assert_next_order(bs, rr, want)                                                            \
+    do {                                                                                           \
+        char o_[BACKEND_MAX_SERVERS + 1];                                                          \
+        next((bs), (rr), o_);                                                                      \
+        assert_string_equal(o_, (want));                                                           \
+    } while (0)
+
 static void test_round_robin(void **state)
 {
     struct backend_set *bs = three_servers(10000);
     unsigned rr = 0;
-    char o[16];
-    next(bs, &rr, o);
-    assert_string_equal(o, "012");
-    next(bs, &rr, o);
-    assert_string_equal(o, "120");
-    next(bs, &rr, o);
-    assert_string_equal(o, "201");
-    next(bs, &rr, o);
-    assert_string_equal(o, "012");
+    assert_next_order(bs, &rr, "012");
+    assert_next_order(bs, &rr, "120");
+    assert_next_order(bs, &rr, "201");
+    assert_next_order(bs, &rr, "012");
     free(bs);
 }
 
@@ -91,15 +95,12 @@ static void test_all_down_least_recently_failed_first(void **state)
 {
     struct backend_set *bs = three_servers(60000);
     unsigned rr = 0;
-    char o[16];
     backend_server_failed(bs, 2, "x");
     backend_server_failed(bs, 0, "x");
     backend_server_failed(bs, 1, "x");
-    next(bs, &rr, o);
-    assert_string_equal(o, "201");
+    assert_next_order(bs, &rr, "201");
     backend_server_failed(bs, 2, "x"); /* tried again and failed: now the most recent */
-    next(bs, &rr, o);
-    assert_string_equal(o, "012");
+    assert_next_order(bs, &rr, "012");
     free(bs);
 }
 
@@ -107,11 +108,9 @@ static void test_fail_timeout_zero_never_skips(void **state)
 {
     struct backend_set *bs = three_servers(0);
     unsigned rr = 0;
-    char o[16];
     backend_server_failed(bs, 0, "x");
     assert_true(backend_server_usable(bs, 0));
-    next(bs, &rr, o);
-    assert_string_equal(o, "012");
+    assert_next_order(bs, &rr, "012");
     free(bs);
 }
 

@@ -289,18 +289,22 @@ static void test_v2_bad(void **state)
 {
     (void)state;
     struct hdr h;
-    h = v2(0x11, 0x11, inet_block, sizeof inet_block, -1);
-    check_bad("version 1 byte", &h, "version");
-    h = v2(0x31, 0x11, inet_block, sizeof inet_block, -1);
-    check_bad("version 3", &h, "version");
-    h = v2(0x22, 0x11, inet_block, sizeof inet_block, -1);
-    check_bad("command 2", &h, "command");
-    h = v2(0x21, 0x41, inet_block, sizeof inet_block, -1);
-    check_bad("family 4", &h, "family");
-    h = v2(0x21, 0x13, inet_block, sizeof inet_block, -1);
-    check_bad("protocol 3", &h, "family or protocol");
-    h = v2(0x21, 0x12, inet_block, sizeof inet_block, -1);
-    check_bad("UDP", &h, "datagram");
+    /* A good inet header but for its version/command and family/protocol bytes. */
+    static const struct {
+        uint8_t vc, fp;
+        const char *name, *want;
+    } fixed[] = {
+        {0x11, 0x11, "version 1 byte", "version"},
+        {0x31, 0x11, "version 3", "version"},
+        {0x22, 0x11, "command 2", "command"},
+        {0x21, 0x41, "family 4", "family"},
+        {0x21, 0x13, "protocol 3", "family or protocol"},
+        {0x21, 0x12, "UDP", "datagram"},
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        h = v2(fixed[i].vc, fixed[i].fp, inet_block, sizeof inet_block, -1);
+        check_bad(fixed[i].name, &h, fixed[i].want);
+    }
     h = v2(0x21, 0x11, inet_block, 11, -1);
     check_bad("inet block 11 bytes", &h, "shorter");
     uint8_t in6[36] = {0};

@@ -3,7 +3,7 @@
  * test plays the backend by calling the stream's upstream callbacks. The
  * client side is a real transport (io/) over a socket pair, read from the
  * other end; the connection's side is a table of ops that records what the
- * stream asked of it. */
+ * stream asked of it (both in tests/support/stream_fixture.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -24,86 +23,17 @@
 #include "proxy/stream.h"
 #include "proxy/upstream.h"
 #include "tests/support/fake_upstream.h"
+#include "tests/support/stream_fixture.h"
 
 /* ---- the connection's side ---------------------------------------------------- */
 
-struct fixture {
-    struct event_base *base;
-    struct io *io;
-    int peer_fd; /* the client's end of the socket pair */
-    struct conf conf;
-    struct upstream_pool pool;
-    struct backend_set ba;
-    struct accesslog *alog;
-    char log_path[64];
-    struct stream_client sc;
-    int n_done, n_more, n_ask;
-    enum stream_end end;
-    bool grant_ask;
-};
-
-static bool ops_ask_cert(void *arg)
-{
-    struct fixture *fx = arg;
-    fx->n_ask++;
-    return fx->grant_ask;
-}
-
-static void ops_more(void *arg)
-{
-    struct fixture *fx = arg;
-    fx->n_more++;
-}
-
-static void ops_done(void *arg, enum stream_end how)
-{
-    struct fixture *fx = arg;
-    fx->n_done++;
-    fx->end = how;
-}
-
-static const struct stream_client_ops ops = {
-    .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
-
-static void io_nop_read(void *arg)
-{
-}
-static void io_nop_event(void *arg, enum io_event ev)
-{
-}
-static const struct io_handler client_handler = {.read = io_nop_read, .event = io_nop_event};
-
 static int setup(void **state)
 {
-    struct fixture *fx = calloc(1, sizeof *fx);
-    int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    fx->base = event_base_new();
-    fx->io = io_new(fx->base, &client_handler, fx);
-    assert_int_equal(io_accept(fx->io, sv[0], NULL), 0);
-    fx->peer_fd = sv[1];
-    fx->conf.max_request_head = 32 * 1024;
-    fx->conf.header_timeout_ms = 30000;
-    fx->conf.body_timeout_ms = 60000;
-    fx->conf.upload_read_ahead_size = 48 * 1024;
-    fx->conf.cert_mode = CERT_IGNORE;
-    fx->conf.backend.host_header = "eas.test";
-    fx->pool.backend = &fx->ba;
-    snprintf(fx->log_path, sizeof fx->log_path, "/tmp/certmapd-stream-XXXXXX");
-    close(mkstemp(fx->log_path));
+    struct stream_fixture *fx = calloc(1, sizeof *fx);
     char err[256];
-    fx->alog = accesslog_open(fx->log_path, err, sizeof err);
-    assert_non_null(fx->alog);
-    fx->sc = (struct stream_client){.io = fx->io,
-                                    .conf = &fx->conf,
-                                    .alog = fx->alog,
-                                    .pool = &fx->pool,
-                                    .peer = "127.0.0.9",
-                                    .conn_id = 7,
-                                    .n_requests = 1,
-                                    .cert_asked = true,
-                                    .ops = &ops,
-                                    .arg = fx};
+    assert_non_null(fx);
+    if (stream_fixture_open(fx, NULL, NULL, "certmapd-stream", err, sizeof err) != 0)
+        fail_msg("the stream's fixture: %s", err);
     fake_upstream_reset();
     *state = fx;
     return 0;
@@ -111,19 +41,15 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     fake_upstream_reset();
-    io_free(fx->io);
-    close(fx->peer_fd);
-    accesslog_close(fx->alog);
-    unlink(fx->log_path);
-    event_base_free(fx->base);
+    stream_fixture_close(fx);
     free(fx);
     return 0;
 }
 
 /* What the client has received so far (the loop runs until the io has written). */
-static char *client_got(struct fixture *fx)
+static char *client_got(struct stream_fixture *fx)
 {
     for (int i = 0; i < 10; i++)
         event_base_loop(fx->base, EVLOOP_NONBLOCK);
@@ -133,7 +59,7 @@ static char *client_got(struct fixture *fx)
     return buf;
 }
 
-static char *access_line(struct fixture *fx)
+static char *access_line(struct stream_fixture *fx)
 {
     static char buf[4096];
     FILE *f = fopen(fx->log_path, "r");
@@ -168,7 +94,7 @@ static void respond(struct upstream *u, int status, const char *body)
 
 static void test_get_keep_alive(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     struct stream *st = stream_new(&fx->sc);
     const char *req = "GET /Microsoft-Server-ActiveSync?Cmd=Ping HTTP/1.1\r\nHost: x\r\n"
                       "X-Remote-User: forged\r\n\r\n";
@@ -196,7 +122,7 @@ static void test_get_keep_alive(void **state)
 
 static void test_pipelined_takes_one_request(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     struct stream *st = stream_new(&fx->sc);
     const char *one = "GET /one HTTP/1.1\r\nHost: x\r\n\r\n";
     char two[256];
@@ -208,7 +134,7 @@ static void test_pipelined_takes_one_request(void **state)
 
 static void test_chunked_body_rechunked(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     struct stream *st = stream_new(&fx->sc);
     const char *req = "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                       "3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n";
@@ -223,7 +149,7 @@ static void test_chunked_body_rechunked(void **state)
 
 static void test_stale_pooled_connection_retried(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     fake_first_pooled = true;
     struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /r HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -241,7 +167,7 @@ static void test_stale_pooled_connection_retried(void **state)
 
 static void test_post_never_retried(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     fake_first_pooled = true;
     struct stream *st = stream_new(&fx->sc);
     feed(st, "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
@@ -255,7 +181,7 @@ static void test_post_never_retried(void **state)
 
 static void test_backend_lost_mid_response(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
     struct proxy_head head;
@@ -272,7 +198,7 @@ static void test_backend_lost_mid_response(void **state)
 
 static void test_no_backend_502(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     fake_refuse_acquire = true;
     struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -284,7 +210,7 @@ static void test_no_backend_502(void **state)
 
 static void test_certificate_required(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     fx->conf.cert_mode = CERT_REQUIRE;
     struct stream *st = stream_new(&fx->sc);
     feed(st, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -297,7 +223,7 @@ static void test_certificate_required(void **state)
 
 static void test_late_certificate(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     fx->conf.cert_mode = CERT_REQUIRE;
     fx->sc.cert_asked = false;
     fx->grant_ask = true;
@@ -320,7 +246,7 @@ static void test_late_certificate(void **state)
 
 static void test_backpressure_on_the_body(void **state)
 {
-    struct fixture *fx = *state;
+    struct stream_fixture *fx = *state;
     struct stream *st = stream_new(&fx->sc);
     const char *head = "PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n";
     assert_int_equal(feed(st, head), strlen(head));

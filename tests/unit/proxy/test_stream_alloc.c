@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -34,6 +33,7 @@
 #include "proxy/stream.h"
 #include "proxy/upstream.h"
 #include "tests/support/fake_upstream.h"
+#include "tests/support/stream_fixture.h"
 
 /* ---- the allocator hooks ---------------------------------------------------------- */
 
@@ -170,41 +170,11 @@ char *__wrap_strndup(const char *s, size_t n)
 /* ---- the connection's side ------------------------------------------------------- */
 
 struct fixture {
-    struct event_base *base;
-    struct io *io;
-    int peer_fd;
-    struct conf conf;
-    struct upstream_pool pool;
-    struct backend_set ba;
-    struct accesslog *alog;
-    char log_path[64];
-    struct stream_client sc;
+    struct stream_fixture sf;
     struct cert_facts facts;
     struct proxy_head resp; /* the backend's answer head, made before the request */
-    int n_done, n_ask, n_io_errors;
-    enum stream_end end;
+    int n_io_errors;
 };
-
-static bool ops_ask_cert(void *arg)
-{
-    struct fixture *fx = arg;
-    fx->n_ask++;
-    return true;
-}
-
-static void ops_more(void *arg)
-{
-}
-
-static void ops_done(void *arg, enum stream_end how)
-{
-    struct fixture *fx = arg;
-    fx->n_done++;
-    fx->end = how;
-}
-
-static const struct stream_client_ops ops = {
-    .ask_cert = ops_ask_cert, .more = ops_more, .done = ops_done};
 
 static void io_nop_read(void *arg)
 {
@@ -222,36 +192,12 @@ static const struct io_handler client_handler = {.read = io_nop_read, .event = i
 static struct fixture *fixture_new(void)
 {
     struct fixture *fx = calloc(1, sizeof *fx);
-    int sv[2];
-    assert_non_null(fx);
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    fx->base = event_base_new();
-    fx->io = io_new(fx->base, &client_handler, fx);
-    assert_non_null(fx->io);
-    assert_int_equal(io_accept(fx->io, sv[0], NULL), 0);
-    fx->peer_fd = sv[1];
-    fx->conf.max_request_head = 32 * 1024;
-    fx->conf.header_timeout_ms = 30000;
-    fx->conf.body_timeout_ms = 60000;
-    fx->conf.upload_read_ahead_size = 48 * 1024;
-    fx->conf.cert_mode = CERT_IGNORE;
-    fx->conf.backend.host_header = "eas.test";
-    fx->pool.backend = &fx->ba;
-    snprintf(fx->log_path, sizeof fx->log_path, "/tmp/certmapd-stream-alloc-XXXXXX");
-    close(mkstemp(fx->log_path));
     char err[256];
-    fx->alog = accesslog_open(fx->log_path, err, sizeof err);
-    assert_non_null(fx->alog);
-    fx->sc = (struct stream_client){.io = fx->io,
-                                    .conf = &fx->conf,
-                                    .alog = fx->alog,
-                                    .pool = &fx->pool,
-                                    .peer = "127.0.0.9",
-                                    .conn_id = 7,
-                                    .n_requests = 1,
-                                    .cert_asked = true,
-                                    .ops = &ops,
-                                    .arg = fx};
+    assert_non_null(fx);
+    if (stream_fixture_open(&fx->sf, &client_handler, fx, "certmapd-stream-alloc", err,
+                            sizeof err) != 0)
+        fail_msg("the stream's fixture: %s", err);
+    fx->sf.grant_ask = true;
     fx->facts = (struct cert_facts){
         .subject = "CN=alice\x01", .issuer = "CN=CA", .serial_hex = "0A", .sha256 = "ab"};
     proxy_head_reset(&fx->resp, 4096);
@@ -268,19 +214,15 @@ static struct fixture *fixture_new(void)
 static void fixture_free(struct fixture *fx)
 {
     fake_upstream_reset();
-    io_free(fx->io);
-    close(fx->peer_fd);
-    accesslog_close(fx->alog);
-    unlink(fx->log_path);
     proxy_head_purge(&fx->resp);
-    event_base_free(fx->base);
+    stream_fixture_close(&fx->sf);
     free(fx);
 }
 
 static void settle(struct fixture *fx)
 {
     for (int i = 0; i < 10; i++)
-        event_base_loop(fx->base, EVLOOP_NONBLOCK);
+        event_base_loop(fx->sf.base, EVLOOP_NONBLOCK);
 }
 
 /* What the client was sent (the loop runs until the transport wrote it). */
@@ -289,7 +231,7 @@ static size_t client_got(struct fixture *fx, char *buf, size_t cap)
     settle(fx);
     size_t n = 0;
     ssize_t r;
-    while (n + 1 < cap && (r = read(fx->peer_fd, buf + n, cap - 1 - n)) > 0)
+    while (n + 1 < cap && (r = read(fx->sf.peer_fd, buf + n, cap - 1 - n)) > 0)
         n += (size_t)r;
     buf[n] = '\0';
     return n;
@@ -299,7 +241,7 @@ static size_t client_got(struct fixture *fx, char *buf, size_t cap)
  * transport would, from the loop: an error. */
 static void report_failed_upstreams(struct fixture *fx)
 {
-    for (int i = 0; i < fake_n_acquired && fx->n_done == 0; i++)
+    for (int i = 0; i < fake_n_acquired && fx->sf.n_done == 0; i++)
         if (fake_ups[i].failed && !fake_ups[i].released)
             fake_ups[i].h->error(fake_ups[i].arg, R_BACKEND_UNAVAILABLE, false);
 }
@@ -308,7 +250,7 @@ static void report_failed_upstreams(struct fixture *fx)
 static void respond(struct fixture *fx, bool chunked, const char *body)
 {
     report_failed_upstreams(fx);
-    if (fx->n_done > 0 || fake_n_acquired == 0)
+    if (fx->sf.n_done > 0 || fake_n_acquired == 0)
         return;
     struct upstream *u = &fake_ups[fake_n_acquired - 1];
     if (u->released)
@@ -317,9 +259,9 @@ static void respond(struct fixture *fx, bool chunked, const char *body)
         .status = 200, .head = &fx->resp, .has_length = !chunked, .content_length = strlen(body)};
     u->h->head(u->arg, &r);
     size_t len = strlen(body);
-    for (size_t off = 0; off < len && fx->n_done == 0 && !u->released; off += 5)
+    for (size_t off = 0; off < len && fx->sf.n_done == 0 && !u->released; off += 5)
         u->h->body(u->arg, body + off, len - off < 5 ? len - off : 5);
-    if (fx->n_done == 0 && !u->released)
+    if (fx->sf.n_done == 0 && !u->released)
         u->h->done(u->arg, true);
 }
 
@@ -338,7 +280,7 @@ typedef void (*scenario_fn)(struct fixture *fx, struct outcome *o);
 
 static void scenario_get(struct fixture *fx, struct outcome *o)
 {
-    struct stream *st = stream_new(&fx->sc);
+    struct stream *st = stream_new(&fx->sf.sc);
     if (st == NULL) {
         o->no_stream = true;
         return;
@@ -352,9 +294,9 @@ static void scenario_get(struct fixture *fx, struct outcome *o)
 
 static void scenario_chunked_post(struct fixture *fx, struct outcome *o)
 {
-    fx->sc.facts = &fx->facts;
-    fx->conf.cert_mode = CERT_ACCEPT;
-    struct stream *st = stream_new(&fx->sc);
+    fx->sf.sc.facts = &fx->facts;
+    fx->sf.conf.cert_mode = CERT_ACCEPT;
+    struct stream *st = stream_new(&fx->sf.sc);
     if (st == NULL) {
         o->no_stream = true;
         return;
@@ -368,18 +310,18 @@ static void scenario_chunked_post(struct fixture *fx, struct outcome *o)
 
 static void scenario_late_cert_readahead(struct fixture *fx, struct outcome *o)
 {
-    fx->conf.cert_mode = CERT_REQUIRE;
-    fx->sc.cert_asked = false;
-    struct stream *st = stream_new(&fx->sc);
+    fx->sf.conf.cert_mode = CERT_REQUIRE;
+    fx->sf.sc.cert_asked = false;
+    struct stream *st = stream_new(&fx->sf.sc);
     if (st == NULL) {
         o->no_stream = true;
         return;
     }
     const char *req = "PUT /item HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789";
     stream_feed(st, req, strlen(req));
-    if (fx->n_done == 0 && stream_awaits_cert(st)) {
-        fx->sc.facts = &fx->facts;
-        fx->sc.cert_asked = true;
+    if (fx->sf.n_done == 0 && stream_awaits_cert(st)) {
+        fx->sf.sc.facts = &fx->facts;
+        fx->sf.sc.cert_asked = true;
         stream_cert_answered(st);
     }
     respond(fx, false, BODY);
@@ -388,8 +330,8 @@ static void scenario_late_cert_readahead(struct fixture *fx, struct outcome *o)
 
 static void scenario_refused(struct fixture *fx, struct outcome *o)
 {
-    fx->conf.cert_mode = CERT_REQUIRE; /* none sent: 403 */
-    struct stream *st = stream_new(&fx->sc);
+    fx->sf.conf.cert_mode = CERT_REQUIRE; /* none sent: 403 */
+    struct stream *st = stream_new(&fx->sf.sc);
     if (st == NULL) {
         o->no_stream = true;
         return;
@@ -444,10 +386,10 @@ static long run_once(scenario_fn fn, long fail, const char *expect_backend, bool
 
     /* No hang: the stream ended, or there was none, or the transport failed
      * (its owner closes the connection). */
-    if (!o->no_stream && fx->n_done != 1 && !io_failed)
+    if (!o->no_stream && fx->sf.n_done != 1 && !io_failed)
         fail_msg("allocation %ld of %ld failed: the stream neither ended (%d) nor failed its "
                  "transport",
-                 fail, count, fx->n_done);
+                 fail, count, fx->sf.n_done);
     /* Nothing half-formed upstream: a head that went out is whole, with its
      * forwarding header and never the client's identity header. */
     if (o->backend != NULL && o->backend[0] != '\0' && !upstream_failed) {
@@ -455,7 +397,7 @@ static long run_once(scenario_fn fn, long fail, const char *expect_backend, bool
         if (end == NULL || strstr(o->backend, "X-Forwarded-For: 127.0.0.9\r\n") == NULL ||
             strstr(o->backend, "forged") != NULL)
             fail_msg("allocation %ld failed: the backend got a broken head:\n%s", fail, o->backend);
-        if (expect_backend != NULL && fx->n_done == 1 && fx->end == STREAM_KEEP_ALIVE &&
+        if (expect_backend != NULL && fx->sf.n_done == 1 && fx->sf.end == STREAM_KEEP_ALIVE &&
             strstr(o->backend, expect_backend) == NULL)
             fail_msg("allocation %ld failed: request completed but the backend got:\n%s", fail,
                      o->backend);
@@ -465,7 +407,7 @@ static long run_once(scenario_fn fn, long fail, const char *expect_backend, bool
     if (o->client_len > 0 && strncmp(o->client, "HTTP/1.1 ", 9) != 0)
         fail_msg("allocation %ld failed: the client got no status line first:\n%s", fail,
                  o->client);
-    if (!io_failed && !o->no_stream && fx->n_done == 1 && fx->end == STREAM_KEEP_ALIVE) {
+    if (!io_failed && !o->no_stream && fx->sf.n_done == 1 && fx->sf.end == STREAM_KEEP_ALIVE) {
         if (!expect_200 || strstr(o->client, "HTTP/1.1 200 ") == NULL)
             fail_msg("allocation %ld failed: a kept-alive answer that is not the 200:\n%s", fail,
                      o->client);
