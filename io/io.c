@@ -116,8 +116,11 @@ struct io *io_new(struct event_base *base, const struct io_handler *h, void *arg
     io->in = evbuffer_new();
     io->out = evbuffer_new();
     if (io->in == NULL || io->out == NULL || evbuffer_add_cb(io->in, in_drained_cb, io) == NULL) {
-        evbuffer_free(io->in);
-        evbuffer_free(io->out);
+        /* evbuffer_free() does not take NULL */
+        if (io->in != NULL)
+            evbuffer_free(io->in);
+        if (io->out != NULL)
+            evbuffer_free(io->out);
         free(io);
         return NULL;
     }
