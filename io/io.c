@@ -389,7 +389,14 @@ int io_connect(struct io *io, const struct sockaddr *sa, socklen_t len, SSL *ssl
         event_active(&io->wev, EV_WRITE, 1);
         return 0;
     }
-    want_write(io, true);
+    /* The loop's record of a new descriptor is allocated here; without it
+     * no outcome would ever come, and the connect would time out instead of
+     * failing now. */
+    if (event_add(&io->wev, NULL) != 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    io->wev_added = true;
     return 0;
 }
 
