@@ -116,8 +116,11 @@ struct io *io_new(struct event_base *base, const struct io_handler *h, void *arg
     io->in = evbuffer_new();
     io->out = evbuffer_new();
     if (io->in == NULL || io->out == NULL || evbuffer_add_cb(io->in, in_drained_cb, io) == NULL) {
-        evbuffer_free(io->in);
-        evbuffer_free(io->out);
+        /* evbuffer_free() does not take NULL */
+        if (io->in != NULL)
+            evbuffer_free(io->in);
+        if (io->out != NULL)
+            evbuffer_free(io->out);
         free(io);
         return NULL;
     }
@@ -386,7 +389,14 @@ int io_connect(struct io *io, const struct sockaddr *sa, socklen_t len, SSL *ssl
         event_active(&io->wev, EV_WRITE, 1);
         return 0;
     }
-    want_write(io, true);
+    /* The loop's record of a new descriptor is allocated here; without it
+     * no outcome would ever come, and the connect would time out instead of
+     * failing now. */
+    if (event_add(&io->wev, NULL) != 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    io->wev_added = true;
     return 0;
 }
 

@@ -61,7 +61,8 @@ int io_accept(struct io *io, int fd, SSL *ssl);
 
 /* Connects to <sa>, then, with <ssl> (NULL: plain TCP, owned by <io> from now
  * on), makes the client handshake. IO_EV_CONNECTED or IO_EV_ERROR follows,
- * never from inside this call. -1 with errno when no socket could be made. */
+ * never from inside this call. -1 with errno when no socket could be made or
+ * watched (the socket is then closed by io_free). */
 int io_connect(struct io *io, const struct sockaddr *sa, socklen_t len, SSL *ssl);
 
 /* Stops reading above <in_high> bytes of input (0: no limit) until the input

@@ -44,25 +44,34 @@ static const struct stream_client_ops recording_ops = {
 int stream_fixture_open(struct stream_fixture *sf, const struct io_handler *h, void *arg,
                         const char *log_name, char *err, size_t errlen)
 {
+    return stream_fixture_open_tls(sf, h, arg, log_name, NULL, err, errlen);
+}
+
+int stream_fixture_open_tls(struct stream_fixture *sf, const struct io_handler *h, void *arg,
+                            const char *log_name, SSL *ssl, char *err, size_t errlen)
+{
     int sv[2] = {-1, -1};
     *sf = (struct stream_fixture){.peer_fd = -1};
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) != 0) {
         snprintf(err, errlen, "socketpair: %s", strerror(errno));
+        tls_conn_free(ssl);
         goto fail;
     }
     sf->base = event_base_new();
     if (sf->base == NULL) {
         snprintf(err, errlen, "event_base_new failed");
+        tls_conn_free(ssl);
         goto fail;
     }
     sf->io = io_new(sf->base, h != NULL ? h : &nop_handler, arg);
     if (sf->io == NULL) {
         snprintf(err, errlen, "io_new failed");
+        tls_conn_free(ssl);
         goto fail;
     }
     int fd = sv[0];
-    sv[0] = -1; /* the io's from here on, also when io_accept fails */
-    if (io_accept(sf->io, fd, NULL) != 0) {
+    sv[0] = -1; /* the io's from here on, also when io_accept fails, and so is <ssl> */
+    if (io_accept(sf->io, fd, ssl) != 0) {
         snprintf(err, errlen, "io_accept failed");
         goto fail;
     }

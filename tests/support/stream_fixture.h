@@ -1,11 +1,12 @@
 /* The connection's side of a stream under test (proxy/stream.c against the
- * fake upstream, tests/support/fake_upstream.c): a plain transport (io/) over
- * one end of a socket pair, the other end left to the test to read as the
- * client; a conf with the request path's defaults; an access log; and the
- * struct stream_client that stream_new() takes, whose ops record what the
- * stream asked of its connection. Shared by
- * tests/unit/proxy/test_stream*.c and tests/fuzz/fuzz_http_stream.c; link it
- * as a source of the executable, like fake_upstream.c. */
+ * fake upstream, tests/support/fake_upstream.c, or the real one): a
+ * transport (io/), plain or TLS, over one end of a socket pair, the other end
+ * left to the test as the client; a conf with the request path's defaults;
+ * an access log; and the struct stream_client that stream_new() takes, whose
+ * ops record what the stream asked of its connection. Shared by
+ * tests/unit/proxy/test_stream*.c, test_upstream_alloc.c and
+ * tests/fuzz/fuzz_http_stream.c; link it as a source of the executable, like
+ * fake_upstream.c. */
 #ifndef CM_TESTS_STREAM_FIXTURE_H
 #define CM_TESTS_STREAM_FIXTURE_H
 
@@ -43,6 +44,12 @@ struct stream_fixture {
  * nothing. */
 int stream_fixture_open(struct stream_fixture *sf, const struct io_handler *h, void *arg,
                         const char *log_name, char *err, size_t errlen);
+
+/* The same over TLS: the io takes <ssl>, a server SSL (tls_conn_new), whose
+ * handshake starts; the test plays the client on <sf>->peer_fd. <ssl> is
+ * the fixture's (freed) also on failure. */
+int stream_fixture_open_tls(struct stream_fixture *sf, const struct io_handler *h, void *arg,
+                            const char *log_name, SSL *ssl, char *err, size_t errlen);
 
 /* Frees what stream_fixture_open() made: the io, the client's end, the access
  * log and its file, the event base. */

@@ -2,10 +2,11 @@
  * (proxy/stream.c, with proxy/http.c, io/ and the access log) runs a whole
  * request against the fake upstream (tests/support/fake_upstream.c) over a
  * real transport on a socket pair; every allocation it makes goes through the
- * hooks below: malloc, calloc, realloc, strdup, strndup and free of the
- * project's own code by -Wl,--wrap (tests/CMakeLists.txt), libevent's through
- * event_set_mem_functions. The request path reaches no OpenSSL (a plain
- * transport) and llhttp allocates nothing.
+ * hooks of tests/support/alloc_hooks.c: malloc, calloc, realloc, strdup,
+ * strndup and free of the project's own code by -Wl,--wrap
+ * (tests/CMakeLists.txt), libevent's through event_set_mem_functions. The
+ * request path reaches no OpenSSL (a plain transport) and llhttp allocates
+ * nothing; the real upstream and TLS are test_upstream_alloc.c's.
  *
  * Each scenario runs once to count its allocations, then once for every N in
  * 1..count with the Nth failing, and must then fail cleanly: no crash, no hang
@@ -32,140 +33,9 @@
 #include "proxy/http.h"
 #include "proxy/stream.h"
 #include "proxy/upstream.h"
+#include "tests/support/alloc_hooks.h"
 #include "tests/support/fake_upstream.h"
 #include "tests/support/stream_fixture.h"
-
-/* ---- the allocator hooks ---------------------------------------------------------- */
-
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t size);
-void *__real_realloc(void *p, size_t n);
-void __real_free(void *p);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t size);
-void *__wrap_realloc(void *p, size_t n);
-void __wrap_free(void *p);
-char *__wrap_strdup(const char *s);
-char *__wrap_strndup(const char *s, size_t n);
-
-static bool armed;    /* counting: the request runs */
-static long n_allocs; /* allocations while armed */
-static long fail_at;  /* the one that fails; 0: none */
-static long n_failed; /* how many were failed (0 or 1) */
-
-/* Blocks allocated while armed and not yet freed: an open-addressing set. */
-#define LIVE_SLOTS 65536
-static void *live[LIVE_SLOTS];
-static long n_live;
-#define TOMB ((void *)1)
-
-static size_t slot_of(const void *p)
-{
-    return (size_t)(((uintptr_t)p >> 4) * 2654435761u) % LIVE_SLOTS;
-}
-
-static void live_add(void *p)
-{
-    size_t i = slot_of(p);
-    while (live[i] != NULL && live[i] != TOMB)
-        i = (i + 1) % LIVE_SLOTS;
-    live[i] = p;
-    n_live++;
-}
-
-/* Forgets <p>; whether it was counted. */
-static bool live_del(void *p)
-{
-    if (p == NULL || n_live == 0)
-        return false;
-    for (size_t i = slot_of(p), k = 0; live[i] != NULL && k < LIVE_SLOTS;
-         i = (i + 1) % LIVE_SLOTS, k++) {
-        if (live[i] == p) {
-            live[i] = TOMB;
-            n_live--;
-            return true;
-        }
-    }
-    return false;
-}
-
-static void live_reset(void)
-{
-    memset(live, 0, sizeof live);
-    n_live = 0;
-}
-
-/* Whether this allocation is the one to fail. */
-static bool fail_now(void)
-{
-    if (!armed)
-        return false;
-    n_allocs++;
-    if (n_allocs == fail_at) {
-        n_failed++;
-        return true;
-    }
-    return false;
-}
-
-void *__wrap_malloc(size_t n)
-{
-    if (fail_now())
-        return NULL;
-    void *p = __real_malloc(n);
-    if (p != NULL && armed)
-        live_add(p);
-    return p;
-}
-
-void *__wrap_calloc(size_t n, size_t size)
-{
-    if (fail_now())
-        return NULL;
-    void *p = __real_calloc(n, size);
-    if (p != NULL && armed)
-        live_add(p);
-    return p;
-}
-
-void *__wrap_realloc(void *old, size_t n)
-{
-    if (fail_now())
-        return NULL; /* <old> stays as it was */
-    void *p = __real_realloc(old, n);
-    if (p != NULL) {
-        bool was_live = live_del(old);
-        if (armed || was_live)
-            live_add(p);
-    }
-    return p;
-}
-
-void __wrap_free(void *p)
-{
-    live_del(p);
-    __real_free(p);
-}
-
-char *__wrap_strdup(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *p = __wrap_malloc(n);
-    if (p != NULL)
-        memcpy(p, s, n);
-    return p;
-}
-
-char *__wrap_strndup(const char *s, size_t n)
-{
-    size_t len = strnlen(s, n);
-    char *p = __wrap_malloc(len + 1);
-    if (p != NULL) {
-        memcpy(p, s, len);
-        p[len] = '\0';
-    }
-    return p;
-}
 
 /* ---- the connection's side ------------------------------------------------------- */
 
@@ -369,14 +239,11 @@ static long run_once(scenario_fn fn, long fail, const char *expect_backend, bool
     struct fixture *fx = fixture_new();
     struct outcome *o = calloc(1, sizeof *o);
     assert_non_null(o);
-    live_reset();
-    n_allocs = n_failed = 0;
-    fail_at = fail;
-    armed = true;
+    alloc_hooks_arm(fail);
     fn(fx, o);
     settle(fx);
-    armed = false;
-    long count = n_allocs;
+    alloc_hooks_pause();
+    long count = alloc_hooks.n_allocs;
 
     o->client_len = client_got(fx, o->client, sizeof o->client);
     if (fake_n_acquired > 0)
@@ -422,7 +289,7 @@ static long run_once(scenario_fn fn, long fail, const char *expect_backend, bool
     }
     if (fail == 0) {
         /* The count run is the request as it should go. */
-        assert_int_equal(n_failed, 0);
+        assert_int_equal(alloc_hooks.n_failed, 0);
         if (expect_200)
             assert_non_null(strstr(o->client, "HTTP/1.1 200 "));
         else
@@ -433,9 +300,9 @@ static long run_once(scenario_fn fn, long fail, const char *expect_backend, bool
     fixture_free(fx);
     /* Every block the request allocated is freed, by the request or by the
      * teardown of what it belonged to. */
-    if (n_live != 0)
+    if (alloc_hooks.n_live != 0)
         fail_msg("allocation %ld of %ld failed: %ld block(s) allocated by the request leaked", fail,
-                 count, n_live);
+                 count, alloc_hooks.n_live);
     return count;
 }
 
@@ -474,7 +341,7 @@ static void test_refusal_every_allocation_fails(void **state)
 int main(void)
 {
     /* Before libevent allocates anything: its memory goes through the hooks too. */
-    event_set_mem_functions(__wrap_malloc, __wrap_realloc, __wrap_free);
+    alloc_hooks_install(false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get_every_allocation_fails),
         cmocka_unit_test(test_chunked_post_every_allocation_fails),
