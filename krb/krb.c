@@ -430,10 +430,10 @@ static struct krb_job *queue_pop(struct krb_job **head, struct krb_job **tail)
     return j;
 }
 
-/* Whether the credential of <user> is cached and usable now. Under k->lock. */
-static bool cred_usable(struct krb *k, const char *user, bool enterprise, time_t now)
+/* Whether <c> (a cached credential, or NULL) gives a token now without the
+ * KDC: acquired, and not within the margin of its end. Under k->lock. */
+static bool cred_fresh(const struct cred *c, time_t now)
 {
-    struct cred *c = cred_find(k, user, enterprise);
     return c != NULL && !c->acquiring && c->expires - KRB_MARGIN_S > now;
 }
 
@@ -446,7 +446,8 @@ static struct cred *cred_get(struct krb *k, struct krb_job *j, bool fast, bool *
     bool enterprise = j->enterprise;
     time_t now = time(NULL);
     pthread_mutex_lock(&k->lock);
-    if (fast && !cred_usable(k, user, enterprise, now)) {
+    struct cred *c = cred_find(k, user, enterprise);
+    if (fast && !cred_fresh(c, now)) {
         /* dropped or expired since it was queued: to the threads that may
          * wait for the KDC, never this one */
         queue_push(&k->qhead, &k->qtail, j);
@@ -455,7 +456,6 @@ static struct cred *cred_get(struct krb *k, struct krb_job *j, bool fast, bool *
         *parked = true;
         return NULL;
     }
-    struct cred *c = cred_find(k, user, enterprise);
     if (c != NULL && c->acquiring) {
         /* Another thread asks the KDC for this user: the job waits with the
          * credential, not on this thread, which a slow KDC would otherwise
@@ -466,7 +466,7 @@ static struct cred *cred_get(struct krb *k, struct krb_job *j, bool fast, bool *
         *parked = true;
         return NULL;
     }
-    if (c != NULL && c->expires - KRB_MARGIN_S > now) {
+    if (cred_fresh(c, now)) {
         lru_unlink(k, c);
         lru_append(k, c);
         c->refs++;
@@ -692,7 +692,7 @@ struct krb_job *krb_token_start(struct krb *k, const char *user, bool enterprise
     j->cb = cb;
     j->arg = arg;
     pthread_mutex_lock(&k->lock);
-    if (cred_usable(k, j->user, j->enterprise, time(NULL)))
+    if (cred_fresh(cred_find(k, j->user, j->enterprise), time(NULL)))
         queue_push(&k->fhead, &k->ftail, j);
     else
         queue_push(&k->qhead, &k->qtail, j);

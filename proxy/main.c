@@ -179,13 +179,17 @@ static bool same_str(const char *a, const char *b)
 /* What a reload cannot change: the listening sockets and the threads are
  * made once, privileges are dropped once, and the Kerberos library reads its
  * configuration once. 0, or -1 with "FILE:LINE: [section] key: ..." in <err>. */
+static bool same_addr(const struct conf_listen *a, const struct conf_listen *b)
+{
+    return a->addrlen == b->addrlen && memcmp(&a->addr, &b->addr, a->addrlen) == 0;
+}
+
 static int reload_keeps(const struct conf *now, const struct conf *c, char *err, size_t errlen)
 {
     const char *sec = NULL, *key = NULL;
     bool same_listen = now->n_listen == c->n_listen;
     for (size_t i = 0; same_listen && i < c->n_listen; i++)
-        same_listen = now->listen[i].addrlen == c->listen[i].addrlen &&
-                      memcmp(&now->listen[i].addr, &c->listen[i].addr, c->listen[i].addrlen) == 0;
+        same_listen = same_addr(&now->listen[i], &c->listen[i]);
     if (!same_listen)
         sec = "server", key = "listen";
     else if (now->workers != c->workers)
@@ -195,10 +199,7 @@ static int reload_keeps(const struct conf *now, const struct conf *c, char *err,
     else if (!same_str(now->deleg_krb5_conf, c->deleg_krb5_conf))
         sec = "delegation", key = "krb5_conf";
     else if (now->has_metrics_listen != c->has_metrics_listen ||
-             (c->has_metrics_listen &&
-              (now->metrics_listen.addrlen != c->metrics_listen.addrlen ||
-               memcmp(&now->metrics_listen.addr, &c->metrics_listen.addr,
-                      c->metrics_listen.addrlen) != 0)))
+             (c->has_metrics_listen && !same_addr(&now->metrics_listen, &c->metrics_listen)))
         sec = "metrics", key = "listen"; /* its socket is made once, as the server's */
     if (sec == NULL)
         return 0;
